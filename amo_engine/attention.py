@@ -1,0 +1,169 @@
+"""The attention hook: joint-attention processors that keep the block's own fused attention and
+add a cheap side branch with AMO's span scores.
+
+For the S selected text-span query rows only, the side branch computes
+``softmax(Q_span K_all^T / sqrt(d))`` ([B, H, S, L], S << L), keeps the image-key columns, sums
+over span rows (weighted by the span mask) and averages over heads -> [B, N_img]. The block's
+own softmax is never exposed, so runtimes can still fuse the main attention. No L x L tensor is
+created by the side branch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class ScoreContext:
+    """Shared by the hooked processors of one backbone for one forward call.
+
+    The backbone sets ``span_index``/``span_weight`` before the transformer runs and reads ``maps``
+    after; processors append one [B, N_img] map each.
+    """
+
+    span_index: torch.Tensor | None = None  # [B, S] int64 positions in the text sequence
+    span_weight: torch.Tensor | None = None  # [B, S] float, 1 for span tokens, 0 for padding
+    maps: list[torch.Tensor] = field(default_factory=list)
+
+    def start(self, span_mask: torch.Tensor, max_span_tokens: int) -> None:
+        """Select up to ``max_span_tokens`` span rows from a [B, T] 0/1 mask (fixed size: TopK)."""
+        k = min(max_span_tokens, span_mask.shape[1])
+        weight, index = span_mask.float().topk(k, dim=1)  # [B, S] each
+        self.span_index, self.span_weight = index, weight
+        self.maps = []
+
+    def finish(self) -> torch.Tensor:
+        if not self.maps:
+            raise RuntimeError("no hooked attention block ran; check the hooked block indices")
+        out = torch.stack(self.maps, 0).mean(0)  # [B, N_img]
+        self.maps = []
+        return out
+
+
+def span_image_scores(
+    query_text: torch.Tensor,
+    key: torch.Tensor,
+    span_index: torch.Tensor,
+    span_weight: torch.Tensor,
+    image_start: int,
+    n_image: int,
+) -> torch.Tensor:
+    """Attention mass that span query rows put on image keys, averaged over heads.
+
+    query_text [B, H, T, D] (text queries), key [B, H, L, D] (all keys, after norm and RoPE),
+    span_index / span_weight [B, S]. Returns [B, N_img] in float32.
+    """
+    b, h, _, d = query_text.shape
+    idx = span_index[:, None, :, None].expand(b, h, span_index.shape[1], d)  # [B, H, S, D]
+    q_span = torch.gather(query_text, 2, idx).float()  # [B, H, S, D]
+    logits = torch.matmul(q_span, key.float().transpose(-1, -2)) * (d**-0.5)  # [B, H, S, L]
+    probs = logits.softmax(dim=-1)[..., image_start : image_start + n_image]  # [B, H, S, N_img]
+    mass = (probs * span_weight.float()[:, None, :, None]).sum(dim=2)  # [B, H, N_img]
+    return mass.mean(dim=1)  # [B, N_img]
+
+
+class SD3ScoreAttnProcessor:
+    """SD3 joint attention (as diffusers' JointAttnProcessor2_0) plus the span-score side branch.
+
+    Joint sequence order is [image ; text].
+    """
+
+    def __init__(self, ctx: ScoreContext):
+        self.ctx = ctx
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
+        if encoder_hidden_states is None:
+            raise ValueError("SD3ScoreAttnProcessor hooks joint blocks only (encoder_hidden_states is None)")
+        b, n_img = hidden_states.shape[0], hidden_states.shape[1]
+        heads = attn.heads
+
+        def heads_first(t):  # [B, L, H*D] -> [B, H, L, D]
+            return t.view(b, -1, heads, t.shape[-1] // heads).transpose(1, 2)
+
+        query = heads_first(attn.to_q(hidden_states))
+        key = heads_first(attn.to_k(hidden_states))
+        value = heads_first(attn.to_v(hidden_states))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        txt_q = heads_first(attn.add_q_proj(encoder_hidden_states))
+        txt_k = heads_first(attn.add_k_proj(encoder_hidden_states))
+        txt_v = heads_first(attn.add_v_proj(encoder_hidden_states))
+        if attn.norm_added_q is not None:
+            txt_q = attn.norm_added_q(txt_q)
+        if attn.norm_added_k is not None:
+            txt_k = attn.norm_added_k(txt_k)
+
+        query = torch.cat([query, txt_q], dim=2)  # [B, H, L, D]
+        key = torch.cat([key, txt_k], dim=2)
+        value = torch.cat([value, txt_v], dim=2)
+
+        self.ctx.maps.append(
+            span_image_scores(txt_q, key, self.ctx.span_index, self.ctx.span_weight, 0, n_img)
+        )
+
+        out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)  # [B, H, L, D]
+        out = out.transpose(1, 2).reshape(b, -1, heads * out.shape[-1]).to(query.dtype)  # [B, L, C]
+        img_out, txt_out = out[:, :n_img], out[:, n_img:]
+        if not attn.context_pre_only:
+            txt_out = attn.to_add_out(txt_out)
+        img_out = attn.to_out[1](attn.to_out[0](img_out))
+        return img_out, txt_out
+
+
+class FluxScoreAttnProcessor:
+    """FLUX double-stream attention (as diffusers' FluxAttnProcessor) plus the span-score side branch.
+
+    Joint sequence order is [text ; image].
+    """
+
+    def __init__(self, ctx: ScoreContext):
+        self.ctx = ctx
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        if encoder_hidden_states is None:
+            raise ValueError("FluxScoreAttnProcessor hooks double-stream blocks only (encoder_hidden_states is None)")
+        n_txt = encoder_hidden_states.shape[1]
+        n_img = hidden_states.shape[1]
+
+        def split_heads(t):  # [B, L, H*D] -> [B, L, H, D]
+            return t.unflatten(-1, (-1, attn.head_dim))
+
+        query = attn.norm_q(split_heads(attn.to_q(hidden_states)))
+        key = attn.norm_k(split_heads(attn.to_k(hidden_states)))
+        value = split_heads(attn.to_v(hidden_states))
+        txt_q = attn.norm_added_q(split_heads(attn.add_q_proj(encoder_hidden_states)))
+        txt_k = attn.norm_added_k(split_heads(attn.add_k_proj(encoder_hidden_states)))
+        txt_v = split_heads(attn.add_v_proj(encoder_hidden_states))
+
+        query = torch.cat([txt_q, query], dim=1)  # [B, L, H, D]
+        key = torch.cat([txt_k, key], dim=1)
+        value = torch.cat([txt_v, value], dim=1)
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+
+        self.ctx.maps.append(
+            span_image_scores(
+                query[:, :n_txt].transpose(1, 2),
+                key.transpose(1, 2),
+                self.ctx.span_index,
+                self.ctx.span_weight,
+                n_txt,
+                n_img,
+            )
+        )
+
+        out = dispatch_attention_fn(query, key, value, attn_mask=attention_mask)  # [B, L, H, D]
+        out = out.flatten(2, 3).to(query.dtype)  # [B, L, C]
+        txt_out, img_out = out[:, :n_txt], out[:, n_txt:]
+        img_out = attn.to_out[1](attn.to_out[0](img_out.contiguous()))
+        txt_out = attn.to_add_out(txt_out.contiguous())
+        return img_out, txt_out

@@ -1,0 +1,118 @@
+"""IOSpec: the one description of a backbone's tensor inputs and outputs.
+
+Everything that needs tensor names, dtypes or shapes derives them from here: the exporter's
+input/output names and dynamic axes, sample feeds, runtime buffers, TensorRT profiles and the
+engine manifest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    for name, value in DTYPES.items():
+        if value == dtype:
+            return name
+    raise ValueError(f"unsupported dtype {dtype}; use one of {sorted(DTYPES)}")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # a key of DTYPES
+    shape: tuple[int | str, ...]  # ints are fixed, strings are symbolic dims
+
+    def resolve(self, dims: Mapping[str, int]) -> tuple[int, ...]:
+        missing = [d for d in self.shape if isinstance(d, str) and d not in dims]
+        if missing:
+            raise KeyError(f"{self.name}: no value for symbolic dims {missing}")
+        return tuple(dims[d] if isinstance(d, str) else d for d in self.shape)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+
+@dataclass(frozen=True)
+class IOSpec:
+    """Inputs and outputs of one backbone evaluation, plus concrete values of its symbolic dims."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    dims: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def tensor(self, name: str) -> TensorSpec:
+        for t in self.inputs + self.outputs:
+            if t.name == name:
+                return t
+        raise KeyError(f"no tensor named {name!r}; have {self.input_names + self.output_names}")
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.tensor(name).resolve(self.dims)
+
+    def with_dims(self, **dims: int) -> "IOSpec":
+        return IOSpec(self.inputs, self.outputs, {**self.dims, **dims})
+
+    def dynamic_axes(self, dynamic: set[str]) -> dict[str, dict[int, str]]:
+        """TorchScript-exporter style dynamic axes for the symbolic dims named in ``dynamic``."""
+        axes: dict[str, dict[int, str]] = {}
+        for t in self.inputs + self.outputs:
+            sel = {i: d for i, d in enumerate(t.shape) if isinstance(d, str) and d in dynamic}
+            if sel:
+                axes[t.name] = sel
+        return axes
+
+    def allocate(self, which: str, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """Zero-filled buffers for ``inputs`` or ``outputs`` at the resolved shapes."""
+        specs = self.inputs if which == "inputs" else self.outputs
+        return {t.name: torch.zeros(t.resolve(self.dims), dtype=t.torch_dtype, device=device) for t in specs}
+
+    def check_feeds(self, feeds: Mapping[str, torch.Tensor]) -> None:
+        """Raise a clear error when feeds do not match this spec (names, dtypes, shapes)."""
+        missing = [n for n in self.input_names if n not in feeds]
+        extra = [n for n in feeds if n not in self.input_names]
+        if missing or extra:
+            raise ValueError(f"feeds do not match the engine inputs: missing {missing}, unexpected {extra}")
+        for t in self.inputs:
+            got = feeds[t.name]
+            want = t.resolve(self.dims)
+            if tuple(got.shape) != want:
+                raise ValueError(
+                    f"input {t.name!r} has shape {tuple(got.shape)} but the engine was built for {want}; "
+                    "export an engine for this shape (amo-engine export --height/--width/--batch)"
+                )
+            if got.dtype != t.torch_dtype:
+                raise ValueError(f"input {t.name!r} has dtype {got.dtype}, the engine expects {t.dtype}")
+
+    def to_json(self) -> dict:
+        def enc(ts: tuple[TensorSpec, ...]) -> list[dict]:
+            return [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in ts]
+
+        return {"inputs": enc(self.inputs), "outputs": enc(self.outputs), "dims": dict(self.dims)}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> "IOSpec":
+        def dec(items) -> tuple[TensorSpec, ...]:
+            return tuple(TensorSpec(d["name"], d["dtype"], tuple(d["shape"])) for d in items)
+
+        return cls(dec(data["inputs"]), dec(data["outputs"]), dict(data["dims"]))

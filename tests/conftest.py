@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny seeded SD3 / FLUX transformers and feeds built from their IOSpec."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from amo_engine.backbone import ScoreConfig, make_backbone
+from amo_engine.presets import tiny_flux_transformer, tiny_sd3_transformer
+
+FAMILIES = ("sd3", "flux")
+HEIGHT = WIDTH = 128
+TEXT_LEN = {"sd3": 77 + 16, "flux": 24}
+
+
+def tiny_transformer(family: str, seed: int = 0):
+    torch.manual_seed(seed)
+    model = tiny_sd3_transformer() if family == "sd3" else tiny_flux_transformer()
+    return model.eval()
+
+
+def random_feeds(backbone, batch: int = 2, seed: int = 1, span_prob: float = 0.2) -> dict[str, torch.Tensor]:
+    """Feeds for ``backbone`` at the test size: random states, a random span mask, valid ids."""
+    spec = backbone.io_spec(batch, HEIGHT, WIDTH, TEXT_LEN[backbone.family])
+    g = torch.Generator().manual_seed(seed)
+    feeds = {n: torch.randn(spec.shape(n), generator=g) for n in spec.input_names}
+    feeds["span_mask"] = (torch.rand(spec.shape("span_mask"), generator=g) < span_prob).float()
+    feeds["span_mask"][:, 1] = 1.0  # at least one span token per row
+    if backbone.family == "sd3":
+        feeds["timestep"] = torch.rand(batch, generator=g) * 1000
+    else:
+        feeds["timestep"] = torch.rand(batch, generator=g)
+        feeds["guidance"] = torch.full((batch,), 3.5)
+        side = HEIGHT // 16
+        img_ids = torch.zeros(side * side, 3)
+        img_ids[:, 1] = torch.arange(side * side) // side
+        img_ids[:, 2] = torch.arange(side * side) % side
+        feeds["img_ids"] = img_ids
+        feeds["txt_ids"] = torch.zeros(spec.shape("txt_ids"))
+    return feeds
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def backbone_and_stock(family):
+    """(backbone with score hooks, untouched stock copy of the same transformer)."""
+    model = tiny_transformer(family)
+    stock = copy.deepcopy(model)
+    return make_backbone(model, ScoreConfig()), stock
