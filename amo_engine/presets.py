@@ -59,13 +59,13 @@ def _byte_to_unicode() -> dict[int, str]:
 def _clip_bpe_file() -> Path:
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
+        raise ImportError(
             "the tiny presets need the CLIP BPE vocabulary shipped by open_clip_torch: "
             "pip install --no-deps open_clip_torch"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / "bpe_simple_vocab_16e6.txt.gz"
     if not path.is_file():
-        raise RuntimeError(f"open_clip_torch is installed but {path.name} is missing; reinstall it")
+        raise ImportError(f"open_clip_torch is installed but {path.name} is missing; reinstall it")
     return path
 
 
@@ -147,6 +147,7 @@ def _t5_encoder(vocab_size: int):
         num_heads=4,
         relative_attention_num_buckets=8,
         feed_forward_proj="gated-gelu",
+        dropout_rate=0.0,
         is_encoder_decoder=False,
     )
     return T5EncoderModel(cfg)
@@ -209,6 +210,14 @@ def tiny_flux_transformer():
     )
 
 
+def _eval(pipe):
+    """Inference mode for every module, as from_pretrained leaves them (no dropout)."""
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()
+    return pipe
+
+
 def build_tiny_sd3(seed: int = PRESET_SEED):
     """A complete StableDiffusion3Pipeline with tiny random weights (CLIP-L, CLIP-G, T5, VAE)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
@@ -222,7 +231,7 @@ def build_tiny_sd3(seed: int = PRESET_SEED):
     text_encoder_2 = CLIPTextModelWithProjection(_clip_text_config())
     text_encoder_3 = _t5_encoder(len(t5_tok))
     vae = _tiny_vae(shift=0.0609, scale=1.5305)
-    return StableDiffusion3Pipeline(
+    return _eval(StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         vae=vae,
@@ -232,7 +241,7 @@ def build_tiny_sd3(seed: int = PRESET_SEED):
         tokenizer_2=build_clip_tokenizer(),
         text_encoder_3=text_encoder_3,
         tokenizer_3=t5_tok,
-    )
+    ))
 
 
 def build_tiny_flux(seed: int = PRESET_SEED):
@@ -255,7 +264,7 @@ def build_tiny_flux(seed: int = PRESET_SEED):
         base_image_seq_len=256,
         max_image_seq_len=4096,
     )
-    return FluxPipeline(
+    return _eval(FluxPipeline(
         transformer=transformer,
         scheduler=scheduler,
         vae=vae,
@@ -263,7 +272,7 @@ def build_tiny_flux(seed: int = PRESET_SEED):
         tokenizer=clip_tok,
         text_encoder_2=text_encoder_2,
         tokenizer_2=t5_tok,
-    )
+    ))
 
 
 @dataclass(frozen=True)

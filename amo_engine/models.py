@@ -1,0 +1,113 @@
+"""Load SD3 / FLUX diffusers pipelines from a local folder, an HF-cache model id, or a preset.
+
+One code path for all three: presets are saved folders (see presets.py) loaded like real ones.
+Weights load only from safetensors; no remote code is ever trusted. ``HF_HUB_OFFLINE=1`` is
+honoured by huggingface_hub for model ids.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .presets import PRESETS, ModelSettings, ensure_preset
+
+PIPELINE_FAMILIES = {
+    "StableDiffusion3Pipeline": "sd3",
+    "FluxPipeline": "flux",
+}
+
+# Family defaults (used when a folder carries no amo_engine.json).
+FAMILY_DEFAULTS = {
+    "sd3": {"guidance": 7.0, "max_sequence_length": 256, "size": 1024},
+    "flux": {"guidance": 3.5, "max_sequence_length": 512, "size": 1024},
+}
+
+
+@dataclass
+class LoadedModel:
+    pipe: object  # a diffusers StableDiffusion3Pipeline or FluxPipeline
+    family: str  # "sd3" | "flux"
+    source: str  # what the user named (preset, path or id)
+    folder: Path | None  # local folder the weights came from, if known
+    settings: ModelSettings
+
+    @property
+    def max_sequence_length(self) -> int:
+        return self.settings.max_sequence_length or FAMILY_DEFAULTS[self.family]["max_sequence_length"]
+
+    @property
+    def default_size(self) -> tuple[int, int]:
+        size = FAMILY_DEFAULTS[self.family]["size"]
+        return self.settings.height or size, self.settings.width or size
+
+    @property
+    def default_guidance(self) -> float:
+        return FAMILY_DEFAULTS[self.family]["guidance"]
+
+
+DTYPE_NAMES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+               "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPE_NAMES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; choose one of fp32, fp16, bf16") from None
+
+
+def family_of_folder(folder: Path) -> str:
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise ValueError(f"{folder} is not a diffusers pipeline folder (no model_index.json)")
+    cls = json.loads(index.read_text()).get("_class_name", "")
+    if cls not in PIPELINE_FAMILIES:
+        raise ValueError(f"{folder}: pipeline class {cls!r} is not supported; amo-engine runs {sorted(PIPELINE_FAMILIES)}")
+    return PIPELINE_FAMILIES[cls]
+
+
+def resolve_folder(model: str, cache_dir: Path | str | None = None) -> Path:
+    """Local folder for a preset name, a folder path, or a model id already in the HF cache."""
+    if model in PRESETS:
+        return ensure_preset(model, cache_dir)
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"{model} is a file; pass the pipeline folder (the one with model_index.json)")
+        return path
+    if model.count("/") == 1 and not model.startswith((".", "/")):
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        try:
+            return Path(snapshot_download(model, local_files_only=True))
+        except (LocalEntryNotFoundError, OSError, ValueError) as err:
+            raise ValueError(
+                f"model id {model!r} is not in the local Hugging Face cache; download it first "
+                f"(huggingface-cli download {model}) or pass a local folder"
+            ) from err
+    raise ValueError(f"unknown model {model!r}: use a preset ({', '.join(PRESETS)}), a folder path, or an HF model id")
+
+
+def load_model(
+    model: str,
+    dtype: torch.dtype | str = torch.float32,
+    device: torch.device | str = "cpu",
+    cache_dir: Path | str | None = None,
+) -> LoadedModel:
+    """Load the diffusers pipeline for ``model`` onto ``device`` in ``dtype``."""
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline
+
+    if isinstance(dtype, str):
+        dtype = parse_dtype(dtype)
+    folder = resolve_folder(model, cache_dir)
+    family = family_of_folder(folder)
+    cls = StableDiffusion3Pipeline if family == "sd3" else FluxPipeline
+    pipe = cls.from_pretrained(folder, dtype=dtype, use_safetensors=True, local_files_only=True)
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return LoadedModel(pipe, family, model, folder, ModelSettings.read(folder))

@@ -1,0 +1,318 @@
+"""Generation: encode prompt -> span mask -> static feed buffers -> velocity fn -> sampler -> VAE.
+
+The one module that knows both backends and samplers. It owns classifier-free guidance batching
+(SD3: rows [uncond ; cond], scores from the cond rows), FLUX packing and RoPE ids (built once per
+shape), and sigma -> timestep conversion. The hot loop copies only latents and the timestep into
+buffers allocated once, and never waits on the device; one sync at the end.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from .backbone import ScoreConfig, make_backbone
+from .backends import Backend
+from .backends.eager import EagerBackend
+from .models import LoadedModel
+from .prompts import TextLayout, flux_layout, sd3_layout
+from .samplers import SAMPLERS, StepOut, sample_amo, sample_euler, sample_overshoot
+from .schedules import flow_match_sigmas
+from .spec import IOSpec
+
+
+class NonFiniteLatentsError(FloatingPointError):
+    """The denoising loop produced NaN/Inf latents; no image is decoded."""
+
+
+@dataclass
+class GenerateConfig:
+    prompts: Sequence[str]
+    negative_prompt: str | None = None
+    height: int | None = None  # default: the model's (presets carry theirs)
+    width: int | None = None
+    steps: int = 28
+    guidance: float | None = None  # default: SD3 7.0 (CFG), FLUX 3.5 (distilled guidance input)
+    sampler: str = "amo"
+    c: float = 2.0
+    seed: int = 10
+    num_images_per_prompt: int = 1
+    max_sequence_length: int | None = None  # T5 tokens; default: the model's
+    progress: bool = False
+
+
+@dataclass
+class GenerateResult:
+    images: list  # PIL images, one per row
+    latents: torch.Tensor  # final latents before VAE decode
+    attn_map: torch.Tensor | None  # [B, grid_h, grid_w] span->image map averaged over steps (cond rows)
+    span_mask: torch.Tensor  # [B, T] the span mask used
+    sampler: str  # the sampler that actually ran (amo falls back to overshoot without spans)
+    loop_seconds: float
+    steps: int
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def seconds_per_step(self) -> float:
+        return self.loop_seconds / self.steps
+
+
+def validate(cfg: GenerateConfig, patch_factor: int) -> None:
+    if not cfg.prompts or any(not isinstance(p, str) for p in cfg.prompts):
+        raise ValueError("prompts must be a non-empty list of strings")
+    if cfg.sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {cfg.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if cfg.steps < 1:
+        raise ValueError(f"steps must be >= 1, got {cfg.steps}")
+    if not cfg.c >= 0:
+        raise ValueError(f"c must be >= 0, got {cfg.c}")
+    if cfg.num_images_per_prompt < 1:
+        raise ValueError("num_images_per_prompt must be >= 1")
+    for name in ("height", "width"):
+        value = getattr(cfg, name)
+        if value is not None and (value <= 0 or value % patch_factor):
+            raise ValueError(f"{name}={value} must be a positive multiple of {patch_factor} for this model")
+
+
+class AmoPipeline:
+    """Generate images with Euler / Overshoot / AMO around any Backend."""
+
+    def __init__(self, model: LoadedModel, score: ScoreConfig = ScoreConfig(), backend: Backend | None = None):
+        self.model = model
+        self.pipe = model.pipe
+        self.family = model.family
+        self.score = score
+        self._backend = backend
+        self._backbone = None
+
+    # ------------------------------------------------------------ model facts
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipe.transformer.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.pipe.transformer.dtype
+
+    @property
+    def patch_factor(self) -> int:
+        """Pixels per image token side: VAE factor x transformer patch (FLUX packs 2x2)."""
+        patch = self.pipe.transformer.config.patch_size if self.family == "sd3" else 2
+        return self.pipe.vae_scale_factor * patch
+
+    def backbone(self):
+        if self._backbone is None:
+            self._backbone = make_backbone(self.pipe.transformer, self.score)
+        return self._backbone
+
+    def text_layout(self, max_sequence_length: int) -> TextLayout:
+        if self.family == "sd3":
+            return sd3_layout(self.pipe.tokenizer, self.pipe.tokenizer_3, self.pipe.tokenizer_max_length, max_sequence_length)
+        return flux_layout(self.pipe.tokenizer_2, max_sequence_length)
+
+    def io_spec(self, rows: int, height: int, width: int, text_len: int) -> IOSpec:
+        return self.backbone().io_spec(rows, height, width, text_len, self.dtype)
+
+    def _get_backend(self, spec: IOSpec) -> Backend:
+        if self._backend is None:
+            return EagerBackend(self.backbone(), spec)
+        have = self._backend.spec
+        mismatch = [n for n in spec.input_names if n not in have.input_names or have.shape(n) != spec.shape(n)]
+        if mismatch:
+            detail = ", ".join(
+                f"{n}: engine {have.shape(n) if n in have.input_names else 'missing'} vs needed {spec.shape(n)}" for n in mismatch
+            )
+            raise ValueError(f"the engine does not fit this request ({detail}); export an engine for this batch/size/text length")
+        return self._backend
+
+    # ------------------------------------------------------------ generation
+
+    def __call__(self, cfg: GenerateConfig) -> GenerateResult:
+        validate(cfg, self.patch_factor)
+        default_h, default_w = self.model.default_size
+        height, width = cfg.height or default_h, cfg.width or default_w
+        validate(GenerateConfig(cfg.prompts, height=height, width=width), self.patch_factor)
+        max_seq = cfg.max_sequence_length or self.model.max_sequence_length
+        guidance = self.model.default_guidance if cfg.guidance is None else cfg.guidance
+        prompts = [p for p in cfg.prompts for _ in range(cfg.num_images_per_prompt)]
+        rows = len(prompts)
+        notes: list[str] = []
+
+        layout = self.text_layout(max_seq)
+        span_mask = layout.span_mask(prompts)  # [B, T] on CPU
+        sampler = cfg.sampler
+        if sampler == "amo":
+            has_span = span_mask.sum(dim=1) > 0
+            if not bool(has_span.any()):
+                notes.append("no quoted text in the prompt: AMO falls back to the overshoot sampler (quote the text to render)")
+                sampler = "overshoot"
+            elif not bool(has_span.all()):
+                missing = sorted({prompts[i] for i in range(rows) if not has_span[i]})
+                notes.append(f"no quoted text in {missing}: those images use plain overshoot")
+            longest = int(span_mask.sum(dim=1).max())
+            if longest > self.score.max_span_tokens:
+                notes.append(
+                    f"the quoted text spans {longest} tokens; the score branch reads the first "
+                    f"{self.score.max_span_tokens} (raise ScoreConfig.max_span_tokens)"
+                )
+        for note in notes:
+            warnings.warn(note, stacklevel=2)
+
+        generator = torch.Generator(self.device).manual_seed(cfg.seed)
+        if self.family == "sd3":
+            fn, latents, image_tokens, attn_sum = self._sd3_setup(cfg, prompts, span_mask, height, width, max_seq, guidance, generator)
+        else:
+            fn, latents, image_tokens, attn_sum = self._flux_setup(prompts, span_mask, height, width, max_seq, guidance, generator)
+
+        sigmas = flow_match_sigmas(self.pipe.scheduler.config, cfg.steps, image_seq_len=image_tokens, flux_style=self.family == "flux")
+        bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+
+        bar = None
+        if cfg.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.steps, desc=f"{sampler} {self.family}", unit="step")
+
+        def on_step(i: int, x: torch.Tensor) -> None:
+            nonlocal bad_step
+            broken = ~torch.isfinite(x).all()
+            bad_step = torch.where(broken & (bad_step < 0), i, bad_step)  # stays on the device
+            if bar is not None:
+                bar.update(1)
+
+        start = time.perf_counter()
+        if sampler == "euler":
+            latents = sample_euler(fn, latents, sigmas, callback=on_step)
+        elif sampler == "overshoot":
+            latents = sample_overshoot(fn, latents, sigmas, cfg.c, generator, callback=on_step)
+        else:
+            latents = sample_amo(fn, latents, sigmas, cfg.c, generator, patch_size=self._latent_patch(), callback=on_step)
+        if latents.is_cuda:
+            torch.cuda.synchronize(latents.device)
+        loop_seconds = time.perf_counter() - start
+        if bar is not None:
+            bar.close()
+        first_bad = int(bad_step)  # the loop's one host sync
+        if first_bad >= 0:
+            raise NonFiniteLatentsError(
+                f"the latents became NaN/Inf at step {first_bad} of {cfg.steps}; no image was written "
+                "(try float32 or bfloat16 instead of float16, or fewer overshoot steps with a smaller c)"
+            )
+
+        images = self._decode(latents, height, width)
+        side_h, side_w = height // self.patch_factor, width // self.patch_factor
+        attn_map = (attn_sum / cfg.steps).reshape(rows, side_h, side_w).float().cpu()  # [B, h, w]
+        return GenerateResult(images, latents, attn_map, span_mask, sampler, loop_seconds, cfg.steps, notes)
+
+    def _latent_patch(self) -> int:
+        return self.pipe.transformer.config.patch_size if self.family == "sd3" else 1
+
+    def _sd3_setup(self, cfg, prompts, span_mask, height, width, max_seq, guidance, generator):
+        pipe, device, dtype = self.pipe, self.device, self.dtype
+        rows = len(prompts)
+        cfg_batch = guidance > 1.0
+        with torch.inference_mode():
+            embeds, neg_embeds, pooled, neg_pooled = pipe.encode_prompt(
+                prompt=prompts,
+                prompt_2=None,
+                prompt_3=None,
+                device=device,
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=cfg_batch,
+                negative_prompt=[cfg.negative_prompt or ""] * rows if cfg_batch else None,
+                max_sequence_length=max_seq,
+            )
+        n = 2 * rows if cfg_batch else rows
+        spec = self.io_spec(n, height, width, embeds.shape[1])
+        backend = self._get_backend(spec)
+        feeds = spec.allocate("inputs", device)
+        feeds["encoder_hidden_states"].copy_(torch.cat([neg_embeds, embeds]) if cfg_batch else embeds)
+        feeds["pooled_projections"].copy_(torch.cat([neg_pooled, pooled]) if cfg_batch else pooled)
+        feeds["span_mask"][n - rows :].copy_(span_mask)  # cond rows only; uncond rows stay 0
+        latents = pipe.prepare_latents(
+            rows, pipe.transformer.config.in_channels, height, width, dtype, device, generator
+        )  # [B, 16, H/8, W/8]
+        attn_sum = torch.zeros(rows, spec.dims["image_tokens"], device=device)  # [B, N]
+        hidden, timestep = feeds["hidden_states"], feeds["timestep"]
+        n_train = pipe.scheduler.config.num_train_timesteps
+
+        def fn(x: torch.Tensor, sigma: float) -> StepOut:
+            hidden[:rows].copy_(x)
+            if cfg_batch:
+                hidden[rows:].copy_(x)
+            timestep.fill_(sigma * n_train)
+            out = backend(feeds)
+            v, attn = out["velocity"], out["attn"][n - rows :]
+            if cfg_batch:
+                v_uncond, v_cond = v[:rows], v[rows:]
+                v = v_uncond + guidance * (v_cond - v_uncond)
+            attn_sum.add_(attn)
+            return StepOut(v, attn)
+
+        return fn, latents, spec.dims["image_tokens"], attn_sum
+
+    def _flux_setup(self, prompts, span_mask, height, width, max_seq, guidance, generator):
+        pipe, device, dtype = self.pipe, self.device, self.dtype
+        rows = len(prompts)
+        with torch.inference_mode():
+            embeds, pooled, text_ids = pipe.encode_prompt(
+                prompt=prompts, prompt_2=None, device=device, num_images_per_prompt=1, max_sequence_length=max_seq
+            )
+        spec = self.io_spec(rows, height, width, embeds.shape[1])
+        backend = self._get_backend(spec)
+        latents, image_ids = pipe.prepare_latents(
+            rows, pipe.transformer.config.in_channels // 4, height, width, dtype, device, generator
+        )  # [B, N, 64], [N, 3]
+        feeds = spec.allocate("inputs", device)
+        feeds["encoder_hidden_states"].copy_(embeds)
+        feeds["pooled_projections"].copy_(pooled)
+        feeds["img_ids"].copy_(image_ids)
+        feeds["txt_ids"].copy_(text_ids)
+        feeds["span_mask"].copy_(span_mask)
+        if "guidance" in feeds:
+            feeds["guidance"].fill_(guidance)
+        attn_sum = torch.zeros(rows, spec.dims["image_tokens"], device=device)  # [B, N]
+        hidden, timestep = feeds["hidden_states"], feeds["timestep"]
+
+        def fn(x: torch.Tensor, sigma: float) -> StepOut:
+            hidden.copy_(x)
+            timestep.fill_(sigma)
+            out = backend(feeds)
+            attn_sum.add_(out["attn"])
+            return StepOut(out["velocity"], out["attn"])
+
+        return fn, latents, spec.dims["image_tokens"], attn_sum
+
+    def _decode(self, latents: torch.Tensor, height: int, width: int) -> list:
+        pipe = self.pipe
+        if self.family == "flux":
+            latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)  # [B, 16, H/8, W/8]
+        vae = pipe.vae
+        latents = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+        with torch.inference_mode():
+            image = vae.decode(latents, return_dict=False)[0]  # [B, 3, H, W]
+        return pipe.image_processor.postprocess(image, output_type="pil")
+
+
+def save_png(image, path) -> None:
+    """Write a PIL image atomically (temp file in the same folder, then rename)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+

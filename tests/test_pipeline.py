@@ -1,0 +1,133 @@
+"""Pipeline on the offline presets: whole generations, equivalence with diffusers, CFG rows, batches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from amo_engine.models import LoadedModel, load_model
+from amo_engine.pipeline import AmoPipeline, GenerateConfig
+from amo_engine.presets import ModelSettings, build_tiny_sd3
+
+PROMPT = "A poster with the slogan 'Adventure Awaits, Pack Your Bags'"
+
+
+@pytest.fixture(scope="session")
+def preset_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("presets")
+
+
+@pytest.fixture(scope="session")
+def models(preset_cache):
+    return {name: load_model(f"tiny-{name}", cache_dir=preset_cache) for name in ("sd3", "flux")}
+
+
+def run(model, **kw):
+    kw.setdefault("steps", 4)
+    return AmoPipeline(model)(GenerateConfig(prompts=kw.pop("prompts", [PROMPT]), **kw))
+
+
+@pytest.mark.parametrize("sampler", ["euler", "overshoot", "amo"])
+def test_whole_generation(models, family, sampler):
+    result = run(models[family], sampler=sampler)
+    assert result.sampler == sampler
+    assert len(result.images) == 1 and result.images[0].size == (128, 128)
+    assert torch.isfinite(result.latents).all()
+    assert result.attn_map.shape == (1, 8, 8)
+    assert result.span_mask.sum() > 0
+
+
+def test_samplers_differ_and_overshoot_c0_is_euler(models, family):
+    euler = run(models[family], sampler="euler").latents
+    over0 = run(models[family], sampler="overshoot", c=0.0).latents
+    over = run(models[family], sampler="overshoot").latents
+    amo = run(models[family], sampler="amo").latents
+    assert torch.equal(euler, over0)
+    assert not torch.allclose(euler, over) and not torch.allclose(over, amo)
+
+
+def test_euler_matches_the_diffusers_pipeline(models, family):
+    """Our Euler loop (hooked backbone, own buffers, own sigma grid) == the stock diffusers pipeline."""
+    model = models[family]
+    ours = run(model, sampler="euler", seed=3).latents
+    pipe = model.pipe
+    kwargs = dict(prompt=PROMPT, num_inference_steps=4, height=128, width=128, output_type="latent",
+                  generator=torch.Generator().manual_seed(3), max_sequence_length=64)
+    kwargs["guidance_scale"] = 7.0 if family == "sd3" else 3.5
+    with torch.inference_mode():
+        theirs = pipe(**kwargs).images
+    err = (ours - theirs).abs().max().item()
+    print(f"{family}: euler vs diffusers pipeline max abs diff {err:.2e}")
+    assert ours.shape == theirs.shape
+    assert err <= 1e-4
+
+
+def test_preset_build_is_deterministic_and_round_trips(models, tmp_path):
+    """A second build (fresh cache) and a save_pretrained -> load of the loaded preset give the
+    identical image; the never-saved in-memory build agrees to fp32 rounding."""
+    reference = run(models["sd3"], sampler="amo", seed=5)
+    rebuilt = load_model("tiny-sd3", cache_dir=tmp_path / "other-cache")
+    assert torch.equal(run(rebuilt, sampler="amo", seed=5).latents, reference.latents)
+
+    rebuilt.pipe.save_pretrained(tmp_path / "resaved", safe_serialization=True)
+    (tmp_path / "resaved" / "amo_engine.json").write_text((rebuilt.folder / "amo_engine.json").read_text())
+    again = run(load_model(str(tmp_path / "resaved")), sampler="amo", seed=5)
+    assert torch.equal(again.latents, reference.latents)
+    assert torch.equal(again.attn_map, reference.attn_map)
+
+    fresh = LoadedModel(build_tiny_sd3(), "sd3", "memory", None, ModelSettings(64, 128, 128))
+    in_memory = run(fresh, sampler="amo", seed=5)
+    assert torch.allclose(in_memory.latents, reference.latents, rtol=0, atol=1e-4)
+
+
+def test_amo_maps_come_from_conditional_rows_only(models):
+    """One step: the map is read before CFG mixes anything, so the negative prompt cannot move it."""
+    a = run(models["sd3"], steps=1, negative_prompt="")
+    b = run(models["sd3"], steps=1, negative_prompt="blurry, low quality, watermark")
+    assert torch.equal(a.attn_map, b.attn_map)
+    assert not torch.allclose(a.latents, b.latents)  # the negative prompt did change the velocity
+
+
+def test_batch_of_two_prompts_gives_two_maps(models, family):
+    prompts = ["A sign that says 'OPEN'", "A banner reading 'Grand Opening Sale Today'"]
+    result = run(models[family], prompts=prompts, steps=2)
+    assert result.attn_map.shape[0] == 2
+    assert not torch.allclose(result.attn_map[0], result.attn_map[1])
+    single = run(models[family], prompts=prompts[:1], steps=2)
+    assert result.latents.shape[0] == 2 and single.latents.shape[0] == 1
+
+
+def test_amo_without_quotes_falls_back_to_overshoot(models, family):
+    with pytest.warns(UserWarning, match="falls back to the overshoot sampler"):
+        amo = run(models[family], prompts=["a plain photo of a cat"], sampler="amo")
+    over = run(models[family], prompts=["a plain photo of a cat"], sampler="overshoot")
+    assert amo.sampler == "overshoot"
+    assert torch.equal(amo.latents, over.latents)
+
+
+def test_num_images_per_prompt(models):
+    result = run(models["flux"], num_images_per_prompt=2, steps=2)
+    assert len(result.images) == 2
+    assert not torch.equal(result.latents[0], result.latents[1])  # different noise per image
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(sampler="heun"), "unknown sampler"),
+        (dict(steps=0), "steps must be >= 1"),
+        (dict(c=-0.5), "c must be >= 0"),
+        (dict(height=120), "multiple of 16"),
+        (dict(prompts=[]), "non-empty list"),
+    ],
+)
+def test_invalid_options(models, kw, match):
+    with pytest.raises(ValueError, match=match):
+        run(models["sd3"], **kw)
+
+
+def test_unknown_model(tmp_path):
+    with pytest.raises(ValueError, match="unknown model"):
+        load_model("not-a-model")
+    with pytest.raises(ValueError, match="no model_index.json"):
+        load_model(str(tmp_path))
