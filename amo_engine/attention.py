@@ -20,20 +20,29 @@ import torch.nn.functional as F
 class ScoreContext:
     """Shared by the hooked processors of one backbone for one forward call.
 
-    The backbone sets ``span_index``/``span_weight`` before the transformer runs and reads ``maps``
-    after; processors append one [B, N_img] map each.
+    One context per transformer: every joint block carries a score processor, and the backbone
+    names, per call, which blocks compute scores (``active``), sets ``span_index``/``span_weight``
+    before the transformer runs and reads ``maps`` after; active processors append one [B, N_img]
+    map each, the others behave exactly like the stock processor.
     """
 
     span_index: torch.Tensor | None = None  # [B, S] int64 positions in the text sequence
     span_weight: torch.Tensor | None = None  # [B, S] float, 1 for span tokens, 0 for padding
+    active: frozenset[int] = frozenset()
     maps: list[torch.Tensor] = field(default_factory=list)
 
-    def start(self, span_mask: torch.Tensor, max_span_tokens: int) -> None:
+    def start(self, span_mask: torch.Tensor, max_span_tokens: int, active: tuple[int, ...]) -> None:
         """Select up to ``max_span_tokens`` span rows from a [B, T] 0/1 mask (fixed size: TopK)."""
         k = min(max_span_tokens, span_mask.shape[1])
         weight, index = span_mask.float().topk(k, dim=1)  # [B, S] each
         self.span_index, self.span_weight = index, weight
+        self.active = frozenset(active)
         self.maps = []
+
+    def record(self, block: int, compute) -> None:
+        """Append ``compute()`` (a [B, N_img] map) when ``block`` is active in this call."""
+        if block in self.active:
+            self.maps.append(compute())
 
     def finish(self) -> torch.Tensor:
         if not self.maps:
@@ -71,8 +80,9 @@ class SD3ScoreAttnProcessor:
     Joint sequence order is [image ; text].
     """
 
-    def __init__(self, ctx: ScoreContext):
+    def __init__(self, ctx: ScoreContext, block: int):
         self.ctx = ctx
+        self.block = block
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
         if encoder_hidden_states is None:
@@ -102,9 +112,8 @@ class SD3ScoreAttnProcessor:
         key = torch.cat([key, txt_k], dim=2)
         value = torch.cat([value, txt_v], dim=2)
 
-        self.ctx.maps.append(
-            span_image_scores(txt_q, key, self.ctx.span_index, self.ctx.span_weight, 0, n_img)
-        )
+        ctx = self.ctx
+        ctx.record(self.block, lambda: span_image_scores(txt_q, key, ctx.span_index, ctx.span_weight, 0, n_img))
 
         out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)  # [B, H, L, D]
         out = out.transpose(1, 2).reshape(b, -1, heads * out.shape[-1]).to(query.dtype)  # [B, L, C]
@@ -121,8 +130,9 @@ class FluxScoreAttnProcessor:
     Joint sequence order is [text ; image].
     """
 
-    def __init__(self, ctx: ScoreContext):
+    def __init__(self, ctx: ScoreContext, block: int):
         self.ctx = ctx
+        self.block = block
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
         from diffusers.models.attention_dispatch import dispatch_attention_fn
@@ -150,15 +160,12 @@ class FluxScoreAttnProcessor:
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
 
-        self.ctx.maps.append(
-            span_image_scores(
-                query[:, :n_txt].transpose(1, 2),
-                key.transpose(1, 2),
-                self.ctx.span_index,
-                self.ctx.span_weight,
-                n_txt,
-                n_img,
-            )
+        ctx = self.ctx
+        ctx.record(
+            self.block,
+            lambda: span_image_scores(
+                query[:, :n_txt].transpose(1, 2), key.transpose(1, 2), ctx.span_index, ctx.span_weight, n_txt, n_img
+            ),
         )
 
         out = dispatch_attention_fn(query, key, value, attn_mask=attention_mask)  # [B, L, H, D]

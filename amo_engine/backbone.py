@@ -61,6 +61,23 @@ class Fp32FluxPosEmbed(nn.Module):
         return torch.cat(cos_out, dim=-1), torch.cat(sin_out, dim=-1)  # [L, sum(axes_dim)] each
 
 
+def install_score_processors(transformer: nn.Module, family: str) -> ScoreContext:
+    """Give every joint (SD3) / double-stream (FLUX) block a score processor sharing one context.
+
+    Idempotent: backbones over the same transformer share the context and choose their hooked
+    blocks per call, so several backbones (different hooked blocks) can coexist.
+    """
+    ctx = getattr(transformer, "_amo_score_ctx", None)
+    if ctx is not None:
+        return ctx
+    ctx = ScoreContext()
+    proc = SD3ScoreAttnProcessor if family == "sd3" else FluxScoreAttnProcessor
+    for i, block in enumerate(transformer.transformer_blocks):
+        block.attn.set_processor(proc(ctx, i))
+    transformer._amo_score_ctx = ctx
+    return ctx
+
+
 class _Backbone(nn.Module):
     family: str
 
@@ -68,11 +85,8 @@ class _Backbone(nn.Module):
         super().__init__()
         self.transformer = transformer
         self.score = score
-        self.ctx = ScoreContext()
         self.hooked_blocks = resolve_blocks(len(transformer.transformer_blocks), score.hooked_blocks)
-        proc = SD3ScoreAttnProcessor if self.family == "sd3" else FluxScoreAttnProcessor
-        for i in self.hooked_blocks:
-            transformer.transformer_blocks[i].attn.set_processor(proc(self.ctx))
+        self.ctx = install_score_processors(transformer, self.family)
 
     @property
     def config(self):
@@ -101,7 +115,7 @@ class SD3Backbone(_Backbone):
         timestep: torch.Tensor,  # [B] in the scheduler's 0..1000 scale
         span_mask: torch.Tensor,  # [B, T] 1 on quoted-text tokens
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        self.ctx.start(span_mask, self.score.max_span_tokens)
+        self.ctx.start(span_mask, self.score.max_span_tokens, self.hooked_blocks)
         velocity = self.transformer(
             hidden_states=hidden_states,
             encoder_hidden_states=encoder_hidden_states,
@@ -166,7 +180,7 @@ class FluxBackbone(_Backbone):
         span_mask: torch.Tensor,  # [B, T]
         guidance: torch.Tensor | None = None,  # [B] (guidance-distilled models only)
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        self.ctx.start(span_mask, self.score.max_span_tokens)
+        self.ctx.start(span_mask, self.score.max_span_tokens, self.hooked_blocks)
         velocity = self.transformer(
             hidden_states=hidden_states,
             encoder_hidden_states=encoder_hidden_states,

@@ -74,6 +74,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output PNG; a batch writes out.png, out_1.png, ... (default out.png)")
     g.add_argument("--save-attn", type=Path, default=None, help="also save AMO's span map as a heat-map overlay PNG")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("export", help="export the transformer (+ AMO score output) to an ONNX engine folder")
+    _add_model_args(e)
+    e.add_argument("--out", type=Path, required=True, help="engine folder to write, e.g. engines/tiny-sd3")
+    e.add_argument("--height", type=int, default=None, help="image height the engine serves (default: the model's)")
+    e.add_argument("--width", type=int, default=None, help="image width the engine serves (default: the model's)")
+    e.add_argument("--batch", type=int, default=1, help="images per call (SD3 adds the CFG rows; default 1)")
+    e.add_argument("--no-cfg", action="store_true", help="SD3: no [uncond ; cond] rows (guidance <= 1)")
+    e.add_argument("--max-sequence-length", type=int, default=None, help="T5 tokens (default: the model's)")
+    e.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18; TensorRT 10 parses <= 20)")
+    e.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"], help="torch.onnx exporter")
+    e.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension (default: static shapes)")
+    e.add_argument("--no-fold", action="store_true", help="skip constant folding")
+    e.add_argument("--blocks", type=_blocks, default=None, help="blocks with the score branch (default: all)")
+    e.add_argument("--max-span-tokens", type=int, default=64, help="span rows the score branch reads (default 64)")
+
+    b = sub.add_parser("build", help="build a TensorRT engine (model.plan) for an exported folder (NVIDIA GPU)")
+    b.add_argument("engine", type=Path, help="engine folder written by amo-engine export")
+    b.add_argument("--precision", default="bf16", choices=["fp32", "fp16", "bf16"], help="engine precision")
+    b.add_argument("--opt-level", type=int, default=3, help="builder optimisation level 0..5 (default 3)")
+    b.add_argument("--weakly-typed", action="store_true", help="let TensorRT pick precisions (default: strongly typed)")
+    b.add_argument("--timing-cache", type=Path, default=None, help="timing cache file to read and update")
+
+    i = sub.add_parser("inspect", help="manifest, I/O table, op census, TensorRT compatibility; --verify runs parity")
+    i.add_argument("engine", type=Path, help="engine folder")
+    i.add_argument("--verify", action="store_true", help="run the engine and eager on the same random feeds")
+    i.add_argument("--backend", default="ort", choices=["ort", "trt"], help="runtime for --verify (default ort)")
+    i.add_argument("--model", default=None, help="model for --verify (default: the one in the manifest)")
+    i.add_argument("--device", default="cpu", help="device for --verify")
+    i.add_argument("--cache-dir", type=Path, default=None, help="preset cache (see generate)")
     return parser
 
 
@@ -135,7 +165,78 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate}
+def cmd_export(args: argparse.Namespace) -> int:
+    from .backbone import ScoreConfig
+    from .models import load_model
+    from .onnx_export import ExportConfig, export_engine
+
+    model = load_model(args.model, args.dtype, args.device, args.cache_dir)
+    cfg = ExportConfig(
+        out=args.out, batch=args.batch, height=args.height, width=args.width, cfg_rows=not args.no_cfg,
+        max_sequence_length=args.max_sequence_length, opset=args.opset, exporter=args.exporter,
+        dynamic_batch=args.dynamic_batch, fold_constants=not args.no_fold,
+    )
+    export_engine(model, cfg, ScoreConfig(args.blocks, args.max_span_tokens))
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    try:
+        from .trt_build import BuildConfig, build_plan
+
+        manifest = build_plan(BuildConfig(args.engine, args.precision, args.opt_level, not args.weakly_typed,
+                                          args.timing_cache))
+    except RuntimeError as err:  # no TensorRT / no GPU: one line, not a traceback
+        print(f"amo-engine build: {err}", file=sys.stderr)
+        return 3
+    t = manifest["trt"]
+    print(f"built {args.engine / 'model.plan'} ({t['precision']}, TensorRT {t['version']}, {t['gpu']}) in {t['build_s']:.1f} s")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .engine import manifest_spec, read_manifest
+
+    manifest = read_manifest(args.engine)
+    spec = manifest_spec(manifest)
+    g = manifest["graph"]
+    print(f"engine {args.engine}: {manifest['family']} from {manifest['model']!r}, {manifest['dtype']}, "
+          f"{manifest['height']}x{manifest['width']}, rows {manifest['rows']}, hooked blocks {manifest['hooked_blocks']}")
+    o = manifest["onnx"]
+    files = ", ".join(f"{name} ({rec['bytes'] / 1e6:.1f} MB)" for name, rec in manifest["files"].items())
+    print(f"onnx: opset {o['opset']}, exporter {o['exporter']}, folded {o['folded']}; files: {files}")
+    print("\nI/O")
+    for kind, tensors in (("in ", spec.inputs), ("out", spec.outputs)):
+        for t in tensors:
+            print(f"  {kind} {t.name:24s} {t.dtype:9s} {list(spec.shape(t.name))}")
+    print("\nop census: " + ", ".join(f"{k} {v}" for k, v in g["census"].items()))
+    print(f"\nTensorRT ONNX parser ({g['trt_table']}): {'compatible' if g['trt_ok'] else 'NOT compatible'}"
+          + (f"; unsupported {g['unsupported_ops']}" if g["unsupported_ops"] else "")
+          + (f"; float64 {g['float64'][:3]}" if g["float64"] else ""))
+    for op, note in g["restrictions"].items():
+        print(f"  {op}: {note}")
+    print(f"attention fusion: {'kept' if g['fusion_ok'] else 'BROKEN'} ({g['main_softmax']} main softmax -> MatMul only, "
+          f"{g['score_softmax']} score-branch softmax)")
+    if "trt" in manifest:
+        print(f"TensorRT plan: {manifest['trt']}")
+    if not args.verify:
+        return 0
+    from .models import load_model
+    from .verify import engine_parity
+
+    model = load_model(args.model or manifest["model"], manifest["dtype"], args.device, args.cache_dir)
+    p = engine_parity(model, args.engine, args.backend, args.device)
+    ok = p["velocity_max_abs"] <= VERIFY_VELOCITY_TOL and p["attn_max_abs"] <= VERIFY_ATTN_TOL
+    print(f"\nverify ({args.backend} vs eager): velocity max abs {p['velocity_max_abs']:.2e} "
+          f"(<= {VERIFY_VELOCITY_TOL:g}), attn max abs {p['attn_max_abs']:.2e} (<= {VERIFY_ATTN_TOL:g}), "
+          f"velocity cosine {p['velocity_cosine']:.6f}: {'PASS' if ok else 'FAIL'}")
+    return 0 if ok else 1
+
+
+VERIFY_VELOCITY_TOL = 1e-4  # fp32 engines; see README for fp16/bf16
+VERIFY_ATTN_TOL = 1e-6
+
+COMMANDS = {"generate": cmd_generate, "export": cmd_export, "build": cmd_build, "inspect": cmd_inspect}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,3 +27,27 @@ class Backend(Protocol):
     def __call__(self, feeds: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]: ...
 
     def close(self) -> None: ...
+
+
+def load_backend(kind: str, engine_dir=None, device: str = "cpu", model=None, **options) -> Backend:
+    """Open an engine folder with runtime ``kind``, refusing engines made from another model.
+
+    ``model``: the LoadedModel the pipeline runs (family and weights are checked against the
+    manifest). ``options`` go to the backend (ORT: opt_level, threads; TensorRT: cuda_graph).
+    """
+    if kind not in BACKENDS:
+        raise ValueError(f"unknown backend {kind!r}; choose one of {', '.join(BACKENDS)}")
+    if kind == "eager":
+        raise ValueError("the eager backend needs no engine: leave --backend at eager and drop --engine")
+    from ..engine import check_model_matches, read_manifest, weights_fingerprint
+
+    manifest = read_manifest(engine_dir)
+    if model is not None:
+        check_model_matches(manifest, model.family, weights_fingerprint(model.folder))
+    if kind == "ort":
+        from .ort import OrtBackend
+
+        return OrtBackend(engine_dir, device=device, manifest=manifest, **options)
+    from .trt import TrtBackend
+
+    return TrtBackend(engine_dir, device=device, manifest=manifest, **options)

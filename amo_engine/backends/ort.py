@@ -1,0 +1,95 @@
+"""ONNX Runtime backend: InferenceSession + IOBinding on torch tensors, bound by pointer once.
+
+Outputs are static torch buffers allocated once from the IOSpec and bound at construction;
+inputs are rebound only when a feed's pointer or shape changes. CPU here; the CUDA provider
+where onnxruntime-gpu and a GPU are present.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from ..engine import ONNX_FILE, manifest_spec, read_manifest
+
+OPT_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def _element_type(dtype: torch.dtype):
+    import numpy as np
+
+    table = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.int32: np.int32}
+    if dtype not in table:
+        raise ValueError(f"ONNX Runtime IOBinding cannot bind {dtype}; export the engine in fp32 or fp16")
+    return table[dtype]
+
+
+class OrtBackend:
+    kind = "ort"
+
+    def __init__(self, engine_dir: Path | str, device: str = "cpu", opt_level: str = "all",
+                 manifest: dict | None = None, threads: int | None = None):
+        import onnxruntime as ort
+
+        engine_dir = Path(engine_dir)
+        self.manifest = manifest if manifest is not None else read_manifest(engine_dir)
+        self.spec = manifest_spec(self.manifest)
+        self.device = torch.device(device)
+        if opt_level not in OPT_LEVELS:
+            raise ValueError(f"unknown ORT optimisation level {opt_level!r}; choose one of {', '.join(OPT_LEVELS)}")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[opt_level]
+        if threads:
+            options.intra_op_num_threads = threads
+        if self.device.type == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise RuntimeError("device cuda asked for, but this onnxruntime has no CUDA provider: "
+                                   "pip uninstall onnxruntime && pip install onnxruntime-gpu")
+            providers = [("CUDAExecutionProvider", {"device_id": self.device.index or 0})]
+            self._ort_device = ("cuda", self.device.index or 0)
+        else:
+            providers = ["CPUExecutionProvider"]
+            self._ort_device = ("cpu", 0)
+        try:
+            self.session = ort.InferenceSession(str(engine_dir / ONNX_FILE), options, providers=providers)
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise ValueError(f"ONNX Runtime cannot load {engine_dir / ONNX_FILE}: {err}; re-export the engine") from None
+        graph_inputs = {i.name for i in self.session.get_inputs()}
+        self._input_names = [n for n in self.spec.input_names if n in graph_inputs]
+        self.binding = self.session.io_binding()
+        self.outputs = self.spec.allocate("outputs", self.device)
+        for name, buf in self.outputs.items():
+            self._bind("output", name, buf)
+        self._bound: dict[str, tuple[int, tuple[int, ...]]] = {}
+
+    def _bind(self, kind: str, name: str, t: torch.Tensor) -> None:
+        device_type, device_id = self._ort_device
+        bind = self.binding.bind_input if kind == "input" else self.binding.bind_output
+        bind(name, device_type, device_id, _element_type(t.dtype), list(t.shape), t.data_ptr())
+
+    def __call__(self, feeds: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+        for name in self._input_names:
+            t = feeds[name]
+            key = (t.data_ptr(), tuple(t.shape))
+            if self._bound.get(name) != key:
+                if not t.is_contiguous():
+                    raise ValueError(f"feed {name!r} must be contiguous to bind it by pointer")
+                if tuple(t.shape) != self.spec.shape(name):
+                    raise ValueError(f"feed {name!r} has shape {tuple(t.shape)}, the engine takes "
+                                     f"{self.spec.shape(name)}; export an engine for this shape")
+                self._bind("input", name, t)
+                self._bound[name] = key
+        self.session.run_with_iobinding(self.binding)
+        return self.outputs
+
+    def close(self) -> None:
+        self.binding.clear_binding_inputs()
+        self.binding.clear_binding_outputs()
+        self.session = None

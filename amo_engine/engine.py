@@ -1,0 +1,161 @@
+"""Engine folders: manifest write/read/validate, fingerprints, atomic publishing, export locks.
+
+An engine folder holds ``model.onnx`` (+ ``model.onnx.data`` for > 2 GB models), ``manifest.json``
+and, after ``amo-engine build`` on an NVIDIA GPU, ``model.plan``. Folders are written under a temp
+name and renamed into place, so a reader never sees half an engine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator, Mapping
+
+from .spec import IOSpec
+
+MANIFEST = "manifest.json"
+ONNX_FILE = "model.onnx"
+PLAN_FILE = "model.plan"
+FORMAT_VERSION = 1
+
+
+class EngineError(ValueError):
+    """An engine folder is missing, damaged, or does not fit what is asked of it."""
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weights_fingerprint(folder: Path | None, subfolder: str = "transformer") -> str | None:
+    """Cheap identity of a model's transformer weights: per safetensors file its name, size,
+    header (tensor names, shapes, offsets) and first/last MiB. Reads a few MiB, not gigabytes."""
+    if folder is None:
+        return None
+    files = sorted((Path(folder) / subfolder).glob("*.safetensors"))
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with open(f, "rb") as fh:
+            header_len = int.from_bytes(fh.read(8), "little")
+            h.update(fh.read(min(header_len, 100_000_000)))
+            h.update(fh.read(1 << 20))
+            fh.seek(max(size - (1 << 20), 0))
+            h.update(fh.read(1 << 20))
+    return h.hexdigest()
+
+
+def write_json_atomic(path: Path, data: Mapping) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def file_records(folder: Path) -> dict[str, dict]:
+    """sha256 and size of every artifact file in ``folder`` (manifest excluded)."""
+    return {
+        p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")
+    }
+
+
+def read_manifest(folder: Path | str, check_hashes: bool = True) -> dict:
+    """Read and validate an engine folder's manifest against the files beside it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EngineError(f"engine folder {folder} does not exist; create it with: amo-engine export --out {folder}")
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise EngineError(f"{folder} has no {MANIFEST}; re-export the engine (amo-engine export --out {folder})")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise EngineError(f"{path} is not valid JSON ({err}); re-export the engine") from None
+    missing = [k for k in ("format", "family", "io", "files", "onnx") if k not in manifest]
+    if missing:
+        raise EngineError(f"{path} lacks {missing}; it was not written by this amo-engine: re-export the engine")
+    if manifest["format"] != FORMAT_VERSION:
+        raise EngineError(f"{path} has format {manifest['format']}, this amo-engine reads {FORMAT_VERSION}; re-export")
+    for name, rec in manifest["files"].items():
+        f = folder / name
+        if not f.is_file():
+            raise EngineError(f"{folder}: {name} is missing; re-export the engine")
+        if f.stat().st_size != rec["bytes"]:
+            raise EngineError(f"{folder}: {name} has {f.stat().st_size} bytes, the manifest says {rec['bytes']} "
+                              "(truncated or replaced); re-export the engine")
+        if check_hashes and sha256_file(f) != rec["sha256"]:
+            raise EngineError(f"{folder}: {name} does not match its sha256 in the manifest (corrupted); re-export")
+    return manifest
+
+
+def manifest_spec(manifest: Mapping) -> IOSpec:
+    return IOSpec.from_json(manifest["io"])
+
+
+def check_model_matches(manifest: Mapping, family: str, fingerprint: str | None) -> None:
+    """Refuse an engine exported from another model family or other weights."""
+    if manifest["family"] != family:
+        raise EngineError(f"the engine is a {manifest['family']} model but the loaded model is {family}; "
+                          "pass the --model it was exported from")
+    want = manifest.get("weights_fingerprint")
+    if want and fingerprint and want != fingerprint:
+        raise EngineError("the engine was exported from other weights than the loaded model "
+                          f"(manifest model {manifest.get('model')!r}); re-export it from this model")
+
+
+@contextlib.contextmanager
+def export_lock(out: Path) -> Iterator[None]:
+    """Exclusive lock for writing engine folder ``out``; a second writer fails at once."""
+    import fcntl
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = out.parent / f".{out.name}.lock"
+    fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise EngineError(f"another export or build is writing {out} right now; wait for it to finish") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def staging_dir(out: Path) -> Iterator[Path]:
+    """A temp folder beside ``out``; on success it replaces ``out`` whole, on failure it is removed
+    and any previous ``out`` stays untouched."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

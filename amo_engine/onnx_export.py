@@ -1,0 +1,261 @@
+"""Export: backbone (the module that runs eagerly) -> ONNX with outputs ``velocity`` and ``attn``,
+cleaned and folded, checked, with a manifest generated from the IOSpec, published atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from .backbone import ScoreConfig, make_backbone
+from .engine import (
+    FORMAT_VERSION,
+    MANIFEST,
+    ONNX_FILE,
+    export_lock,
+    file_records,
+    staging_dir,
+    weights_fingerprint,
+    write_json_atomic,
+)
+from .spec import IOSpec, dtype_name
+
+EXPORTERS = ("dynamo", "torchscript")
+EXTERNAL_DATA_BYTES = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GB limit, with headroom
+
+
+@dataclass
+class ExportConfig:
+    out: Path
+    batch: int = 1  # images per call; SD3 with CFG doubles the rows
+    height: int | None = None
+    width: int | None = None
+    cfg_rows: bool = True  # SD3: [uncond ; cond] rows in one call
+    max_sequence_length: int | None = None
+    opset: int = 18
+    exporter: str = "dynamo"
+    dynamic_batch: bool = False
+    fold_constants: bool = True
+    log: bool = True
+
+
+def _say(cfg: ExportConfig, msg: str) -> None:
+    if cfg.log:
+        print(msg, flush=True)
+
+
+class ExplicitRMSNorm(nn.Module):
+    """torch.nn.RMSNorm as elementwise ops (the TorchScript exporter lacks aten::rms_norm)."""
+
+    def __init__(self, norm: nn.RMSNorm):
+        super().__init__()
+        self.weight = norm.weight
+        self.eps = norm.eps if norm.eps is not None else torch.finfo(torch.float32).eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        y = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+        return y * self.weight if self.weight is not None else y
+
+
+@contextlib.contextmanager
+def torchscript_compatible(module: nn.Module) -> Iterator[None]:
+    """Temporarily swap modules the TorchScript exporter cannot translate; restore afterwards."""
+    swapped = []
+    for parent in module.modules():
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.RMSNorm):
+                setattr(parent, name, ExplicitRMSNorm(child))
+                swapped.append((parent, name, child))
+    try:
+        yield
+    finally:
+        for parent, name, child in swapped:
+            setattr(parent, name, child)
+
+
+def sample_feeds(spec: IOSpec, device: torch.device | str = "cpu", seed: int = 0) -> dict[str, torch.Tensor]:
+    """Deterministic, valid-looking feeds for tracing and parity checks."""
+    g = torch.Generator().manual_seed(seed)
+    feeds = {}
+    for t in spec.inputs:
+        shape = t.resolve(spec.dims)
+        if t.name == "span_mask":
+            v = (torch.rand(shape, generator=g) < 0.15).float()
+            v[:, 0] = 1.0
+        elif t.name == "timestep":
+            v = torch.rand(shape, generator=g) * (1000.0 if "img_ids" not in spec.input_names else 1.0)
+        elif t.name == "guidance":
+            v = torch.full(shape, 3.5)
+        elif t.name in ("img_ids", "txt_ids"):
+            v = torch.randint(0, 16, shape, generator=g).float()
+        else:
+            v = torch.randn(shape, generator=g)
+        feeds[t.name] = v.to(device=device, dtype=t.torch_dtype)
+    return feeds
+
+
+def _export_onnx(backbone, spec: IOSpec, path: Path, cfg: ExportConfig, feeds: dict[str, torch.Tensor]) -> None:
+    args = tuple(feeds[n] for n in spec.input_names)
+    large = sum(p.numel() * p.element_size() for p in backbone.parameters()) > EXTERNAL_DATA_BYTES
+    dynamic = {"batch"} if cfg.dynamic_batch else set()
+    if cfg.exporter == "dynamo":
+        dynamic_shapes = None
+        if dynamic:
+            batch = torch.export.Dim("batch", min=1, max=64)
+            dynamic_shapes = {
+                t.name: ({i: batch for i, d in enumerate(t.shape) if d == "batch"} or None) for t in spec.inputs
+            }
+        program = torch.onnx.export(
+            backbone,
+            args,
+            input_names=spec.input_names,
+            output_names=spec.output_names,
+            opset_version=cfg.opset,
+            dynamo=True,
+            dynamic_shapes=dynamic_shapes,
+            optimize=True,
+            verbose=False,
+        )
+        program.save(str(path), external_data=large)
+    else:
+        with torchscript_compatible(backbone):
+            torch.onnx.export(
+                backbone,
+                args,
+                str(path),
+                input_names=spec.input_names,
+                output_names=spec.output_names,
+                opset_version=cfg.opset,
+                dynamo=False,
+                dynamic_axes=spec.dynamic_axes(dynamic) or None,
+                do_constant_folding=True,
+            )
+
+
+def _cleanup(path: Path) -> None:
+    """Constant folding + dead-node cleanup with onnx-graphsurgeon; in place."""
+    import onnx
+    import onnx_graphsurgeon as gs
+
+    model = onnx.load(str(path))
+    graph = gs.import_onnx(model)
+    graph.fold_constants().cleanup().toposort()
+    folded = gs.export_onnx(graph)
+    folded.ir_version = model.ir_version
+    onnx.save(folded, str(path))
+
+
+def _ort_loads(path: Path) -> None:
+    """The graph must load in ONNX Runtime (catches graphs the checker accepts but runtimes refuse)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime's own exception types
+        raise RuntimeError(f"ONNX Runtime refuses the exported graph ({err}); try the other --exporter") from None
+
+
+def _versions() -> dict[str, str]:
+    import diffusers
+    import onnx
+
+    out = {"torch": torch.__version__, "diffusers": diffusers.__version__, "onnx": onnx.__version__,
+           "python": platform.python_version()}
+    try:
+        import onnxruntime
+
+        out["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def export_engine(model, cfg: ExportConfig, score: ScoreConfig = ScoreConfig()) -> dict:
+    """Export ``model`` (a LoadedModel) into engine folder ``cfg.out``; returns the manifest."""
+    import onnx
+
+    from .graph_checks import check_graph
+
+    if cfg.exporter not in EXPORTERS:
+        raise ValueError(f"unknown exporter {cfg.exporter!r}; choose one of {', '.join(EXPORTERS)}")
+    if not 9 <= cfg.opset <= 23:
+        raise ValueError(f"opset {cfg.opset} unsupported; use 17-20 (TensorRT 10 parses up to 20)")
+    if cfg.batch < 1:
+        raise ValueError("batch must be >= 1")
+    out = Path(cfg.out)
+    pipe, family = model.pipe, model.family
+    height, width = cfg.height or model.default_size[0], cfg.width or model.default_size[1]
+    max_seq = cfg.max_sequence_length or model.max_sequence_length
+    text_len = (pipe.tokenizer_max_length + max_seq) if family == "sd3" else max_seq
+    rows = cfg.batch * (2 if family == "sd3" and cfg.cfg_rows else 1)
+
+    backbone = make_backbone(pipe.transformer, score).eval()
+    dtype = pipe.transformer.dtype
+    spec = backbone.io_spec(rows, height, width, text_len, dtype)
+    feeds = sample_feeds(spec, pipe.transformer.device)
+    timings: dict[str, float] = {}
+
+    with export_lock(out), staging_dir(out) as tmp:
+        onnx_path = tmp / ONNX_FILE
+        _say(cfg, f"[1/4] exporting {family} backbone ({cfg.exporter}, opset {cfg.opset}, rows {rows}, "
+                  f"{height}x{width}, text {text_len}) ...")
+        start = time.perf_counter()
+        with torch.no_grad():
+            _export_onnx(backbone, spec, onnx_path, cfg, feeds)
+        timings["export_s"] = time.perf_counter() - start
+
+        large = (tmp / (ONNX_FILE + ".data")).exists() or any(p.suffix == ".data" for p in tmp.iterdir())
+        if cfg.fold_constants and not large:
+            _say(cfg, "[2/4] folding constants and cleaning up (onnx-graphsurgeon) ...")
+            start = time.perf_counter()
+            _cleanup(onnx_path)
+            timings["cleanup_s"] = time.perf_counter() - start
+        else:
+            _say(cfg, "[2/4] constant folding skipped" + (" (external data)" if large else ""))
+
+        _say(cfg, "[3/4] checking the graph (onnx checker, op census, TensorRT support, softmax fusion) ...")
+        onnx.checker.check_model(str(onnx_path))
+        report = check_graph(onnx.load(str(onnx_path), load_external_data=False))
+        if not report.fusion_ok:
+            raise RuntimeError(f"the exported graph breaks attention fusion: {report.problems()}")
+        _ort_loads(onnx_path)
+
+        _say(cfg, "[4/4] writing manifest ...")
+        manifest = {
+            "format": FORMAT_VERSION,
+            "family": family,
+            "model": model.source,
+            "weights_fingerprint": weights_fingerprint(model.folder),
+            "io": spec.to_json(),
+            "rows": rows,
+            "images_per_call": cfg.batch,
+            "cfg_rows": family == "sd3" and cfg.cfg_rows,
+            "height": height,
+            "width": width,
+            "max_sequence_length": max_seq,
+            "dtype": dtype_name(dtype),
+            "hooked_blocks": list(backbone.hooked_blocks),
+            "max_span_tokens": score.max_span_tokens,
+            "onnx": {"file": ONNX_FILE, "opset": cfg.opset, "exporter": cfg.exporter,
+                     "dynamic_batch": cfg.dynamic_batch, "folded": cfg.fold_constants and not large},
+            "graph": report.to_json(),
+            "versions": _versions(),
+            "timings": timings,
+            "files": file_records(tmp),
+        }
+        write_json_atomic(tmp / MANIFEST, manifest)
+    total = sum(timings.values())
+    _say(cfg, f"exported {out} in {total:.1f} s; TensorRT-parser compatible: {report.trt_ok}"
+              + ("" if report.trt_ok else f" ({'; '.join(report.problems())})"))
+    return manifest

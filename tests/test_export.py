@@ -1,0 +1,189 @@
+"""Export, graph hygiene, manifest, and one conformance test over every available backend."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from amo_engine.backends import load_backend
+from amo_engine.cli import main
+from amo_engine.engine import EngineError, export_lock, read_manifest
+from amo_engine.graph_checks import check_graph, trt_supported_ops
+from amo_engine.models import load_model
+from amo_engine.onnx_export import ExportConfig, export_engine
+from amo_engine.pipeline import AmoPipeline, GenerateConfig
+from amo_engine.verify import engine_parity, score_config_of
+
+
+def _trt_available() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+BACKENDS = [
+    "eager",
+    "ort",
+    pytest.param("trt", marks=[pytest.mark.gpu, pytest.mark.trt,
+                               pytest.mark.skipif(not _trt_available(), reason="TensorRT and an NVIDIA GPU are not present")]),
+]
+PROMPT = "A street sign saying 'No Parking Anytime'"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("presets")
+
+
+@pytest.fixture(scope="module")
+def models(cache):
+    return {f: load_model(f"tiny-{f}", cache_dir=cache) for f in ("sd3", "flux")}
+
+
+@pytest.fixture(scope="module")
+def engines(models, tmp_path_factory):
+    """Every preset exported with every exporter: {(family, exporter): folder}."""
+    root = tmp_path_factory.mktemp("engines")
+    out = {}
+    for family, model in models.items():
+        for exporter in ("dynamo", "torchscript"):
+            folder = root / f"{family}-{exporter}"
+            export_engine(model, ExportConfig(out=folder, exporter=exporter, log=False))
+            out[family, exporter] = folder
+    return out
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_export_and_inspect_verify(engines, family, exporter, cache, capsys):
+    folder = engines[family, exporter]
+    manifest = read_manifest(folder)
+    assert manifest["family"] == family and manifest["onnx"]["exporter"] == exporter
+    assert manifest["graph"]["trt_ok"] and manifest["graph"]["fusion_ok"]
+    assert manifest["graph"]["float64"] == []
+    assert manifest["graph"]["score_softmax"] == len(manifest["hooked_blocks"])
+    assert [t["name"] for t in manifest["io"]["outputs"]] == ["velocity", "attn"]
+    assert "span_mask" in [t["name"] for t in manifest["io"]["inputs"]]
+    assert main(["inspect", str(folder), "--verify", "--cache-dir", str(cache)]) == 0
+    printed = capsys.readouterr().out
+    assert "PASS" in printed and "compatible" in printed and "attention fusion: kept" in printed
+
+
+def _available(kind):
+    return kind != "trt" or _trt_available()
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_backend_conformance(models, engines, family, kind):
+    """Every backend: velocity <= 1e-4 and attn <= 1e-6 vs eager; a 4-step AMO run agrees."""
+    model, folder = models[family], engines[family, "dynamo"]
+    device = "cuda" if kind == "trt" else "cpu"
+    if kind != "eager":
+        p = engine_parity(model, folder, kind, device)
+        print(f"{family} {kind}: {p}")
+        assert p["velocity_max_abs"] <= 1e-4
+        assert p["attn_max_abs"] <= 1e-6
+    manifest = read_manifest(folder)
+    backend = None if kind == "eager" else load_backend(kind, folder, device=device, model=model)
+    cfg = GenerateConfig([PROMPT], steps=4, sampler="amo", seed=7)
+    reference = AmoPipeline(model, score_config_of(manifest))(cfg)
+    result = AmoPipeline(model, score_config_of(manifest), backend)(cfg)
+    err = (result.latents - reference.latents).abs().max().item()
+    print(f"{family} {kind}: 4-step AMO latents max abs diff vs eager {err:.2e}")
+    assert torch.allclose(result.latents, reference.latents, rtol=0, atol=1e-4)
+
+
+def test_cli_generate_through_the_engine(engines, cache, tmp_path):
+    out = tmp_path / "ort.png"
+    code = main(["generate", "--model", "tiny-flux", "--cache-dir", str(cache), "--backend", "ort",
+                 "--engine", str(engines["flux", "torchscript"]), "--prompt", PROMPT, "--steps", "3",
+                 "--out", str(out), "--quiet"])
+    assert code == 0 and out.is_file()
+
+
+def test_graph_check_flags_unsupported_ops_and_exposed_softmax():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    probs = helper.make_tensor_value_info("p", TensorProto.FLOAT, [2, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])
+    nodes = [
+        helper.make_node("Softmax", ["x"], ["p"]),
+        helper.make_node("MatMul", ["p", "w"], ["m"]),
+        helper.make_node("Bernoulli", ["m"], ["y"]),
+    ]
+    w = helper.make_tensor("w", TensorProto.FLOAT, [3, 2], [0.1] * 6)
+    graph = helper.make_graph(nodes, "g", [x], [probs, y], initializer=[w])
+    report = check_graph(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    assert report.unsupported_ops == ["Bernoulli"] and not report.trt_ok
+    assert report.softmax_outputs and not report.fusion_ok
+    assert "Softmax" in trt_supported_ops() and "Attention" not in trt_supported_ops()
+
+
+def test_manifest_validation_errors(engines, models, tmp_path):
+    src = engines["sd3", "dynamo"]
+    with pytest.raises(EngineError, match="does not exist"):
+        read_manifest(tmp_path / "nope")
+    broken = tmp_path / "broken"
+    shutil.copytree(src, broken)
+    (broken / "manifest.json").write_text("{not json")
+    with pytest.raises(EngineError, match="not valid JSON"):
+        read_manifest(broken)
+    (broken / "manifest.json").unlink()
+    with pytest.raises(EngineError, match="no manifest.json"):
+        read_manifest(broken)
+    truncated = tmp_path / "truncated"
+    shutil.copytree(src, truncated)
+    data = (truncated / "model.onnx").read_bytes()
+    (truncated / "model.onnx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(EngineError, match="truncated"):
+        read_manifest(truncated)
+    corrupted = tmp_path / "corrupted"
+    shutil.copytree(src, corrupted)
+    (corrupted / "model.onnx").write_bytes(data[:-8] + b"\0" * 8)
+    with pytest.raises(EngineError, match="corrupted"):
+        read_manifest(corrupted)
+    other = tmp_path / "other"
+    shutil.copytree(src, other)
+    m = json.loads((other / "manifest.json").read_text())
+    m["weights_fingerprint"] = "0" * 64
+    (other / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(EngineError, match="other weights"):
+        load_backend("ort", other, model=models["sd3"])
+    with pytest.raises(EngineError, match="is a sd3 model"):
+        load_backend("ort", src, model=models["flux"])
+
+
+def test_interrupted_export_keeps_the_previous_engine(models, engines, tmp_path, monkeypatch):
+    folder = tmp_path / "engine"
+    shutil.copytree(engines["sd3", "dynamo"], folder)
+    before = read_manifest(folder)
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt("simulated interruption")
+
+    monkeypatch.setattr("amo_engine.onnx_export._cleanup", boom)
+    with pytest.raises(KeyboardInterrupt):
+        export_engine(models["sd3"], ExportConfig(out=folder, exporter="torchscript", log=False))
+    assert read_manifest(folder) == before  # old engine intact and valid
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".engine.tmp")] == []
+
+
+def test_concurrent_export_is_refused(models, tmp_path):
+    folder = tmp_path / "engine"
+    with export_lock(folder):
+        with pytest.raises(EngineError, match="another export or build is writing"):
+            export_engine(models["flux"], ExportConfig(out=folder, log=False))
+    assert not folder.exists()
+
+
+def test_build_without_tensorrt_says_so(engines, capsys):
+    if _trt_available():
+        pytest.skip("TensorRT is present: the real build runs in the GPU tests")
+    code = main(["build", str(engines["sd3", "dynamo"]), "--precision", "fp32"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3 and len(err) == 1 and "TensorRT" in err[0]
