@@ -104,6 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--model", default=None, help="model for --verify (default: the one in the manifest)")
     i.add_argument("--device", default="cpu", help="device for --verify")
     i.add_argument("--cache-dir", type=Path, default=None, help="preset cache (see generate)")
+
+    be = sub.add_parser("bench", help="latency of eager / torch.compile / reference AMO / ORT arms, side by side")
+    be.add_argument("--config", default="medium-sd3", choices=["tiny-sd3", "tiny-flux", "medium-sd3", "medium-flux"])
+    be.add_argument("--calls", type=int, default=10, help="timed backbone calls per arm (interleaved; default 10)")
+    be.add_argument("--loops", type=int, default=3, help="timed denoise loops per arm (default 3)")
+    be.add_argument("--steps", type=int, default=8, help="steps per loop (default 8)")
+    be.add_argument("--no-compile", action="store_true", help="skip the torch.compile arm")
+    be.add_argument("--out-dir", type=Path, default=Path("bench/results"), help="where JSON lines, table and plot go")
+    be.add_argument("--cache-dir", type=Path, default=None, help="preset cache (tiny configs)")
     return parser
 
 
@@ -233,10 +242,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import BenchConfig, run_bench
+
+    run_bench(BenchConfig(args.config, args.calls, args.loops, args.steps, compile=not args.no_compile,
+                          out_dir=args.out_dir, cache_dir=args.cache_dir))
+    print(f"wrote {args.out_dir / args.config}.jsonl, .md and .png")
+    return 0
+
+
 VERIFY_VELOCITY_TOL = 1e-4  # fp32 engines; see README for fp16/bf16
 VERIFY_ATTN_TOL = 1e-6
 
-COMMANDS = {"generate": cmd_generate, "export": cmd_export, "build": cmd_build, "inspect": cmd_inspect}
+COMMANDS = {"generate": cmd_generate, "export": cmd_export, "build": cmd_build, "inspect": cmd_inspect, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:
