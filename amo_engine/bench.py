@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import platform
 import resource
 import statistics
@@ -22,7 +21,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from .backbone import ScoreConfig, make_backbone
 from .engine import FORMAT_VERSION, MANIFEST, ONNX_FILE, file_records, write_json_atomic
@@ -61,7 +59,7 @@ class ReferenceScoreProcessor:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None, **kw):
         from diffusers.models.embeddings import apply_rotary_emb
 
-        b, n_img, n_txt = hidden_states.shape[0], hidden_states.shape[1], encoder_hidden_states.shape[1]
+        n_img, n_txt = hidden_states.shape[1], encoder_hidden_states.shape[1]
 
         def proj(layer, x, norm):
             y = layer(x).unflatten(-1, (attn.heads, -1))  # [B, L, H, D]
@@ -156,7 +154,7 @@ def _export_stock_engine(stock, spec, folder: Path) -> None:
     io = IOSpec(tuple(t for t in spec.inputs if t.name != "span_mask"), spec.outputs[:1], spec.dims)
     feeds = sample_feeds(io)
     folder.mkdir(parents=True, exist_ok=True)
-    prog = torch.onnx.export(Stock(stock), tuple(feeds[n] for n in names), input_names=names,
+    prog = torch.onnx.export(Stock(stock).eval(), tuple(feeds[n] for n in names), input_names=names,
                              output_names=["velocity"], opset_version=18, dynamo=True, verbose=False)
     prog.save(str(folder / ONNX_FILE))
     manifest = {"format": FORMAT_VERSION, "family": "stock", "io": io.to_json(), "onnx": {"file": ONNX_FILE},

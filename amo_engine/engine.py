@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Mapping
 
+from .atomic import atomic_path
 from .spec import IOSpec
 
 MANIFEST = "manifest.json"
@@ -58,16 +59,8 @@ def weights_fingerprint(folder: Path | None, subfolder: str = "transformer") -> 
 
 
 def write_json_atomic(path: Path, data: Mapping) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def file_records(folder: Path) -> dict[str, dict]:

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import torch
 
+from .atomic import atomic_path
 from .backbone import ScoreConfig, make_backbone
 from .backends import Backend
 from .backends.eager import EagerBackend
@@ -301,18 +302,5 @@ class AmoPipeline:
 
 def save_png(image, path) -> None:
     """Write a PIL image atomically (temp file in the same folder, then rename)."""
-    import os
-    import tempfile
-    from pathlib import Path
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-

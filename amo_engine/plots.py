@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from .atomic import atomic_path
 
 
 def save_attention_overlay(image, attn_map: torch.Tensor, path: Path | str, alpha: float = 0.5) -> None:
@@ -31,13 +31,8 @@ def save_attention_overlay(image, attn_map: torch.Tensor, path: Path | str, alph
         ax.axis("off")
     fig.colorbar(shown, ax=axes[1], fraction=0.046)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)

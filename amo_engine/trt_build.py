@@ -3,12 +3,11 @@ static optimisation profile from the IOSpec, strongly typed by default, optional
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import atomic_path
 from .backends.trt import import_tensorrt
 from .engine import MANIFEST, ONNX_FILE, PLAN_FILE, EngineError, export_lock, file_records, manifest_spec, \
     read_manifest, write_json_atomic
@@ -74,10 +73,8 @@ def build_plan(cfg: BuildConfig) -> dict:
         if plan is None:
             raise EngineError("TensorRT failed to build the engine (see the TensorRT log above)")
         seconds = time.perf_counter() - start
-        fd, tmp = tempfile.mkstemp(prefix=".model.plan-", dir=engine_dir)
-        with os.fdopen(fd, "wb") as f:
-            f.write(memoryview(plan))
-        os.replace(tmp, engine_dir / PLAN_FILE)
+        with atomic_path(engine_dir / PLAN_FILE) as tmp:
+            tmp.write_bytes(memoryview(plan))
         if cfg.timing_cache:
             cfg.timing_cache.write_bytes(memoryview(config.get_timing_cache().serialize()))
         import torch

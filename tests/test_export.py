@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper
