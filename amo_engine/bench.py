@@ -1,9 +1,10 @@
 """Latency benchmarks versus eager PyTorch, measured side by side in one run.
 
 Arms share weights, feeds, steps and seed. Scopes: one backbone call (arms interleaved round-robin
-so machine noise hits all alike) and the denoise loop; the tiny presets add end-to-end (encode +
-loop + decode). Warm-ups are excluded; p50 is the headline, with mean, p90, min and raw samples.
-Results: JSON lines (with the environment), a markdown table and a PNG plot.
+so machine noise hits all alike) and the denoise loop (arms interleaved per round). Not yet:
+end-to-end (encode + loop + decode) and per-arm peak memory (only the process peak is recorded).
+Warm-ups are excluded; p50 is the headline, with mean, p90, min and raw samples. Results: JSON
+lines (with the environment), a markdown table and a PNG plot.
 """
 
 from __future__ import annotations
