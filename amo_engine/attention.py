@@ -67,8 +67,9 @@ def span_image_scores(
     """
     b, h, _, d = query_text.shape
     idx = span_index[:, None, :, None].expand(b, h, span_index.shape[1], d)  # [B, H, S, D]
-    q_span = torch.gather(query_text, 2, idx).float()  # [B, H, S, D]
-    logits = torch.matmul(q_span, key.float().transpose(-1, -2)) * (d**-0.5)  # [B, H, S, L]
+    q_span = torch.gather(query_text, 2, idx)  # [B, H, S, D]
+    # matmul in the model dtype (fp32 accumulation inside), softmax in fp32: no fp32 copy of K
+    logits = torch.matmul(q_span, key.transpose(-1, -2)).float() * (d**-0.5)  # [B, H, S, L]
     probs = logits.softmax(dim=-1)[..., image_start : image_start + n_image]  # [B, H, S, N_img]
     mass = (probs * span_weight.float()[:, None, :, None]).sum(dim=2)  # [B, H, N_img]
     return mass.mean(dim=1)  # [B, N_img]

@@ -30,21 +30,43 @@ from .samplers import StepOut, sample_amo, sample_euler
 from .schedules import flow_match_sigmas
 
 CONFIGS = ("tiny-sd3", "tiny-flux", "medium-sd3", "medium-flux")
+MEDIUM_SIZE = 512  # pixels: 1024 image tokens
 
 
-def medium_transformer(family: str):
-    """~70 M-parameter random-init SD3 / FLUX architectures (one eager call ~0.3-1.5 s on 2 cores)."""
+def medium_transformer(family: str, joint_attention_dim: int, pooled_projection_dim: int):
+    """~70 M-parameter random-init SD3 / FLUX architectures (one eager call ~0.5-1.5 s on 2 cores).
+
+    The text-side widths match the tiny presets' encoders so the medium configs run whole
+    pipelines (encode + loop + decode) with the same code path."""
     from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 
     torch.manual_seed(0)
     if family == "sd3":
         return SD3Transformer2DModel(sample_size=64, patch_size=2, in_channels=16, num_layers=8,
-                                     attention_head_dim=64, num_attention_heads=8, joint_attention_dim=512,
-                                     caption_projection_dim=512, pooled_projection_dim=256, out_channels=16,
+                                     attention_head_dim=64, num_attention_heads=8,
+                                     joint_attention_dim=joint_attention_dim, caption_projection_dim=512,
+                                     pooled_projection_dim=pooled_projection_dim, out_channels=16,
                                      pos_embed_max_size=96).eval()
     return FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=4, num_single_layers=8,
-                                  attention_head_dim=64, num_attention_heads=8, joint_attention_dim=512,
-                                  pooled_projection_dim=256, guidance_embeds=True, axes_dims_rope=(8, 28, 28)).eval()
+                                  attention_head_dim=64, num_attention_heads=8, joint_attention_dim=joint_attention_dim,
+                                  pooled_projection_dim=pooled_projection_dim, guidance_embeds=True,
+                                  axes_dims_rope=(8, 28, 28)).eval()
+
+
+def bench_model(config: str, cache_dir=None):
+    """The LoadedModel a bench config runs: a tiny preset, or a tiny preset's encoders and VAE
+    around a medium random-init transformer."""
+    from .models import LoadedModel, load_model
+    from .presets import ModelSettings
+
+    family = config.split("-")[1]
+    model = load_model(f"tiny-{family}", cache_dir=cache_dir)
+    if config.startswith("tiny"):
+        return model
+    tiny = model.pipe.transformer.config
+    model.pipe.transformer = medium_transformer(family, tiny.joint_attention_dim, tiny.pooled_projection_dim)
+    settings = ModelSettings(model.settings.max_sequence_length, MEDIUM_SIZE, MEDIUM_SIZE)
+    return LoadedModel(model.pipe, family, config, None, settings)
 
 
 # ---------------------------------------------------------------- reference-style AMO (the cost users pay today)
@@ -220,28 +242,27 @@ class BenchConfig:
 
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> list[dict]:
+    from .backends.ort import OrtBackend
+
     if cfg.config not in CONFIGS:
         raise ValueError(f"unknown bench config {cfg.config!r}; choose one of {', '.join(CONFIGS)}")
-    family = cfg.config.split("-")[1]
-    if cfg.config.startswith("tiny"):
-        from .models import load_model
-
-        model = load_model(cfg.config, cache_dir=cfg.cache_dir)
-        transformer, height, text_len = model.pipe.transformer, 128, 77 + 64 if family == "sd3" else 64
-    else:
-        model, transformer, height = None, medium_transformer(family), 512
-        text_len = 77 + 77 if family == "sd3" else 77
+    model = bench_model(cfg.config, cfg.cache_dir)
+    family, transformer = model.family, model.pipe.transformer
+    height, width = model.default_size
+    rows = 2 if family == "sd3" else 1  # SD3: one image = [uncond ; cond] rows (CFG)
+    text_len = (77 if family == "sd3" else 0) + model.max_sequence_length
     stock = copy.deepcopy(transformer)
     reference = copy.deepcopy(transformer)
     backbone = make_backbone(transformer, ScoreConfig())
-    spec = backbone.io_spec(1, height, height, text_len)
+    spec = backbone.io_spec(rows, height, width, text_len)
     feeds = sample_feeds(spec)
     env = _environment(cfg.config)
     log(f"bench {cfg.config}: {sum(p.numel() for p in stock.parameters()) / 1e6:.1f} M params, "
-        f"{spec.dims['image_tokens']} image + {text_len} text tokens, batch 1, fp32, {env['threads']} threads")
+        f"{spec.dims['image_tokens']} image + {text_len} text tokens, {rows} row(s), fp32, {env['threads']} threads")
 
     arms = [Arm("eager-stock-euler", _stock_call(stock, family), "euler")]
     notes = []
+    compiled = None
     if cfg.compile:
         try:
             compiled = torch.compile(copy.deepcopy(stock))
@@ -251,60 +272,132 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> list[dict
             notes.append(f"torch.compile warm-up {time.perf_counter() - t:.1f} s")
             arms.append(Arm("eager-compile-euler", call, "euler"))
         except Exception as err:  # compile support varies by platform
+            compiled = None
             notes.append(f"torch.compile skipped: {type(err).__name__}: {str(err)[:120]}")
-    hooked = _backend_call(_eager(backbone, spec))
-    arms.append(Arm("eager-hook-amo", hooked, "amo"))
+    arms.append(Arm("eager-hook-amo", _backend_call(_eager(backbone, spec)), "amo"))
     arms.append(Arm("reference-amo", _reference_call(reference, family, backbone.hooked_blocks), "amo"))
-
-    from .backends.ort import OrtBackend
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        export_engine(model if model is not None else _Shim(transformer, family),
-                      ExportConfig(out=Path(tmp) / "amo", height=height, width=height,
-                                   max_sequence_length=text_len - 77 if family == "sd3" else text_len, cfg_rows=False,
-                                   log=False))
-        export_s = time.perf_counter() - t
+        export_engine(model, ExportConfig(out=Path(tmp) / "amo", height=height, width=width, log=False))
+        notes.append(f"ONNX export {time.perf_counter() - t:.1f} s")
         _export_stock_engine(stock, spec, Path(tmp) / "stock")
         ort_amo = OrtBackend(Path(tmp) / "amo")
         ort_stock = OrtBackend(Path(tmp) / "stock")
         arms += [Arm("ort-euler", _backend_call(ort_amo), "euler"), Arm("ort-amo", _backend_call(ort_amo), "amo"),
                  Arm("ort-noattn-euler", _backend_call(ort_stock), "euler")]
-        notes.append(f"ONNX export {export_s:.1f} s")
-        notes.append("tensorrt arms skipped: no NVIDIA GPU / TensorRT on this machine")
+        notes.append(_trt_note())
         results = _measure(arms, feeds, spec, family, cfg, log)
+        e2e = _measure_end_to_end(model, stock, compiled, ort_amo, cfg, log)
     peak = matmul_peak_gflops()
     gflop = forward_gflop(_stock_call(stock, family), feeds)
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     base = results["eager-stock-euler"]
-    rows = []
+    out = []
     for arm in arms:
         r = results[arm.name]
         call_p50 = r["call"]["p50"]
-        rows.append({
+        out.append({
             "env": env, "arm": arm.name, "sampler": arm.sampler, "call_s": r["call"], "loop_s": r["loop"],
-            "steps": cfg.steps, "speedup_call_vs_eager": base["call"]["p50"] / call_p50,
+            "e2e_s": e2e.get(arm.name), "steps": cfg.steps, "rows": rows,
+            "speedup_call_vs_eager": base["call"]["p50"] / call_p50,
             "speedup_loop_vs_eager": base["loop"]["p50"] / r["loop"]["p50"],
-            "gflop_per_call": gflop, "matmul_peak_gflops": peak,
-            "utilisation": gflop / call_p50 / peak, "process_peak_rss_mb": rss_mb, "notes": notes,
+            "gflop_per_call": gflop, "matmul_peak_gflops": peak, "utilisation": gflop / call_p50 / peak,
+            "peak_rss_delta_mb": r["rss_mb"],
+            "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "notes": notes,
         })
-    _write(rows, cfg, results)
-    return rows
+    _write(out, cfg)
+    return out
 
 
-class _Shim:
-    """A LoadedModel-like view of a bare transformer (medium configs have no pipeline)."""
+def _trt_note() -> str:
+    import importlib.util
 
-    def __init__(self, transformer, family):
-        class P:
-            pass
+    if importlib.util.find_spec("tensorrt") is None:
+        return "tensorrt arms skipped: TensorRT is not installed here"
+    return "tensorrt arms skipped: this bench measures CPU arms; time TensorRT with inspect/generate on the GPU"
 
-        self.pipe = P()
-        self.pipe.transformer = transformer
-        self.pipe.tokenizer_max_length = 77
-        self.family, self.source, self.folder = family, f"medium-{family}", None
-        self.default_size = (512, 512)
-        self.max_sequence_length = 77
+
+class _RssWatch:
+    """Peak resident memory above the level at start, sampled every 2 ms on a thread (Linux)."""
+
+    def __init__(self):
+        import threading
+
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.start_kb = self.peak_kb = self._rss_kb()
+
+    @staticmethod
+    def _rss_kb() -> int:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * (resource.getpagesize() // 1024)
+        except OSError:
+            return 0
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak_kb = max(self.peak_kb, self._rss_kb())
+            self._stop.wait(0.002)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak_kb = max(self.peak_kb, self._rss_kb())
+
+    @property
+    def delta_mb(self) -> float:
+        return (self.peak_kb - self.start_kb) / 1024
+
+
+def _measure_end_to_end(model, stock, compiled, ort_backend, cfg, log) -> dict:
+    """Encode + loop + decode, interleaved: the diffusers pipeline as users run it today (stock
+    transformer, Euler; optionally compiled) and our pipeline (eager AMO; ORT engine Euler / AMO)."""
+    from .pipeline import AmoPipeline, GenerateConfig
+
+    pipe = model.pipe
+    hooked = pipe.transformer
+    prompt = "A poster with the slogan 'Adventure Awaits, Pack Your Bags'"
+    height, width = model.default_size
+    guidance = model.default_guidance
+    kwargs = dict(prompt=prompt, num_inference_steps=cfg.steps, height=height, width=width, guidance_scale=guidance,
+                  max_sequence_length=model.max_sequence_length, output_type="pil")
+
+    def diffusers_run(transformer):
+        def run():
+            pipe.transformer = transformer
+            try:
+                with torch.inference_mode():
+                    pipe(**kwargs, generator=torch.Generator().manual_seed(0))
+            finally:
+                pipe.transformer = hooked
+        return run
+
+    def ours(sampler, backend=None):
+        amo = AmoPipeline(model, ScoreConfig(), backend)
+        return lambda: amo(GenerateConfig([prompt], steps=cfg.steps, sampler=sampler, guidance=guidance))
+
+    runs = {"eager-stock-euler": diffusers_run(stock), "eager-hook-amo": ours("amo"),
+            "ort-euler": ours("euler", ort_backend), "ort-amo": ours("amo", ort_backend)}
+    if compiled is not None:
+        runs["eager-compile-euler"] = diffusers_run(compiled)
+    samples = {k: [] for k in runs}
+    for fn in runs.values():  # warm-up
+        fn()
+    for _ in range(cfg.loops):
+        for name, fn in runs.items():
+            t = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - t)
+    out = {k: _stats(v) for k, v in samples.items()}
+    for k, v in out.items():
+        log(f"  {k:22s} end-to-end p50 {v['p50']:7.2f} s")
+    return out
 
 
 def _eager(backbone, spec):
@@ -318,11 +411,14 @@ def _measure(arms, feeds, spec, family, cfg, log) -> dict:
     for _ in range(cfg.warmup):
         for a in arms:
             a.call(feeds)
+    rss = {a.name: 0.0 for a in arms}
     for i in range(cfg.calls):  # interleaved: every round runs every arm once
         for a in arms:
-            t = time.perf_counter()
-            a.call(feeds)
-            results[a.name]["call"].append(time.perf_counter() - t)
+            with _RssWatch() as watch:
+                t = time.perf_counter()
+                a.call(feeds)
+                results[a.name]["call"].append(time.perf_counter() - t)
+            rss[a.name] = max(rss[a.name], watch.delta_mb)
     sigmas = flow_match_sigmas({"shift": 3.0}, cfg.steps)
     scale = 1000.0 if family == "sd3" else 1.0
     for _ in range(cfg.loops):
@@ -344,12 +440,13 @@ def _measure(arms, feeds, spec, family, cfg, log) -> dict:
             results[a.name]["loop"].append(time.perf_counter() - t)
     for a in arms:
         results[a.name] = {k: _stats(v) for k, v in results[a.name].items()}
+        results[a.name]["rss_mb"] = rss[a.name]
         log(f"  {a.name:22s} call p50 {1000 * results[a.name]['call']['p50']:8.1f} ms   "
             f"loop p50 {results[a.name]['loop']['p50']:7.2f} s")
     return results
 
 
-def _write(rows: list[dict], cfg: BenchConfig, results: dict) -> None:
+def _write(rows: list[dict], cfg: BenchConfig) -> None:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / cfg.config
@@ -362,20 +459,30 @@ def _write(rows: list[dict], cfg: BenchConfig, results: dict) -> None:
         return by[a]["call_s"]["p50"] / by[b]["call_s"]["p50"] if a in by and b in by else float("nan")
 
     lines = [f"### {cfg.config} ({rows[0]['env']['cpu']}, {rows[0]['env']['threads']} threads, {rows[0]['env']['time']})", "",
-             "| arm | call p50 ms | mean | p90 | min | loop p50 s (" + str(cfg.steps) + " steps) | x eager (call) | x eager (loop) | util |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| arm | call p50 ms | mean | p90 | min | loop p50 s (" + str(cfg.steps) + " steps) | end-to-end p50 s | "
+             "x eager (call) | x eager (loop) | x eager (e2e) | util | peak RSS +MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    base_e2e = by["eager-stock-euler"]["e2e_s"]["p50"]
     for r in rows:
         c = r["call_s"]
+        e2e = r["e2e_s"]
+        e2e_cols = f"{e2e['p50']:.2f} | " if e2e else "— | "
+        e2e_ratio = f"{base_e2e / e2e['p50']:.2f}" if e2e else "—"
         lines.append(f"| {r['arm']} | {1000 * c['p50']:.1f} | {1000 * c['mean']:.1f} | {1000 * c['p90']:.1f} | "
-                     f"{1000 * c['min']:.1f} | {r['loop_s']['p50']:.2f} | {r['speedup_call_vs_eager']:.2f} | "
-                     f"{r['speedup_loop_vs_eager']:.2f} | {r['utilisation']:.2f} |")
+                     f"{1000 * c['min']:.1f} | {r['loop_s']['p50']:.2f} | {e2e_cols}{r['speedup_call_vs_eager']:.2f} | "
+                     f"{r['speedup_loop_vs_eager']:.2f} | {e2e_ratio} | {r['utilisation']:.2f} | {r['peak_rss_delta_mb']:.0f} |")
     loop = {r["arm"]: r["loop_s"]["p50"] for r in rows}
     lines += ["", f"- ORT AMO loop / ORT Euler loop: {loop['ort-amo'] / loop['ort-euler']:.3f} (goal <= 1.03)",
               f"- ORT with attn / without (call): {ratio('ort-euler', 'ort-noattn-euler'):.3f} (goal <= 1.03)",
               f"- reference-style AMO / our eager AMO (call): {ratio('reference-amo', 'eager-hook-amo'):.2f}",
-              f"- ORT vs torch.compile (call): {ratio('eager-compile-euler', 'ort-euler'):.2f}x",
+              "- ORT vs torch.compile (call): "
+              + (f"{ratio('eager-compile-euler', 'ort-euler'):.2f}x" if "eager-compile-euler" in by else "n/a (no torch.compile arm)"),
               f"- forward {rows[0]['gflop_per_call']:.1f} GFLOP; measured fp32 matmul peak {rows[0]['matmul_peak_gflops']:.0f} GFLOP/s",
-              f"- process peak RSS {rows[0]['process_peak_rss_mb']:.0f} MB (whole run); notes: {'; '.join(rows[0]['notes'])}", ""]
+              f"- rows per call: {rows[0]['rows']} (SD3: [uncond ; cond]); end-to-end = encode + {cfg.steps} steps + VAE decode, "
+              "baseline = the stock diffusers pipeline",
+              f"- peak RSS +MB: resident memory above the level at the call's start, sampled every 2 ms; "
+              f"process peak {rows[0]['process_peak_rss_mb']:.0f} MB",
+              f"- notes: {'; '.join(rows[0]['notes'])}", ""]
     Path(f"{stem}.md").write_text("\n".join(lines))
     _plot(rows, f"{stem}.png", cfg.config)
 

@@ -134,11 +134,42 @@ def export_lock(out: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def recover_interrupted(out: Path) -> None:
+    """Remove a killed writer's temp folders; if it died after moving the old engine aside but
+    before renaming the new one in, put the old engine back."""
+    olds = sorted(out.parent.glob(f".{out.name}.old-*"))
+    if olds and not out.exists():
+        os.replace(olds.pop(), out)
+    for stale in list(out.parent.glob(f".{out.name}.tmp-*")) + olds:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def check_runtime(manifest: Mapping, kind: str, runtime_version: str | None, max_opset: int | None = None) -> None:
+    """Refuse an engine this runtime cannot run faithfully: unknown exporter, an opset above what
+    the installed ONNX Runtime implements, or a TensorRT plan built by another TensorRT version."""
+    exporter = manifest["onnx"].get("exporter")
+    if exporter not in ("dynamo", "torchscript"):
+        raise EngineError(f"the engine was made by an unknown exporter {exporter!r}; re-export it with this amo-engine")
+    opset = manifest["onnx"].get("opset", 0)
+    if kind == "ort" and max_opset is not None and opset > max_opset:
+        raise EngineError(f"the engine uses ONNX opset {opset} but onnxruntime {runtime_version} implements up to "
+                          f"{max_opset}; upgrade onnxruntime or re-export with --opset {max_opset}")
+    if kind == "trt":
+        built = manifest.get("trt", {}).get("version")
+        if built is None:
+            raise EngineError("the engine has no TensorRT plan; build it: amo-engine build ENGINE")
+        if built != runtime_version:
+            raise EngineError(f"the TensorRT plan was built with TensorRT {built}, this machine has {runtime_version}; "
+                              "plans are version-specific: rebuild it with amo-engine build")
+
+
 @contextlib.contextmanager
 def staging_dir(out: Path) -> Iterator[Path]:
     """A temp folder beside ``out``; on success it replaces ``out`` whole, on failure it is removed
-    and any previous ``out`` stays untouched."""
+    and any previous ``out`` stays untouched. Call it under ``export_lock``: it first clears what a
+    killed writer left (stale temp folders) and restores an engine caught between the two renames."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    recover_interrupted(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp

@@ -107,7 +107,13 @@ def load_model(
     folder = resolve_folder(model, cache_dir)
     family = family_of_folder(folder)
     cls = StableDiffusion3Pipeline if family == "sd3" else FluxPipeline
-    pipe = cls.from_pretrained(folder, dtype=dtype, use_safetensors=True, local_files_only=True)
+    try:
+        pipe = cls.from_pretrained(folder, dtype=dtype, use_safetensors=True, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"cannot load the pipeline in {folder}: {err}. amo-engine loads safetensors weights only (no pickle); "
+            "convert .bin/.pt weights with save_pretrained(safe_serialization=True)"
+        ) from None
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return LoadedModel(pipe, family, model, folder, ModelSettings.read(folder))

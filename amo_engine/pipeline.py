@@ -155,6 +155,11 @@ class AmoPipeline:
             elif not bool(has_span.all()):
                 missing = sorted({prompts[i] for i in range(rows) if not has_span[i]})
                 notes.append(f"no quoted text in {missing}: those images use plain overshoot")
+            for row, limit in layout.cut_spans(prompts):
+                notes.append(
+                    f"the quoted text of prompt {row} runs past the {limit}-token limit: only its first tokens steer "
+                    "AMO (shorten the prompt, move the quote earlier, or raise --max-sequence-length)"
+                )
             longest = int(span_mask.sum(dim=1).max())
             if longest > self.score.max_span_tokens:
                 notes.append(

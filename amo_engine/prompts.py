@@ -84,6 +84,13 @@ def token_mask(tokenizer, prompt: str, spans: Sequence[Span], max_length: int) -
     return mask
 
 
+def span_cut(tokenizer, prompt: str, spans: Sequence[Span], max_length: int) -> bool:
+    """True when truncation to ``max_length`` tokens drops part of a quoted span."""
+    enc = tokenizer(prompt, max_length=max_length, truncation=True, return_offsets_mapping=True)
+    kept_end = max((b for a, b in enc["offset_mapping"] if b > a), default=0)
+    return any(sp.end > kept_end for sp in spans)
+
+
 @dataclass(frozen=True)
 class TextLayout:
     """How a family lays out its text tokens: consecutive (tokenizer, length) parts."""
@@ -101,6 +108,17 @@ class TextLayout:
             spans = find_quoted_spans(prompt)
             rows.append(torch.cat([token_mask(tok, prompt, spans, n) for tok, n in self.parts]))
         return torch.stack(rows) if rows else torch.zeros(0, self.length)  # [B, T]
+
+    def cut_spans(self, prompts: Sequence[str]) -> list[tuple[int, int]]:
+        """(row, max_length) for every prompt whose quoted text a part's token limit cuts."""
+        out = []
+        for i, prompt in enumerate(prompts):
+            spans = find_quoted_spans(prompt)
+            for tok, n in self.parts:
+                if spans and span_cut(tok, prompt, spans, n):
+                    out.append((i, n))
+                    break
+        return out
 
 
 def sd3_layout(clip_tokenizer, t5_tokenizer, clip_length: int, t5_length: int) -> TextLayout:

@@ -20,11 +20,9 @@ from amo_engine.verify import engine_parity, score_config_of
 
 
 def _trt_available() -> bool:
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
+    import importlib.util
+
+    return importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
 
 
 BACKENDS = [

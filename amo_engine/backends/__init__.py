@@ -39,15 +39,19 @@ def load_backend(kind: str, engine_dir=None, device: str = "cpu", model=None, **
         raise ValueError(f"unknown backend {kind!r}; choose one of {', '.join(BACKENDS)}")
     if kind == "eager":
         raise ValueError("the eager backend needs no engine: leave --backend at eager and drop --engine")
-    from ..engine import check_model_matches, read_manifest, weights_fingerprint
+    from ..engine import check_model_matches, check_runtime, read_manifest, weights_fingerprint
 
     manifest = read_manifest(engine_dir)
     if model is not None:
         check_model_matches(manifest, model.family, weights_fingerprint(model.folder))
     if kind == "ort":
-        from .ort import OrtBackend
+        import onnxruntime
 
+        from .ort import OrtBackend, max_supported_opset
+
+        check_runtime(manifest, "ort", onnxruntime.__version__, max_supported_opset())
         return OrtBackend(engine_dir, device=device, manifest=manifest, **options)
-    from .trt import TrtBackend
+    from .trt import TrtBackend, import_tensorrt
 
+    check_runtime(manifest, "trt", import_tensorrt().__version__)
     return TrtBackend(engine_dir, device=device, manifest=manifest, **options)

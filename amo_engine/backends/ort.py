@@ -26,6 +26,13 @@ def _element_type(dtype: torch.dtype):
     return table[dtype]
 
 
+def max_supported_opset() -> int:
+    """Newest ai.onnx opset the installed ONNX Runtime has kernels for."""
+    from onnxruntime.capi import _pybind_state as C
+
+    return max(k.version_range[0] for k in C.get_all_opkernel_def() if k.domain in ("", "ai.onnx"))
+
+
 class OrtBackend:
     kind = "ort"
 

@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""GPU, real-size architectures with random weights: what the AMO score branch costs per backbone
+call next to the stock transformer and the reference-style (explicit full softmax) AMO.
+
+    python bench/gpu_scale.py --out results.json      # needs a CUDA GPU with ~40 GB free
+
+Architectures (read from the spec of SD3-medium and FLUX.1-dev; weights random, bf16):
+SD3-medium 1024x1024 with CFG rows (B=2, 4096 image + 333 text tokens); FLUX.1-dev 1024x1024
+(B=1, 4096 image + 512 text tokens). Arms run interleaved; CUDA-event timing; p50 of N calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+
+import torch
+
+from amo_engine.backbone import ScoreConfig, make_backbone
+from amo_engine.bench import ReferenceScoreProcessor
+from amo_engine.onnx_export import sample_feeds
+
+
+def build(family: str):
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+
+    torch.manual_seed(0)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # build in bf16 on the GPU: FLUX is 24 GB, not 48
+    try:
+        return _construct(family, FluxTransformer2DModel, SD3Transformer2DModel).eval()
+    finally:
+        torch.set_default_dtype(default)
+
+
+def _construct(family, FluxTransformer2DModel, SD3Transformer2DModel):
+    with torch.device("cuda"):
+        if family == "sd3":
+            model = SD3Transformer2DModel(sample_size=128, patch_size=2, in_channels=16, num_layers=24,
+                                          attention_head_dim=64, num_attention_heads=24, joint_attention_dim=4096,
+                                          caption_projection_dim=1536, pooled_projection_dim=2048, out_channels=16,
+                                          pos_embed_max_size=192)
+        else:
+            model = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38,
+                                           attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
+                                           pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56))
+    return model
+
+
+def measure(family: str, calls: int, warmup: int) -> dict:
+    model = build(family)
+    stock_procs = dict(model.attn_processors)
+    backbone = make_backbone(model, ScoreConfig())
+    hooked_procs = dict(model.attn_processors)
+    rows, text = (2, 333) if family == "sd3" else (1, 512)
+    spec = backbone.io_spec(rows, 1024, 1024, text, torch.bfloat16)
+    feeds = sample_feeds(spec, "cuda")
+    names = ("hidden_states", "encoder_hidden_states", "pooled_projections", "timestep", "img_ids", "txt_ids", "guidance")
+    stock_feeds = {k: v for k, v in feeds.items() if k in names}
+    sink: list = []
+    ref_procs = dict(stock_procs)
+    for i in backbone.hooked_blocks:
+        ref_procs[f"transformer_blocks.{i}.attn.processor"] = ReferenceScoreProcessor(family, sink, feeds["span_mask"])
+
+    def stock():
+        model.set_attn_processor(dict(stock_procs))  # diffusers pops from the dict
+        return model(**stock_feeds, return_dict=False)[0]
+
+    def hooked():
+        model.set_attn_processor(dict(hooked_procs))
+        return backbone(**feeds)
+
+    def reference():
+        model.set_attn_processor(dict(ref_procs))
+        sink.clear()
+        out = model(**stock_feeds, return_dict=False)[0]
+        return out, torch.stack(sink).mean(0)
+
+    arms = {"eager-stock": stock, "eager-hook-amo": hooked, "reference-amo": reference}
+    times = {k: [] for k in arms}
+    peak = {}
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for fn in arms.values():
+                fn()
+        for name, fn in arms.items():
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            fn()
+            torch.cuda.synchronize()
+            peak[name] = torch.cuda.max_memory_allocated() / 2**30
+        for _ in range(calls):
+            for name, fn in arms.items():
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times[name].append(start.elapsed_time(end))
+    p50 = {k: statistics.median(v) for k, v in times.items()}
+    result = {
+        "family": family, "params_b": sum(p.numel() for p in model.parameters()) / 1e9, "rows": rows,
+        "image_tokens": spec.dims["image_tokens"], "text_tokens": text, "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__, "p50_ms": p50, "samples_ms": times, "peak_gib": peak,
+        "hook_over_stock": p50["eager-hook-amo"] / p50["eager-stock"],
+        "reference_over_hook": p50["reference-amo"] / p50["eager-hook-amo"],
+    }
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--families", default="sd3,flux")
+    parser.add_argument("--calls", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("gpu_scale: no CUDA GPU here", file=sys.stderr)
+        return 3
+    results = []
+    for family in args.families.split(","):
+        r = measure(family, args.calls, args.warmup)
+        torch.cuda.empty_cache()
+        results.append(r)
+        print(f"{family}: {r['params_b']:.2f} B params on {r['gpu']}: " + ", ".join(
+            f"{k} {v:.1f} ms (peak {r['peak_gib'][k]:.1f} GiB)" for k, v in r["p50_ms"].items())
+              + f"; hook/stock {r['hook_over_stock']:.3f}, reference/hook {r['reference_over_hook']:.2f}", flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
