@@ -42,6 +42,20 @@ def random_feeds(backbone, batch: int = 2, seed: int = 1, span_prob: float = 0.2
     return feeds
 
 
+@pytest.fixture(scope="session")
+def preset_cache(tmp_path_factory):
+    """One folder of built presets for the whole run (building one takes a few seconds)."""
+    return tmp_path_factory.mktemp("presets")
+
+
+@pytest.fixture(scope="session")
+def models(preset_cache):
+    """The loaded tiny presets, shared: {"sd3": LoadedModel, "flux": LoadedModel}."""
+    from amo_engine.models import load_model
+
+    return {name: load_model(f"tiny-{name}", cache_dir=preset_cache) for name in FAMILIES}
+
+
 @pytest.fixture(params=FAMILIES)
 def family(request) -> str:
     return request.param

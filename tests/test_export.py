@@ -13,7 +13,6 @@ from amo_engine.backends import load_backend
 from amo_engine.cli import main
 from amo_engine.engine import EngineError, export_lock, read_manifest
 from amo_engine.graph_checks import check_graph, trt_supported_ops
-from amo_engine.models import load_model
 from amo_engine.onnx_export import ExportConfig, export_engine
 from amo_engine.pipeline import AmoPipeline, GenerateConfig
 from amo_engine.verify import engine_parity, score_config_of
@@ -35,16 +34,6 @@ PROMPT = "A street sign saying 'No Parking Anytime'"
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("presets")
-
-
-@pytest.fixture(scope="module")
-def models(cache):
-    return {f: load_model(f"tiny-{f}", cache_dir=cache) for f in ("sd3", "flux")}
-
-
-@pytest.fixture(scope="module")
 def engines(models, tmp_path_factory):
     """Every preset exported with every exporter: {(family, exporter): folder}."""
     root = tmp_path_factory.mktemp("engines")
@@ -58,7 +47,7 @@ def engines(models, tmp_path_factory):
 
 
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
-def test_export_and_inspect_verify(engines, family, exporter, cache, capsys):
+def test_export_and_inspect_verify(engines, family, exporter, preset_cache, capsys):
     folder = engines[family, exporter]
     manifest = read_manifest(folder)
     assert manifest["family"] == family and manifest["onnx"]["exporter"] == exporter
@@ -67,7 +56,7 @@ def test_export_and_inspect_verify(engines, family, exporter, cache, capsys):
     assert manifest["graph"]["score_softmax"] == len(manifest["hooked_blocks"])
     assert [t["name"] for t in manifest["io"]["outputs"]] == ["velocity", "attn"]
     assert "span_mask" in [t["name"] for t in manifest["io"]["inputs"]]
-    assert main(["inspect", str(folder), "--verify", "--cache-dir", str(cache)]) == 0
+    assert main(["inspect", str(folder), "--verify", "--cache-dir", str(preset_cache)]) == 0
     printed = capsys.readouterr().out
     assert "PASS" in printed and "compatible" in printed and "attention fusion: kept" in printed
 
@@ -96,9 +85,9 @@ def test_backend_conformance(models, engines, family, kind):
     assert torch.allclose(result.latents, reference.latents, rtol=0, atol=1e-4)
 
 
-def test_cli_generate_through_the_engine(engines, cache, tmp_path):
+def test_cli_generate_through_the_engine(engines, preset_cache, tmp_path):
     out = tmp_path / "ort.png"
-    code = main(["generate", "--model", "tiny-flux", "--cache-dir", str(cache), "--backend", "ort",
+    code = main(["generate", "--model", "tiny-flux", "--cache-dir", str(preset_cache), "--backend", "ort",
                  "--engine", str(engines["flux", "torchscript"]), "--prompt", PROMPT, "--steps", "3",
                  "--out", str(out), "--quiet"])
     assert code == 0 and out.is_file()

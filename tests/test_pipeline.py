@@ -12,16 +12,6 @@ from amo_engine.presets import ModelSettings, build_tiny_sd3
 PROMPT = "A poster with the slogan 'Adventure Awaits, Pack Your Bags'"
 
 
-@pytest.fixture(scope="session")
-def preset_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("presets")
-
-
-@pytest.fixture(scope="session")
-def models(preset_cache):
-    return {name: load_model(f"tiny-{name}", cache_dir=preset_cache) for name in ("sd3", "flux")}
-
-
 def run(model, **kw):
     kw.setdefault("steps", 4)
     return AmoPipeline(model)(GenerateConfig(prompts=kw.pop("prompts", [PROMPT]), **kw))

@@ -34,16 +34,6 @@ PACKAGE = Path(amo_engine.__file__).parent
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("presets")
-
-
-@pytest.fixture(scope="module")
-def models(cache):
-    return {f: load_model(f"tiny-{f}", cache_dir=cache) for f in ("sd3", "flux")}
-
-
-@pytest.fixture(scope="module")
 def engine(models, tmp_path_factory):
     folder = tmp_path_factory.mktemp("eng") / "flux"
     export_engine(models["flux"], ExportConfig(out=folder, exporter="torchscript", log=False))
@@ -123,7 +113,7 @@ def test_nan_velocity_stops_with_the_step_index(models, family):
         run(model, backend=faulty)
 
 
-def test_cli_writes_no_image_when_the_loop_breaks(cache, tmp_path, monkeypatch, capsys):
+def test_cli_writes_no_image_when_the_loop_breaks(preset_cache, tmp_path, monkeypatch, capsys):
     real = EagerBackend.__call__
 
     def nan_call(self, feeds):
@@ -133,7 +123,7 @@ def test_cli_writes_no_image_when_the_loop_breaks(cache, tmp_path, monkeypatch, 
 
     monkeypatch.setattr(EagerBackend, "__call__", nan_call)
     out = tmp_path / "img.png"
-    code = main(["generate", "--model", "tiny-flux", "--cache-dir", str(cache), "--prompt", PROMPT,
+    code = main(["generate", "--model", "tiny-flux", "--cache-dir", str(preset_cache), "--prompt", PROMPT,
                  "--steps", "3", "--out", str(out), "--quiet"])
     assert code == 2
     assert "NaN/Inf at step 0" in capsys.readouterr().err
@@ -221,11 +211,11 @@ _KILL_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_killed_export_leaves_the_previous_engine_valid(engine, models, cache, tmp_path):
+def test_killed_export_leaves_the_previous_engine_valid(engine, models, preset_cache, tmp_path):
     folder = tmp_path / "engine"
     shutil.copytree(engine, folder)
     before = read_manifest(folder)
-    proc = subprocess.run([sys.executable, "-c", _KILL_SCRIPT, str(cache), str(folder)], capture_output=True)
+    proc = subprocess.run([sys.executable, "-c", _KILL_SCRIPT, str(preset_cache), str(folder)], capture_output=True)
     assert proc.returncode == -signal.SIGKILL
     assert read_manifest(folder) == before
     assert list(tmp_path.glob(".engine.tmp-*"))  # the killed writer's leftovers...
