@@ -190,12 +190,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from .backends import BackendUnavailable
+
     try:
         from .trt_build import BuildConfig, build_plan
 
         manifest = build_plan(BuildConfig(args.engine, args.precision, args.opt_level, not args.weakly_typed,
                                           args.timing_cache))
-    except RuntimeError as err:  # no TensorRT / no GPU: one line, not a traceback
+    except BackendUnavailable as err:  # no TensorRT / no GPU: one line, not a traceback
         print(f"amo-engine build: {err}", file=sys.stderr)
         return 3
     t = manifest["trt"]
@@ -258,12 +260,14 @@ COMMANDS = {"generate": cmd_generate, "export": cmd_export, "build": cmd_build, 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .backends import BackendUnavailable
+
     args = build_parser().parse_args(argv)
     _quiet_libraries()
     warnings.simplefilter("default", UserWarning)
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, FloatingPointError, ImportError) as err:
+    except (ValueError, FileNotFoundError, FloatingPointError, ImportError, BackendUnavailable) as err:
         print(f"amo-engine {args.command}: error: {err}", file=sys.stderr)
         return 2
 

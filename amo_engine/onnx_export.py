@@ -16,6 +16,7 @@ from torch import nn
 from .backbone import ScoreConfig, make_backbone
 from .engine import (
     FORMAT_VERSION,
+    EngineError,
     MANIFEST,
     ONNX_FILE,
     export_lock,
@@ -163,7 +164,7 @@ def _ort_loads(path: Path) -> None:
     try:
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime's own exception types
-        raise RuntimeError(f"ONNX Runtime refuses the exported graph ({err}); try the other --exporter") from None
+        raise EngineError(f"ONNX Runtime refuses the exported graph ({err}); try the other --exporter") from None
 
 
 def _versions() -> dict[str, str]:
@@ -228,7 +229,7 @@ def export_engine(model, cfg: ExportConfig, score: ScoreConfig = ScoreConfig()) 
         onnx.checker.check_model(str(onnx_path))
         report = check_graph(onnx.load(str(onnx_path), load_external_data=False))
         if not report.fusion_ok:
-            raise RuntimeError(f"the exported graph breaks attention fusion: {report.problems()}")
+            raise EngineError(f"the exported graph breaks attention fusion: {report.problems()}")
         _ort_loads(onnx_path)
 
         _say(cfg, "[4/4] writing manifest ...")

@@ -75,8 +75,13 @@ def validate(cfg: GenerateConfig, patch_factor: int) -> None:
         raise ValueError("num_images_per_prompt must be >= 1")
     for name in ("height", "width"):
         value = getattr(cfg, name)
-        if value is not None and (value <= 0 or value % patch_factor):
-            raise ValueError(f"{name}={value} must be a positive multiple of {patch_factor} for this model")
+        if value is not None:
+            validate_size(name, value, patch_factor)
+
+
+def validate_size(name: str, value: int, patch_factor: int) -> None:
+    if value <= 0 or value % patch_factor:
+        raise ValueError(f"{name}={value} must be a positive multiple of {patch_factor} for this model")
 
 
 class AmoPipeline:
@@ -137,7 +142,8 @@ class AmoPipeline:
         validate(cfg, self.patch_factor)
         default_h, default_w = self.model.default_size
         height, width = cfg.height or default_h, cfg.width or default_w
-        validate(GenerateConfig(cfg.prompts, height=height, width=width), self.patch_factor)
+        validate_size("height", height, self.patch_factor)  # the model's defaults too
+        validate_size("width", width, self.patch_factor)
         max_seq = cfg.max_sequence_length or self.model.max_sequence_length
         guidance = self.model.default_guidance if cfg.guidance is None else cfg.guidance
         prompts = [p for p in cfg.prompts for _ in range(cfg.num_images_per_prompt)]

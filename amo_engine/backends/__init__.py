@@ -21,6 +21,10 @@ from ..spec import IOSpec
 BACKENDS = ("eager", "ort", "trt")
 
 
+class BackendUnavailable(RuntimeError):
+    """A runtime this machine cannot provide (no TensorRT, no GPU, no CUDA provider)."""
+
+
 class Backend(Protocol):
     spec: IOSpec
 

@@ -13,6 +13,7 @@ from typing import Mapping
 import torch
 
 from ..engine import ONNX_FILE, manifest_spec, read_manifest
+from . import BackendUnavailable
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 
@@ -57,11 +58,16 @@ class OrtBackend:
             options.intra_op_num_threads = threads
         if self.device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise RuntimeError("device cuda asked for, but this onnxruntime has no CUDA provider: "
+                raise BackendUnavailable("device cuda asked for, but this onnxruntime has no CUDA provider: "
                                    "pip uninstall onnxruntime && pip install onnxruntime-gpu")
-            providers = [("CUDAExecutionProvider", {"device_id": self.device.index or 0})]
+            # ORT computes on a torch stream of ours (ORT rejects the default stream's handle 0);
+            # each call makes it wait on the caller's stream, so feeds written by torch are ready.
+            self._stream = torch.cuda.Stream(self.device)
+            providers = [("CUDAExecutionProvider", {"device_id": self.device.index or 0,
+                                                    "user_compute_stream": str(self._stream.cuda_stream)})]
             self._ort_device = ("cuda", self.device.index or 0)
         else:
+            self._stream = None
             providers = ["CPUExecutionProvider"]
             self._ort_device = ("cpu", 0)
         try:
@@ -93,7 +99,9 @@ class OrtBackend:
                                      f"{self.spec.shape(name)}; export an engine for this shape")
                 self._bind("input", name, t)
                 self._bound[name] = key
-        self.session.run_with_iobinding(self.binding)
+        if self._stream is not None:
+            self._stream.wait_stream(torch.cuda.current_stream(self.device))
+        self.session.run_with_iobinding(self.binding)  # returns once ORT's stream is done
         return self.outputs
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ from typing import Mapping
 import torch
 
 from ..engine import PLAN_FILE, EngineError, manifest_spec, read_manifest
+from . import BackendUnavailable
 
 
 def import_tensorrt():
@@ -17,10 +18,10 @@ def import_tensorrt():
     try:
         import tensorrt
     except ImportError:
-        raise RuntimeError("TensorRT is not installed (pip install 'amo-engine[gpu]' on a machine with an "
+        raise BackendUnavailable("TensorRT is not installed (pip install 'amo-engine[gpu]' on a machine with an "
                            "NVIDIA GPU; its libraries come from NVIDIA's package index)") from None
     if not torch.cuda.is_available():
-        raise RuntimeError("TensorRT needs an NVIDIA GPU, and torch sees none on this machine")
+        raise BackendUnavailable("TensorRT needs an NVIDIA GPU, and torch sees none on this machine")
     return tensorrt
 
 
