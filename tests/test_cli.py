@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from PIL import Image
 
@@ -47,3 +49,15 @@ def test_errors_are_one_clear_line(tmp_path, capsys):
         main(["generate", "--prompt", "x", "--sampler", "heun"])
     with pytest.raises(SystemExit):
         main(["generate", "--prompt", "x", "--blocks", "a,b"])
+
+
+def test_output_files_get_normal_permissions(tmp_path):
+    from amo_engine.atomic import atomic_path
+
+    umask = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "f.txt") as tmp:
+            tmp.write_text("x")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
