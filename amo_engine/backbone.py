@@ -13,8 +13,6 @@ from torch import nn
 from .attention import FluxScoreAttnProcessor, ScoreContext, SD3ScoreAttnProcessor
 from .spec import IOSpec, TensorSpec, dtype_name
 
-FAMILIES = ("sd3", "flux")
-
 
 @dataclass(frozen=True)
 class ScoreConfig:

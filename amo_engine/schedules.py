@@ -86,7 +86,3 @@ def flow_match_sigmas(
     out = np.asarray(sigmas).astype(np.float32).tolist()
     return [float(s) for s in out] + [0.0]
 
-
-def sigma_to_timestep(sigma: float, num_train_timesteps: int = 1000) -> float:
-    """The scheduler's timestep for a sigma (what SD3's transformer takes)."""
-    return sigma * num_train_timesteps

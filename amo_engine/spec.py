@@ -70,9 +70,6 @@ class IOSpec:
     def shape(self, name: str) -> tuple[int, ...]:
         return self.tensor(name).resolve(self.dims)
 
-    def with_dims(self, **dims: int) -> "IOSpec":
-        return IOSpec(self.inputs, self.outputs, {**self.dims, **dims})
-
     def dynamic_axes(self, dynamic: set[str]) -> dict[str, dict[int, str]]:
         """TorchScript-exporter style dynamic axes for the symbolic dims named in ``dynamic``."""
         axes: dict[str, dict[int, str]] = {}
@@ -86,23 +83,6 @@ class IOSpec:
         """Zero-filled buffers for ``inputs`` or ``outputs`` at the resolved shapes."""
         specs = self.inputs if which == "inputs" else self.outputs
         return {t.name: torch.zeros(t.resolve(self.dims), dtype=t.torch_dtype, device=device) for t in specs}
-
-    def check_feeds(self, feeds: Mapping[str, torch.Tensor]) -> None:
-        """Raise a clear error when feeds do not match this spec (names, dtypes, shapes)."""
-        missing = [n for n in self.input_names if n not in feeds]
-        extra = [n for n in feeds if n not in self.input_names]
-        if missing or extra:
-            raise ValueError(f"feeds do not match the engine inputs: missing {missing}, unexpected {extra}")
-        for t in self.inputs:
-            got = feeds[t.name]
-            want = t.resolve(self.dims)
-            if tuple(got.shape) != want:
-                raise ValueError(
-                    f"input {t.name!r} has shape {tuple(got.shape)} but the engine was built for {want}; "
-                    "export an engine for this shape (amo-engine export --height/--width/--batch)"
-                )
-            if got.dtype != t.torch_dtype:
-                raise ValueError(f"input {t.name!r} has dtype {got.dtype}, the engine expects {t.dtype}")
 
     def to_json(self) -> dict:
         def enc(ts: tuple[TensorSpec, ...]) -> list[dict]:
