@@ -84,6 +84,29 @@ def validate_size(name: str, value: int, patch_factor: int) -> None:
         raise ValueError(f"{name}={value} must be a positive multiple of {patch_factor} for this model")
 
 
+def amo_span_notes(layout: TextLayout, prompts: Sequence[str], span_mask: torch.Tensor,
+                   max_span_tokens: int) -> tuple[str, list[str]]:
+    """The sampler AMO really runs (overshoot without any quoted text) and the warnings its
+    prompts deserve: rows without quotes, quotes cut by a token limit, spans longer than S."""
+    notes = [
+        f"the quoted text of prompt {row} runs past the {limit}-token limit: only the tokens before it steer "
+        "AMO (shorten the prompt, move the quote earlier, or raise --max-sequence-length)"
+        for row, limit in layout.cut_spans(prompts)
+    ]
+    has_span = span_mask.sum(dim=1) > 0  # [B]
+    if not bool(has_span.any()):
+        notes.append("no quoted text in the prompt: AMO falls back to the overshoot sampler (quote the text to render)")
+        return "overshoot", notes
+    if not bool(has_span.all()):
+        missing = sorted({p for p, ok in zip(prompts, has_span.tolist()) if not ok})
+        notes.append(f"no quoted text in {missing}: those images use plain overshoot")
+    longest = int(span_mask.sum(dim=1).max())
+    if longest > max_span_tokens:
+        notes.append(f"the quoted text spans {longest} tokens; the score branch reads the first {max_span_tokens} "
+                     "(raise --max-span-tokens)")
+    return "amo", notes
+
+
 class AmoPipeline:
     """Generate images with Euler / Overshoot / AMO around any Backend."""
 
@@ -148,30 +171,12 @@ class AmoPipeline:
         guidance = self.model.default_guidance if cfg.guidance is None else cfg.guidance
         prompts = [p for p in cfg.prompts for _ in range(cfg.num_images_per_prompt)]
         rows = len(prompts)
-        notes: list[str] = []
 
         layout = self.text_layout(max_seq)
         span_mask = layout.span_mask(prompts)  # [B, T] on CPU
-        sampler = cfg.sampler
+        sampler, notes = cfg.sampler, []
         if sampler == "amo":
-            has_span = span_mask.sum(dim=1) > 0
-            if not bool(has_span.any()):
-                notes.append("no quoted text in the prompt: AMO falls back to the overshoot sampler (quote the text to render)")
-                sampler = "overshoot"
-            elif not bool(has_span.all()):
-                missing = sorted({prompts[i] for i in range(rows) if not has_span[i]})
-                notes.append(f"no quoted text in {missing}: those images use plain overshoot")
-            for row, limit in layout.cut_spans(prompts):
-                notes.append(
-                    f"the quoted text of prompt {row} runs past the {limit}-token limit: only its first tokens steer "
-                    "AMO (shorten the prompt, move the quote earlier, or raise --max-sequence-length)"
-                )
-            longest = int(span_mask.sum(dim=1).max())
-            if longest > self.score.max_span_tokens:
-                notes.append(
-                    f"the quoted text spans {longest} tokens; the score branch reads the first "
-                    f"{self.score.max_span_tokens} (raise ScoreConfig.max_span_tokens)"
-                )
+            sampler, notes = amo_span_notes(layout, prompts, span_mask, self.score.max_span_tokens)
         for note in notes:
             warnings.warn(note, stacklevel=2)
 
