@@ -67,11 +67,12 @@ def span_image_scores(
     """
     b, h, _, d = query_text.shape
     idx = span_index[:, None, :, None].expand(b, h, span_index.shape[1], d)  # [B, H, S, D]
-    q_span = torch.gather(query_text, 2, idx)  # [B, H, S, D]
-    # matmul in the model dtype (fp32 accumulation inside), softmax in fp32: no fp32 copy of K
-    logits = torch.matmul(q_span, key.transpose(-1, -2)).float() * (d**-0.5)  # [B, H, S, L]
-    probs = logits.softmax(dim=-1)[..., image_start : image_start + n_image]  # [B, H, S, N_img]
-    mass = (probs * span_weight.float()[:, None, :, None]).sum(dim=2)  # [B, H, N_img]
+    q_span = torch.gather(query_text, 2, idx) * (d**-0.5)  # [B, H, S, D], scale folded into the S rows
+    logits = torch.matmul(q_span, key.transpose(-1, -2))  # [B, H, S, L] in the model dtype
+    probs = torch.softmax(logits, dim=-1, dtype=torch.float32)  # [B, H, S, L], fp32 softmax
+    image_probs = probs[..., image_start : image_start + n_image]  # [B, H, S, N_img]
+    weight = span_weight.to(torch.float32)[:, None, None, :]  # [B, 1, 1, S]
+    mass = torch.matmul(weight, image_probs).squeeze(2)  # [B, H, N_img]: weighted sum over span rows
     return mass.mean(dim=1)  # [B, N_img]
 
 

@@ -49,7 +49,7 @@ def _construct(family, FluxTransformer2DModel, SD3Transformer2DModel):
     return model
 
 
-def measure(family: str, calls: int, warmup: int) -> dict:
+def measure(family: str, calls: int, warmup: int, steps: int) -> dict:
     model = build(family)
     stock_procs = dict(model.attn_processors)
     backbone = make_backbone(model, ScoreConfig())
@@ -99,6 +99,7 @@ def measure(family: str, calls: int, warmup: int) -> dict:
                 end.record()
                 end.synchronize()
                 times[name].append(start.elapsed_time(end))
+    loops = measure_loops(family, backbone, model, stock_procs, hooked_procs, feeds, stock_feeds, steps, calls=3)
     p50 = {k: statistics.median(v) for k, v in times.items()}
     result = {
         "family": family, "params_b": sum(p.numel() for p in model.parameters()) / 1e9, "rows": rows,
@@ -106,8 +107,52 @@ def measure(family: str, calls: int, warmup: int) -> dict:
         "torch": torch.__version__, "p50_ms": p50, "samples_ms": times, "peak_gib": peak,
         "hook_over_stock": p50["eager-hook-amo"] / p50["eager-stock"],
         "reference_over_hook": p50["reference-amo"] / p50["eager-hook-amo"],
+        "loop_steps": steps, "loop_ms": loops,
+        "amo_loop_over_euler_loop": loops["hook-amo"] / loops["stock-euler"],
     }
     return result
+
+
+def measure_loops(family, backbone, model, stock_procs, hooked_procs, feeds, stock_feeds, steps, calls) -> dict:
+    """p50 ms of a whole denoise loop: stock transformer + Euler vs hooked backbone + AMO (c = 2)."""
+    from amo_engine.samplers import StepOut, sample_amo, sample_euler
+    from amo_engine.schedules import flow_match_sigmas
+
+    sigmas = flow_match_sigmas({"shift": 3.0}, steps)
+    scale = 1000.0 if family == "sd3" else 1.0
+    hidden, timestep = feeds["hidden_states"], feeds["timestep"]
+
+    def stock_fn(x, sigma):
+        hidden.copy_(x)
+        timestep.fill_(sigma * scale)
+        return StepOut(model(**stock_feeds, return_dict=False)[0])
+
+    def amo_fn(x, sigma):
+        hidden.copy_(x)
+        timestep.fill_(sigma * scale)
+        v, attn = backbone(**feeds)
+        return StepOut(v, attn)
+
+    def euler_loop():
+        model.set_attn_processor(dict(stock_procs))
+        return sample_euler(stock_fn, hidden.clone(), sigmas)
+
+    def amo_loop():
+        model.set_attn_processor(dict(hooked_procs))
+        return sample_amo(amo_fn, hidden.clone(), sigmas, 2.0, torch.Generator("cuda").manual_seed(0), patch_size=2)
+
+    out = {"stock-euler": [], "hook-amo": []}
+    with torch.inference_mode():
+        euler_loop(), amo_loop()
+        for _ in range(calls):
+            for name, fn in (("stock-euler", euler_loop), ("hook-amo", amo_loop)):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                out[name].append(start.elapsed_time(end))
+    return {k: statistics.median(v) for k, v in out.items()}
 
 
 def main() -> int:
@@ -115,6 +160,7 @@ def main() -> int:
     parser.add_argument("--families", default="sd3,flux")
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=8, help="steps of the timed denoise loops")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -122,12 +168,14 @@ def main() -> int:
         return 3
     results = []
     for family in args.families.split(","):
-        r = measure(family, args.calls, args.warmup)
+        r = measure(family, args.calls, args.warmup, args.steps)
         torch.cuda.empty_cache()
         results.append(r)
         print(f"{family}: {r['params_b']:.2f} B params on {r['gpu']}: " + ", ".join(
             f"{k} {v:.1f} ms (peak {r['peak_gib'][k]:.1f} GiB)" for k, v in r["p50_ms"].items())
-              + f"; hook/stock {r['hook_over_stock']:.3f}, reference/hook {r['reference_over_hook']:.2f}", flush=True)
+              + f"; hook/stock {r['hook_over_stock']:.3f}, reference/hook {r['reference_over_hook']:.2f}; "
+              f"{r['loop_steps']}-step loop: Euler {r['loop_ms']['stock-euler']:.0f} ms, AMO {r['loop_ms']['hook-amo']:.0f} ms "
+              f"(x{r['amo_loop_over_euler_loop']:.3f})", flush=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=2)
