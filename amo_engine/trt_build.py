@@ -33,12 +33,12 @@ def build_plan(cfg: BuildConfig) -> dict:
         raise ValueError("--opt-level must be 0..5")
     engine_dir = Path(cfg.engine_dir)
     manifest = read_manifest(engine_dir)
+    trt = import_tensorrt()  # first: without TensorRT or a GPU nothing else matters
     if cfg.strongly_typed and manifest["dtype"] != PRECISIONS[cfg.precision]:
         raise ValueError(
             f"a strongly typed engine keeps the ONNX types ({manifest['dtype']}); export with "
             f"--dtype {cfg.precision} or build with --weakly-typed"
         )
-    trt = import_tensorrt()
     spec = manifest_spec(manifest)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
