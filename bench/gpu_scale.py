@@ -49,6 +49,20 @@ def _construct(family, FluxTransformer2DModel, SD3Transformer2DModel):
     return model
 
 
+def interleaved_ms(arms: dict, rounds: int) -> dict[str, list[float]]:
+    """Milliseconds per call of each arm, CUDA-event timed, arms interleaved round-robin."""
+    times = {name: [] for name in arms}
+    for _ in range(rounds):
+        for name, fn in arms.items():
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times[name].append(start.elapsed_time(end))
+    return times
+
+
 def measure(family: str, calls: int, warmup: int, steps: int) -> dict:
     model = build(family)
     stock_procs = dict(model.attn_processors)
@@ -79,7 +93,6 @@ def measure(family: str, calls: int, warmup: int, steps: int) -> dict:
         return out, torch.stack(sink).mean(0)
 
     arms = {"eager-stock": stock, "eager-hook-amo": hooked, "reference-amo": reference}
-    times = {k: [] for k in arms}
     peak = {}
     with torch.inference_mode():
         for _ in range(warmup):
@@ -91,14 +104,7 @@ def measure(family: str, calls: int, warmup: int, steps: int) -> dict:
             fn()
             torch.cuda.synchronize()
             peak[name] = torch.cuda.max_memory_allocated() / 2**30
-        for _ in range(calls):
-            for name, fn in arms.items():
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                times[name].append(start.elapsed_time(end))
+        times = interleaved_ms(arms, calls)
     loops = measure_loops(family, backbone, model, stock_procs, hooked_procs, feeds, stock_feeds, steps, calls=3)
     p50 = {k: statistics.median(v) for k, v in times.items()}
     result = {
@@ -141,17 +147,9 @@ def measure_loops(family, backbone, model, stock_procs, hooked_procs, feeds, sto
         model.set_attn_processor(dict(hooked_procs))
         return sample_amo(amo_fn, hidden.clone(), sigmas, 2.0, torch.Generator("cuda").manual_seed(0), patch_size=2)
 
-    out = {"stock-euler": [], "hook-amo": []}
     with torch.inference_mode():
         euler_loop(), amo_loop()
-        for _ in range(calls):
-            for name, fn in (("stock-euler", euler_loop), ("hook-amo", amo_loop)):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                out[name].append(start.elapsed_time(end))
+        out = interleaved_ms({"stock-euler": euler_loop, "hook-amo": amo_loop}, calls)
     return {k: statistics.median(v) for k, v in out.items()}
 
 
