@@ -102,9 +102,16 @@ def sample_feeds(spec: IOSpec, device: torch.device | str = "cpu", seed: int = 0
     return feeds
 
 
+def needs_external_data(module: nn.Module) -> bool:
+    return sum(p.numel() * p.element_size() for p in module.parameters()) > EXTERNAL_DATA_BYTES
+
+
 def _export_onnx(backbone, spec: IOSpec, path: Path, cfg: ExportConfig, feeds: dict[str, torch.Tensor]) -> None:
+    if cfg.dynamic_batch and spec.dims["batch"] == 1:
+        # torch.export specialises a dimension traced at size 1: trace the symbolic batch at 2
+        feeds = sample_feeds(IOSpec(spec.inputs, spec.outputs, {**spec.dims, "batch": 2}), path_device(feeds))
     args = tuple(feeds[n] for n in spec.input_names)
-    large = sum(p.numel() * p.element_size() for p in backbone.parameters()) > EXTERNAL_DATA_BYTES
+    large = needs_external_data(backbone)
     dynamic = {"batch"} if cfg.dynamic_batch else set()
     if cfg.exporter == "dynamo":
         dynamic_shapes = None
@@ -138,6 +145,10 @@ def _export_onnx(backbone, spec: IOSpec, path: Path, cfg: ExportConfig, feeds: d
                 dynamic_axes=spec.dynamic_axes(dynamic) or None,
                 do_constant_folding=True,
             )
+
+
+def path_device(feeds: dict[str, torch.Tensor]) -> torch.device:
+    return next(iter(feeds.values())).device
 
 
 def _cleanup(path: Path) -> None:
@@ -194,6 +205,8 @@ def export_engine(model, cfg: ExportConfig, score: ScoreConfig = ScoreConfig()) 
         raise ValueError(f"opset {cfg.opset} unsupported; use 17-20 (TensorRT 10 parses up to 20)")
     if cfg.batch < 1:
         raise ValueError("batch must be >= 1")
+    if cfg.dynamic_batch and cfg.exporter != "dynamo":
+        raise ValueError("--dynamic-batch needs --exporter dynamo (the TorchScript export bakes the batch into reshapes)")
     out = Path(cfg.out)
     pipe, family = model.pipe, model.family
     height, width = cfg.height or model.default_size[0], cfg.width or model.default_size[1]
@@ -216,7 +229,7 @@ def export_engine(model, cfg: ExportConfig, score: ScoreConfig = ScoreConfig()) 
             _export_onnx(backbone, spec, onnx_path, cfg, feeds)
         timings["export_s"] = time.perf_counter() - start
 
-        large = (tmp / (ONNX_FILE + ".data")).exists() or any(p.suffix == ".data" for p in tmp.iterdir())
+        large = needs_external_data(backbone)  # weights live beside the graph: fold nothing in memory
         if cfg.fold_constants and not large:
             _say(cfg, "[2/4] folding constants and cleaning up (onnx-graphsurgeon) ...")
             start = time.perf_counter()

@@ -173,3 +173,35 @@ def test_build_without_tensorrt_says_so(engines, capsys):
     code = main(["build", str(engines["sd3", "dynamo"])])  # default bf16: the missing TensorRT is said first
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 3 and len(err) == 1 and "TensorRT" in err[0]
+
+
+def test_external_data_export(models, tmp_path, monkeypatch):
+    """Weights above the protobuf limit go to model.onnx.data (limit lowered to exercise the path)."""
+    monkeypatch.setattr("amo_engine.onnx_export.EXTERNAL_DATA_BYTES", 1000)
+    folder = tmp_path / "ext"
+    manifest = export_engine(models["flux"], ExportConfig(out=folder, log=False))
+    assert (folder / "model.onnx.data").is_file() and "model.onnx.data" in manifest["files"]
+    assert manifest["onnx"]["folded"] is False and manifest["graph"]["trt_ok"]
+    p = engine_parity(models["flux"], folder, "ort")
+    assert p["velocity_max_abs"] <= 1e-4 and p["attn_max_abs"] <= 1e-6
+
+
+def test_dynamic_batch_graph_runs_at_other_batches(models, tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+
+    from amo_engine.engine import manifest_spec
+
+    folder = tmp_path / "dyn"
+    export_engine(models["flux"], ExportConfig(out=folder, dynamic_batch=True, log=False))
+    spec = manifest_spec(read_manifest(folder))
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    for batch in (1, 3):
+        feeds = {t.name: np.random.rand(*[batch if d == "batch" else spec.dims.get(d, d) if isinstance(d, str) else d
+                                          for d in t.shape]).astype(np.float32)
+                 for t in spec.inputs if t.name in names}
+        velocity, attn = session.run(None, feeds)
+        assert velocity.shape[0] == batch and attn.shape == (batch, spec.dims["image_tokens"])
+    with pytest.raises(ValueError, match="--dynamic-batch needs --exporter dynamo"):
+        export_engine(models["flux"], ExportConfig(out=tmp_path / "x", dynamic_batch=True, exporter="torchscript", log=False))
