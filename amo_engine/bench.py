@@ -25,7 +25,8 @@ import torch
 
 from .backbone import ScoreConfig, make_backbone
 from .engine import FORMAT_VERSION, MANIFEST, ONNX_FILE, file_records, write_json_atomic
-from .onnx_export import ExportConfig, export_engine, sample_feeds
+from .onnx_export import ExportConfig, export_engine
+from .spec import sample_feeds
 from .samplers import StepOut, sample_amo, sample_euler
 from .schedules import flow_match_sigmas
 

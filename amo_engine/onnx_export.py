@@ -25,7 +25,7 @@ from .engine import (
     weights_fingerprint,
     write_json_atomic,
 )
-from .spec import IOSpec, dtype_name
+from .spec import IOSpec, dtype_name, sample_feeds
 
 EXPORTERS = ("dynamo", "torchscript")
 EXTERNAL_DATA_BYTES = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GB limit, with headroom
@@ -81,27 +81,6 @@ def torchscript_compatible(module: nn.Module) -> Iterator[None]:
             setattr(parent, name, child)
 
 
-def sample_feeds(spec: IOSpec, device: torch.device | str = "cpu", seed: int = 0) -> dict[str, torch.Tensor]:
-    """Deterministic, valid-looking feeds for tracing and parity checks."""
-    g = torch.Generator().manual_seed(seed)
-    feeds = {}
-    for t in spec.inputs:
-        shape = t.resolve(spec.dims)
-        if t.name == "span_mask":
-            v = (torch.rand(shape, generator=g) < 0.15).float()
-            v[:, 0] = 1.0
-        elif t.name == "timestep":
-            v = torch.rand(shape, generator=g) * (1000.0 if "img_ids" not in spec.input_names else 1.0)
-        elif t.name == "guidance":
-            v = torch.full(shape, 3.5)
-        elif t.name in ("img_ids", "txt_ids"):
-            v = torch.randint(0, 16, shape, generator=g).float()
-        else:
-            v = torch.randn(shape, generator=g)
-        feeds[t.name] = v.to(device=device, dtype=t.torch_dtype)
-    return feeds
-
-
 def needs_external_data(module: nn.Module) -> bool:
     return sum(p.numel() * p.element_size() for p in module.parameters()) > EXTERNAL_DATA_BYTES
 
@@ -109,7 +88,8 @@ def needs_external_data(module: nn.Module) -> bool:
 def _export_onnx(backbone, spec: IOSpec, path: Path, cfg: ExportConfig, feeds: dict[str, torch.Tensor]) -> None:
     if cfg.dynamic_batch and spec.dims["batch"] == 1:
         # torch.export specialises a dimension traced at size 1: trace the symbolic batch at 2
-        feeds = sample_feeds(IOSpec(spec.inputs, spec.outputs, {**spec.dims, "batch": 2}), path_device(feeds))
+        device = next(iter(feeds.values())).device
+        feeds = sample_feeds(IOSpec(spec.inputs, spec.outputs, {**spec.dims, "batch": 2}), device)
     args = tuple(feeds[n] for n in spec.input_names)
     large = needs_external_data(backbone)
     dynamic = {"batch"} if cfg.dynamic_batch else set()
@@ -145,10 +125,6 @@ def _export_onnx(backbone, spec: IOSpec, path: Path, cfg: ExportConfig, feeds: d
                 dynamic_axes=spec.dynamic_axes(dynamic) or None,
                 do_constant_folding=True,
             )
-
-
-def path_device(feeds: dict[str, torch.Tensor]) -> torch.device:
-    return next(iter(feeds.values())).device
 
 
 def _cleanup(path: Path) -> None:

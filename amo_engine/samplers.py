@@ -111,8 +111,9 @@ def amo_modulation(attn: torch.Tensor) -> torch.Tensor:
     sample (plain overshoot), never NaN. No host synchronisation.
     """
     r = attn.float()  # [B, N]
-    finite = torch.isfinite(r).all(dim=1, keepdim=True)  # [B, 1]
-    r = torch.where(torch.isfinite(r), r, torch.zeros_like(r))
+    finite_each = torch.isfinite(r)  # [B, N]
+    finite = finite_each.all(dim=1, keepdim=True)  # [B, 1]
+    r = torch.where(finite_each, r, torch.zeros_like(r))
     lo = r.amin(dim=1, keepdim=True)
     span = r.amax(dim=1, keepdim=True) - lo
     ok = finite & (span > FLAT_EPS)

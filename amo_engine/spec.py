@@ -96,3 +96,24 @@ class IOSpec:
             return tuple(TensorSpec(d["name"], d["dtype"], tuple(d["shape"])) for d in items)
 
         return cls(dec(data["inputs"]), dec(data["outputs"]), dict(data["dims"]))
+
+
+def sample_feeds(spec: IOSpec, device: torch.device | str = "cpu", seed: int = 0) -> dict[str, torch.Tensor]:
+    """Deterministic, valid-looking feeds for tracing and parity checks."""
+    g = torch.Generator().manual_seed(seed)
+    feeds = {}
+    for t in spec.inputs:
+        shape = t.resolve(spec.dims)
+        if t.name == "span_mask":
+            v = (torch.rand(shape, generator=g) < 0.15).float()
+            v[:, 0] = 1.0
+        elif t.name == "timestep":
+            v = torch.rand(shape, generator=g) * (1000.0 if "img_ids" not in spec.input_names else 1.0)
+        elif t.name == "guidance":
+            v = torch.full(shape, 3.5)
+        elif t.name in ("img_ids", "txt_ids"):
+            v = torch.randint(0, 16, shape, generator=g).float()
+        else:
+            v = torch.randn(shape, generator=g)
+        feeds[t.name] = v.to(device=device, dtype=t.torch_dtype)
+    return feeds

@@ -11,7 +11,7 @@ from .backbone import ScoreConfig, make_backbone
 from .backends import load_backend
 from .backends.eager import EagerBackend
 from .engine import read_manifest
-from .onnx_export import sample_feeds
+from .spec import sample_feeds
 
 
 def score_config_of(manifest: dict) -> ScoreConfig:

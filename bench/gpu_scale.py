@@ -20,7 +20,7 @@ import torch
 
 from amo_engine.backbone import ScoreConfig, make_backbone
 from amo_engine.bench import ReferenceScoreProcessor
-from amo_engine.onnx_export import sample_feeds
+from amo_engine.spec import sample_feeds
 
 
 def build(family: str):

@@ -24,7 +24,8 @@ from amo_engine.backends.ort import OrtBackend
 from amo_engine.cli import main
 from amo_engine.engine import EngineError, check_runtime, read_manifest, recover_interrupted
 from amo_engine.models import load_model
-from amo_engine.onnx_export import ExportConfig, export_engine, sample_feeds
+from amo_engine.onnx_export import ExportConfig, export_engine
+from amo_engine.spec import sample_feeds
 from amo_engine.pipeline import AmoPipeline, GenerateConfig, NonFiniteLatentsError
 from amo_engine.presets import build_clip_tokenizer
 from amo_engine.prompts import find_quoted_spans, sd3_layout
