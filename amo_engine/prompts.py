@@ -1,10 +1,26 @@
 """Quoted-text spans: find them in a prompt, map characters to tokens through the fast
 tokenizers' offset mappings, and build span masks in each model's text-token layout.
 
-Quotes: straight single/double and curly single/double. A straight or curly single quote between
-two letters (It's, Today’s) is an apostrophe, never a quote. An opening quote stands at the start
-or after a non-alphanumeric character; a closing quote is followed by the end or a
-non-alphanumeric character.
+The span rule (``find_quoted_spans``):
+
+* Quotes: straight single/double and curly single/double. A quote between two letters (It's,
+  Today’s) is an apostrophe, never a quote.
+* A quote mark *can open* when it stands at the start or after a non-alphanumeric character and is
+  followed by a non-space; it *can close* when it follows a non-space and stands at the end or
+  before a non-alphanumeric character. Marks that can do neither are apostrophes and are ignored.
+* Per quote kind, the marks that remain form alternating runs: some openers, then some closers.
+  Each run of openers with the run of closers after it is **one** span, from the first opener to
+  the first closer of the run that does not end an elision — the quote that ends the quoted
+  phrase. A closer ends an elision when the word before it is ``n`` or ``o`` or ends in ``in`` or
+  ``s`` (Rock 'n' Roll, Top o' the Morning, Rockin', The Smiths' Hits) and another closer follows
+  in the run; with no other candidate, the run's last closer ends the span. So an elision at the
+  start, middle or end of quoted text — ``''Twas the Night'``, ``'Rock 'n' Roll'``,
+  ``'Rockin' Robin'``, ``'Rollin''`` — never closes the span early, ``'OPEN' and 'SHUT'`` stays
+  two spans (an opener separates them), and a possessive after a span (``'WOOF' on the dogs'
+  bowl``) is left outside it.
+* Closers with no opener before them (a possessive such as ``the dogs' bowl``) and openers with no
+  closer after them (an unterminated quote) give no span. A span inside another one (``"Joe's
+  'Diner'"``) is part of the outer span. Spans of only spaces are dropped; the rest are trimmed.
 """
 
 from __future__ import annotations
@@ -32,38 +48,66 @@ def _can_open(s: str, i: int) -> bool:
     return before_ok and after_ok
 
 
-def _can_close(s: str, i: int, start: int) -> bool:
-    if i == start or s[i - 1].isspace():
-        return False
-    return i + 1 == len(s) or not s[i + 1].isalnum()
+def _can_close(s: str, i: int) -> bool:
+    before_ok = i > 0 and not s[i - 1].isspace()
+    after_ok = i + 1 == len(s) or not s[i + 1].isalnum()
+    return before_ok and after_ok
+
+
+def _spans_of_kind(s: str, open_ch: str, close_ch: str) -> list[tuple[int, int]]:
+    """(opening quote index, closing quote index) of each span of one quote kind."""
+    marks: list[tuple[int, str]] = []  # (index, "O" | "C") in order
+    for i, ch in enumerate(s):
+        if ch not in (open_ch, close_ch):
+            continue
+        opens = ch == open_ch and _can_open(s, i)
+        closes = ch == close_ch and _can_close(s, i)
+        if opens and closes:  # between two punctuation marks: a closer once some quote has opened
+            closes = any(k == "O" for _, k in marks)
+            opens = not closes
+        if opens or closes:
+            marks.append((i, "O" if opens else "C"))
+    spans, first_open, closers = [], None, []
+    for i, kind in marks + [(len(s), "O")]:  # a sentinel opener ends the last run
+        if kind == "O":
+            if closers:
+                spans.append((first_open, _phrase_end(s, closers)))
+                first_open, closers = None, []
+            if first_open is None:
+                first_open = i
+        elif first_open is not None:
+            closers.append(i)
+    return spans
+
+
+def _ends_elision(s: str, i: int) -> bool:
+    """Whether the quote mark at ``i`` ends an elision: the word before it is n/o or ends in in/s."""
+    j = i
+    while j > 0 and s[j - 1].isalpha():
+        j -= 1
+    word = s[j:i].lower()
+    return word in ("n", "o") or word.endswith(("in", "s"))
+
+
+def _phrase_end(s: str, closers: list[int]) -> int:
+    """The closer that ends the quoted phrase: the first that ends no elision, else the last."""
+    return next((i for i in closers[:-1] if not _ends_elision(s, i)), closers[-1])
 
 
 def find_quoted_spans(prompt: str) -> list[Span]:
-    """Every quoted span in ``prompt``, in order; unbalanced quotes are ignored. Never raises."""
+    """Every quoted span in ``prompt``, in order (see the module doc for the rule). Never raises."""
+    raw = sorted(pair for o, c in _PAIRS.items() for pair in _spans_of_kind(prompt, o, c))
     spans: list[Span] = []
-    i, n = 0, len(prompt)
-    while i < n:
-        ch = prompt[i]
-        close = _PAIRS.get(ch)
-        if close is None or not _can_open(prompt, i):
-            i += 1
+    outer_end = -1
+    for open_i, close_i in raw:
+        if open_i < outer_end:  # inside an earlier span of another kind
             continue
-        j = i + 1
-        found = -1
-        while j < n:
-            if prompt[j] == close and _can_close(prompt, j, i + 1):
-                found = j
-                break
-            j += 1
-        if found < 0:
-            i += 1
-            continue
-        text = prompt[i + 1 : found]
+        outer_end = close_i
+        text = prompt[open_i + 1 : close_i]
         lead = len(text) - len(text.lstrip())
         trail = len(text) - len(text.rstrip())
         if text.strip():
-            spans.append(Span(i + 1 + lead, found - trail))
-        i = found + 1
+            spans.append(Span(open_i + 1 + lead, close_i - trail))
     return spans
 
 

@@ -50,6 +50,30 @@ def test_quote_kinds_and_apostrophes(prompt, expected):
     assert [s.text(prompt) for s in find_quoted_spans(prompt)] == expected
 
 
+@pytest.mark.parametrize(
+    "prompt,expected",
+    [
+        # elisions at the start, middle and end of quoted text
+        ("A banner ''Twas the Night' over the door", ["'Twas the Night"]),
+        ("A sign 'Rock 'n' Roll' in neon", ["Rock 'n' Roll"]),
+        ("A menu 'Fish 'n' Chips' and a sign 'Tea'", ["Fish 'n' Chips", "Tea"]),
+        ("A pub sign 'Top o' the Morning' in gold", ["Top o' the Morning"]),
+        ("A record 'The Smiths' Greatest Hits' cover", ["The Smiths' Greatest Hits"]),
+        ("A shirt 'Rockin' Robin' print", ["Rockin' Robin"]),
+        ("A shirt printed 'Keep Rollin'' in red", ["Keep Rollin'"]),
+        ("A mug \u2018Rock \u2019n\u2019 Roll\u2019", ["Rock \u2019n\u2019 Roll"]),
+        # possessives outside quotes, before and after a span
+        ("The dogs' bowl reads 'WOOF'", ["WOOF"]),
+        ("'WOOF' is painted on the dogs' bowl", ["WOOF"]),
+        ("the kids' toys and the dogs' bowls", []),
+        # unterminated quotes still give no span
+        ("A sign 'Rock 'n roll", []),
+    ],
+)
+def test_elisions_inside_quotes_do_not_close_the_span(prompt, expected):
+    assert [s.text(prompt) for s in find_quoted_spans(prompt)] == expected
+
+
 def _covered_text(tokenizer, prompt, mask, max_length):
     enc = tokenizer(prompt, padding="max_length", max_length=max_length, truncation=True, return_offsets_mapping=True)
     chars = set()
