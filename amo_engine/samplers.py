@@ -124,13 +124,14 @@ def amo_modulation(attn: torch.Tensor) -> torch.Tensor:
 def amo_target_sigma(
     m: torch.Tensor, x: torch.Tensor, sigma_next: float, c_delta: float, patch_size: int
 ) -> torch.Tensor:
-    """Per-token overshoot target ``max(sigma_next - c*delta*m, 0)`` shaped to broadcast over ``x``.
+    """Per-token overshoot target ``max(sigma_next - c*delta*m, 0)`` in float64, shaped to broadcast
+    over ``x``.
 
     Packed latents [B, N, C] (FLUX): one value per token -> [B, N, 1].
     Spatial latents [B, C, H, W] (SD3): on the (H/p, W/p) token grid, clamped, then bilinearly
     upsampled (align_corners=False) to [B, 1, H, W].
     """
-    sigma_o = (sigma_next - c_delta * m).clamp(min=0.0)  # [B, N]
+    sigma_o = (sigma_next - c_delta * m.double()).clamp(min=0.0)  # [B, N] float64
     if x.ndim == 3:
         if m.shape[1] != x.shape[1]:
             raise ValueError(f"attention map has {m.shape[1]} tokens but latents have {x.shape[1]}")
@@ -144,6 +145,17 @@ def amo_target_sigma(
     raise ValueError(f"latents must be [B, N, C] or [B, C, H, W], got shape {tuple(x.shape)}")
 
 
+def amo_coefficients(sigma_o: torch.Tensor, sigma_next: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token renoise coefficients (a, b) for float64 targets ``sigma_o``, without cancellation.
+
+    ``a = (1 - s') / (1 - so)`` and ``b^2 = s'^2 - a^2 so^2 = (s' - so)(s' + a so) / (1 - so)``:
+    a token whose target is ``s'`` itself (m = 0) gets exactly a = 1, b = 0.
+    """
+    a = (1.0 - sigma_next) / (1.0 - sigma_o)
+    b = ((sigma_next - sigma_o) * (sigma_next + a * sigma_o) / (1.0 - sigma_o)).clamp(min=0.0).sqrt()
+    return a, b
+
+
 def sample_amo(
     fn: VelocityFn,
     x: torch.Tensor,
@@ -153,7 +165,11 @@ def sample_amo(
     patch_size: int = 2,
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
-    """Attention-modulated overshooting: per-token strength ``c * m_p`` from this step's map."""
+    """Attention-modulated overshooting: per-token strength ``c * m_p`` from this step's map.
+
+    Targets and coefficients are computed in float64 and cast to float32 once, so a token with
+    m = 0 takes the Euler step exactly (no spurious noise from float32 rounding of a and b).
+    """
     _check_grid(sigmas)
     _check_c(c)
     for i, (s, s_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
@@ -161,12 +177,11 @@ def sample_amo(
         if out.attn is None:
             raise ValueError("sample_amo needs attention maps: the velocity function returned attn=None")
         m = amo_modulation(out.attn)  # [B, N]
-        sigma_o = amo_target_sigma(m, x, s_next, c * (s - s_next), patch_size)
-        x_o = _move(x, out.velocity, sigma_o - s)
+        sigma_o = amo_target_sigma(m, x, s_next, c * (s - s_next), patch_size)  # float64
+        x_o = _move(x, out.velocity, (sigma_o - s).float())
         if _renoises(c, s_next):
-            a = (1.0 - s_next) / (1.0 - sigma_o)
-            b = (s_next**2 - (a * sigma_o) ** 2).clamp(min=0.0).sqrt()
-            x_o = a * x_o + b * _noise(x, generator)
+            a, b = amo_coefficients(sigma_o, s_next)
+            x_o = a.float() * x_o + b.float() * _noise(x, generator)
         x = x_o.to(x.dtype)
         if callback is not None:
             callback(i, x)
