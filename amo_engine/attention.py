@@ -18,26 +18,34 @@ import torch.nn.functional as F
 
 @dataclass
 class ScoreContext:
-    """Shared by the hooked processors of one backbone for one forward call.
+    """The per-call state of one backbone forward: which span rows to read, which blocks are
+    active, and the maps they produce.
 
-    One context per transformer: every joint block carries a score processor, and the backbone
-    names, per call, which blocks compute scores (``active``), sets ``span_index``/``span_weight``
-    before the transformer runs and reads ``maps`` after; active processors append one [B, N_img]
-    map each, the others behave exactly like the stock processor.
+    A backbone makes a fresh context for each call and hands it to processors it installs for that
+    call only (see ``backbone.hooked``), so nothing outlives the call on the user's model. Active
+    blocks append one [B, N_img] map each; the others behave exactly like the stock processor.
     """
 
-    span_index: torch.Tensor | None = None  # [B, S] int64 positions in the text sequence
-    span_weight: torch.Tensor | None = None  # [B, S] float, 1 for span tokens, 0 for padding
+    span_index: torch.Tensor  # [B, S] int64 positions in the text sequence
+    span_weight: torch.Tensor  # [B, S] float, 1 for span tokens, 0 for padding
     active: frozenset[int] = frozenset()
     maps: list[torch.Tensor] = field(default_factory=list)
 
-    def start(self, span_mask: torch.Tensor, max_span_tokens: int, active: tuple[int, ...]) -> None:
-        """Select up to ``max_span_tokens`` span rows from a [B, T] 0/1 mask (fixed size: TopK)."""
-        k = min(max_span_tokens, span_mask.shape[1])
-        weight, index = span_mask.float().topk(k, dim=1)  # [B, S] each
-        self.span_index, self.span_weight = index, weight
-        self.active = frozenset(active)
-        self.maps = []
+    @classmethod
+    def for_call(cls, span_mask: torch.Tensor, max_span_tokens: int, active: tuple[int, ...]) -> "ScoreContext":
+        """The first ``max_span_tokens`` span tokens by position, from a [B, T] 0/1 mask.
+
+        TopK of ``mask * (T - position)``: span tokens score T - t (all distinct, earliest highest),
+        the others 0, so the selection is the first S span tokens in order (fixed size S; slots past
+        a row's span have weight 0).
+        """
+        t = span_mask.shape[1]
+        k = min(max_span_tokens, t)
+        position = torch.arange(t, 0, -1, device=span_mask.device, dtype=torch.float32)  # [T]: T .. 1
+        score = (span_mask.float() > 0).float() * position  # [B, T]
+        _, index = score.topk(k, dim=1)  # [B, S]
+        weight = torch.gather(span_mask.float(), 1, index)  # [B, S]
+        return cls(index, weight, frozenset(active))
 
     def record(self, block: int, compute) -> None:
         """Append ``compute()`` (a [B, N_img] map) when ``block`` is active in this call."""
@@ -47,9 +55,7 @@ class ScoreContext:
     def finish(self) -> torch.Tensor:
         if not self.maps:
             raise RuntimeError("no hooked attention block ran; check the hooked block indices")
-        out = torch.stack(self.maps, 0).mean(0)  # [B, N_img]
-        self.maps = []
-        return out
+        return torch.stack(self.maps, 0).mean(0)  # [B, N_img]
 
 
 def span_image_scores(

@@ -4,6 +4,7 @@ returning (velocity, attn). The same module runs eagerly and is what gets export
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -59,44 +60,55 @@ class Fp32FluxPosEmbed(nn.Module):
         return torch.cat(cos_out, dim=-1), torch.cat(sin_out, dim=-1)  # [L, sum(axes_dim)] each
 
 
-def install_score_processors(transformer: nn.Module, family: str) -> ScoreContext:
-    """Give every joint (SD3) / double-stream (FLUX) block a score processor sharing one context.
+PROCESSORS = {"sd3": SD3ScoreAttnProcessor, "flux": FluxScoreAttnProcessor}
 
-    Idempotent: backbones over the same transformer share the context and choose their hooked
-    blocks per call, so several backbones (different hooked blocks) can coexist.
-    """
-    ctx = getattr(transformer, "_amo_score_ctx", None)
-    if ctx is not None:
-        return ctx
-    ctx = ScoreContext()
-    proc = SD3ScoreAttnProcessor if family == "sd3" else FluxScoreAttnProcessor
-    for i, block in enumerate(transformer.transformer_blocks):
-        block.attn.set_processor(proc(ctx, i))
-    transformer._amo_score_ctx = ctx
-    return ctx
+
+@contextmanager
+def hooked(transformer: nn.Module, family: str, ctx: ScoreContext, rope: nn.Module | None = None):
+    """Run the transformer with score processors bound to ``ctx`` (and FLUX's fp32 RoPE) for the
+    duration of one call, then put back exactly what the user's model had: our hook never changes
+    what the model does outside our calls."""
+    attns = [block.attn for block in transformer.transformer_blocks]
+    saved = [attn.processor for attn in attns]
+    saved_rope = getattr(transformer, "pos_embed", None)
+    try:
+        for i, attn in enumerate(attns):
+            attn.processor = PROCESSORS[family](ctx, i)
+        if rope is not None:
+            transformer.pos_embed = rope
+        yield ctx
+    finally:
+        for attn, proc in zip(attns, saved):
+            attn.processor = proc
+        if rope is not None:
+            transformer.pos_embed = saved_rope
 
 
 class _Backbone(nn.Module):
     family: str
 
-    def __init__(self, transformer: nn.Module, score: ScoreConfig = ScoreConfig()):
+    def __init__(self, transformer: nn.Module, score: ScoreConfig = ScoreConfig(), vae_scale_factor: int = 8):
         super().__init__()
         self.transformer = transformer
         self.score = score
+        self.vae_scale_factor = vae_scale_factor  # pixels per latent pixel (the pipeline's VAE)
         self.hooked_blocks = resolve_blocks(len(transformer.transformer_blocks), score.hooked_blocks)
-        self.ctx = install_score_processors(transformer, self.family)
+        self._rope: nn.Module | None = None  # FLUX: fp32 RoPE used inside our calls
+
+    def _run(self, span_mask: torch.Tensor, **inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx = ScoreContext.for_call(span_mask, self.score.max_span_tokens, self.hooked_blocks)
+        with hooked(self.transformer, self.family, ctx, self._rope):
+            velocity = self.transformer(**inputs, return_dict=False)[0]
+        return velocity, ctx.finish()
 
     @property
     def config(self):
         return self.transformer.config
 
-    def _finish(self, velocity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return velocity, self.ctx.finish()
-
     def io_spec(
         self, batch: int, height: int, width: int, text_len: int, dtype: torch.dtype = torch.float32
     ) -> IOSpec:
-        """IOSpec for latents of ``height x width`` pixels (VAE factor 8) and ``text_len`` text tokens."""
+        """IOSpec for latents of ``height x width`` pixels (``vae_scale_factor``) and ``text_len`` text tokens."""
         raise NotImplementedError
 
 
@@ -113,22 +125,20 @@ class SD3Backbone(_Backbone):
         timestep: torch.Tensor,  # [B] in the scheduler's 0..1000 scale
         span_mask: torch.Tensor,  # [B, T] 1 on quoted-text tokens
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        self.ctx.start(span_mask, self.score.max_span_tokens, self.hooked_blocks)
-        velocity = self.transformer(
+        return self._run(
+            span_mask,
             hidden_states=hidden_states,
             encoder_hidden_states=encoder_hidden_states,
             pooled_projections=pooled_projections,
             timestep=timestep,
-            return_dict=False,
-        )[0]
-        return self._finish(velocity)
+        )
 
     def io_spec(self, batch, height, width, text_len, dtype=torch.float32):
         cfg = self.config
-        lat_h, lat_w = height // 8, width // 8
-        p = cfg.patch_size
-        if lat_h % p or lat_w % p:
-            raise ValueError(f"height and width must be multiples of {8 * p} for this model, got {height}x{width}")
+        f, p = self.vae_scale_factor, cfg.patch_size
+        lat_h, lat_w = height // f, width // f
+        if height % (f * p) or width % (f * p):
+            raise ValueError(f"height and width must be multiples of {f * p} for this model, got {height}x{width}")
         dt = dtype_name(dtype)
         return IOSpec(
             inputs=(
@@ -157,11 +167,10 @@ class FluxBackbone(_Backbone):
 
     family = "flux"
 
-    def __init__(self, transformer: nn.Module, score: ScoreConfig = ScoreConfig()):
-        super().__init__(transformer, score)
+    def __init__(self, transformer: nn.Module, score: ScoreConfig = ScoreConfig(), vae_scale_factor: int = 8):
+        super().__init__(transformer, score, vae_scale_factor)
         pe = transformer.pos_embed
-        if not isinstance(pe, Fp32FluxPosEmbed):
-            transformer.pos_embed = Fp32FluxPosEmbed(pe.theta, pe.axes_dim)
+        self._rope = pe if isinstance(pe, Fp32FluxPosEmbed) else Fp32FluxPosEmbed(pe.theta, pe.axes_dim)
 
     @property
     def has_guidance(self) -> bool:
@@ -178,8 +187,8 @@ class FluxBackbone(_Backbone):
         span_mask: torch.Tensor,  # [B, T]
         guidance: torch.Tensor | None = None,  # [B] (guidance-distilled models only)
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        self.ctx.start(span_mask, self.score.max_span_tokens, self.hooked_blocks)
-        velocity = self.transformer(
+        return self._run(
+            span_mask,
             hidden_states=hidden_states,
             encoder_hidden_states=encoder_hidden_states,
             pooled_projections=pooled_projections,
@@ -187,16 +196,15 @@ class FluxBackbone(_Backbone):
             img_ids=img_ids,
             txt_ids=txt_ids,
             guidance=guidance,
-            return_dict=False,
-        )[0]
-        return self._finish(velocity)
+        )
 
     def io_spec(self, batch, height, width, text_len, dtype=torch.float32):
         cfg = self.config
-        if height % 16 or width % 16:
-            raise ValueError(f"height and width must be multiples of 16 for FLUX, got {height}x{width}")
+        f = 2 * self.vae_scale_factor  # latents packed 2x2 into tokens
+        if height % f or width % f:
+            raise ValueError(f"height and width must be multiples of {f} for FLUX, got {height}x{width}")
         dt = dtype_name(dtype)
-        n_img = (height // 16) * (width // 16)
+        n_img = (height // f) * (width // f)
         inputs = [
             TensorSpec("hidden_states", dt, ("batch", "image_tokens", cfg.in_channels)),
             TensorSpec("encoder_hidden_states", dt, ("batch", "text_len", cfg.joint_attention_dim)),
@@ -218,7 +226,7 @@ class FluxBackbone(_Backbone):
         )
 
 
-def make_backbone(transformer: nn.Module, score: ScoreConfig = ScoreConfig()) -> _Backbone:
+def make_backbone(transformer: nn.Module, score: ScoreConfig = ScoreConfig(), vae_scale_factor: int = 8) -> _Backbone:
     """Wrap a diffusers SD3 or FLUX transformer (its hooked blocks get score processors)."""
     cls = SD3Backbone if family_of(transformer) == "sd3" else FluxBackbone
-    return cls(transformer, score)
+    return cls(transformer, score, vae_scale_factor)

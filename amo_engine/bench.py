@@ -1,9 +1,9 @@
 """Latency benchmarks versus eager PyTorch, measured side by side in one run.
 
 Arms share weights, feeds, steps and seed. Scopes: one backbone call (arms interleaved round-robin
-so machine noise hits all alike) and the denoise loop (arms interleaved per round). Not yet:
-end-to-end (encode + loop + decode) and per-arm peak memory (only the process peak is recorded).
-Warm-ups are excluded; p50 is the headline, with mean, p90, min and raw samples. Results: JSON
+so machine noise hits all alike), the denoise loop (arms interleaved per round) and end-to-end
+(prompt encoding + loop + VAE decode). Memory: each arm's resident-memory rise above the level at
+its calls' start (sampled every 2 ms), and the process peak. Warm-ups are excluded; p50 is the headline, with mean, p90, min and raw samples. Results: JSON
 lines (with the environment), a markdown table and a PNG plot.
 """
 

@@ -72,14 +72,32 @@ def file_records(folder: Path) -> dict[str, dict]:
     }
 
 
-def read_manifest(folder: Path | str, check_hashes: bool = True) -> dict:
-    """Read and validate an engine folder's manifest against the files beside it."""
+def export_hint(folder: Path, model: str | None) -> str:
+    """A pasteable export command for ``folder`` (the model named when the caller knows it)."""
+    import shlex
+
+    if model is not None:
+        return f"amo-engine export --model {shlex.quote(str(model))} --out {shlex.quote(str(folder))}"
+    return (f"amo-engine export --model tiny-sd3 --out {shlex.quote(str(folder))} "
+            "(with your model's preset, folder or id in place of tiny-sd3)")
+
+
+def read_manifest(folder: Path | str, check_hashes: bool = True, model: str | None = None) -> dict:
+    """Read and validate an engine folder's manifest against the files beside it.
+
+    ``model``: what the caller will run the engine with, named in the hints when given.
+    """
     folder = Path(folder)
     if not folder.is_dir():
-        raise EngineError(f"engine folder {folder} does not exist; create it with: amo-engine export --out {folder}")
+        what = "is a file, not an engine folder" if folder.exists() else "does not exist"
+        raise EngineError(f"engine folder {folder} {what}; create it with: {export_hint(folder, model)}")
     path = folder / MANIFEST
     if not path.is_file():
-        raise EngineError(f"{folder} has no {MANIFEST}; re-export the engine (amo-engine export --out {folder})")
+        if (folder / "model_index.json").is_file():
+            raise EngineError(f"{folder} is a diffusers model folder, not an engine; export one from it with: "
+                              f"{export_hint(Path('engines') / folder.name, str(folder))}")
+        raise EngineError(f"{folder} has no {MANIFEST}, so it is not an engine folder; write one with: "
+                          f"{export_hint(folder, model)}")
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .presets import PRESETS, ModelSettings, ensure_preset
+from .presets import PRESET_SIZE_FACTORS, PRESETS, ModelSettings, ensure_preset
 
 PIPELINE_FAMILIES = {
     "StableDiffusion3Pipeline": "sd3",
@@ -46,7 +46,7 @@ class LoadedModel:
 
     @property
     def default_guidance(self) -> float:
-        return FAMILY_DEFAULTS[self.family]["guidance"]
+        return self.settings.guidance or FAMILY_DEFAULTS[self.family]["guidance"]
 
 
 DTYPE_NAMES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -70,6 +70,16 @@ def family_of_folder(folder: Path) -> str:
     return PIPELINE_FAMILIES[cls]
 
 
+def import_own_components(folder: Path) -> None:
+    """Import the amo_engine modules a folder's model_index.json names (the glyph autoencoder), so
+    diffusers' loader finds their classes. Only this package's own modules; never remote code."""
+    import importlib
+
+    for entry in json.loads((folder / "model_index.json").read_text()).values():
+        if isinstance(entry, list) and entry and isinstance(entry[0], str) and entry[0].startswith("amo_engine."):
+            importlib.import_module(entry[0])
+
+
 def resolve_folder(model: str, cache_dir: Path | str | None = None) -> Path:
     """Local folder for a preset name, a folder path, or a model id already in the HF cache."""
     if model in PRESETS:
@@ -79,7 +89,8 @@ def resolve_folder(model: str, cache_dir: Path | str | None = None) -> Path:
         if not path.is_dir():
             raise ValueError(f"{model} is a file; pass the pipeline folder (the one with model_index.json)")
         return path
-    if model.count("/") == 1 and not model.startswith((".", "/")):
+    looks_like_id = model.count("/") == 1 and not model.startswith((".", "/", "~"))
+    if looks_like_id:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -87,10 +98,34 @@ def resolve_folder(model: str, cache_dir: Path | str | None = None) -> Path:
             return Path(snapshot_download(model, local_files_only=True))
         except (LocalEntryNotFoundError, OSError, ValueError) as err:
             raise ValueError(
-                f"model id {model!r} is not in the local Hugging Face cache; download it first "
-                f"(huggingface-cli download {model}) or pass a local folder"
+                f"model id {model!r} is not in the local Hugging Face cache and amo-engine never downloads; "
+                f"fetch it first with: hf download {model}   (or pass a local folder)"
             ) from err
+    if "/" in model or model.startswith((".", "~")):
+        raise ValueError(f"model folder {model} does not exist; pass a diffusers pipeline folder "
+                         f"(the one with model_index.json) or a preset: {', '.join(PRESETS)}")
     raise ValueError(f"unknown model {model!r}: use a preset ({', '.join(PRESETS)}), a folder path, or an HF model id")
+
+
+def size_factor(model: str, cache_dir: Path | str | None = None) -> int | None:
+    """Pixels per image token side for ``model`` (VAE factor x patch), read from config JSON only —
+    no diffusers import, no weights — so bad sizes fail early. None when it cannot be told yet."""
+    if model in PRESETS:
+        return PRESET_SIZE_FACTORS[model]
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        try:
+            path = resolve_folder(model, cache_dir)
+        except ValueError:
+            return None
+    try:
+        family = family_of_folder(path)
+        vae = json.loads((path / "vae" / "config.json").read_text())
+        patch = json.loads((path / "transformer" / "config.json").read_text()).get("patch_size", 2)
+    except (ValueError, OSError):
+        return None
+    vae_factor = 2 ** (len(vae.get("block_out_channels", (0,) * 4)) - 1)
+    return vae_factor * (patch if family == "sd3" else 2)
 
 
 def load_model(
@@ -106,6 +141,7 @@ def load_model(
         dtype = parse_dtype(dtype)
     folder = resolve_folder(model, cache_dir)
     family = family_of_folder(folder)
+    import_own_components(folder)
     cls = StableDiffusion3Pipeline if family == "sd3" else FluxPipeline
     try:
         pipe = cls.from_pretrained(folder, dtype=dtype, use_safetensors=True, local_files_only=True)

@@ -20,7 +20,7 @@ from .backbone import ScoreConfig, make_backbone
 from .backends import Backend
 from .backends.eager import EagerBackend
 from .models import LoadedModel
-from .prompts import TextLayout, flux_layout, sd3_layout
+from .prompts import TextLayout, find_quoted_spans, flux_layout, sd3_layout
 from .samplers import SAMPLERS, StepOut, sample_amo, sample_euler, sample_overshoot
 from .schedules import flow_match_sigmas
 from .spec import IOSpec
@@ -44,6 +44,7 @@ class GenerateConfig:
     num_images_per_prompt: int = 1
     max_sequence_length: int | None = None  # T5 tokens; default: the model's
     progress: bool = False
+    latents: torch.Tensor | None = None  # initial noise in the family's latent layout (default: drawn from seed)
 
 
 @dataclass
@@ -86,25 +87,51 @@ def validate_size(name: str, value: int, patch_factor: int) -> None:
 
 def amo_span_notes(layout: TextLayout, prompts: Sequence[str], span_mask: torch.Tensor,
                    max_span_tokens: int) -> tuple[str, list[str]]:
-    """The sampler AMO really runs (overshoot without any quoted text) and the warnings its
-    prompts deserve: rows without quotes, quotes cut by a token limit, spans longer than S."""
-    notes = [
-        f"the quoted text of prompt {row} runs past the {limit}-token limit: only the tokens before it steer "
-        "AMO (shorten the prompt, move the quote earlier, or raise --max-sequence-length)"
-        for row, limit in layout.cut_spans(prompts)
-    ]
-    has_span = span_mask.sum(dim=1) > 0  # [B]
-    if not bool(has_span.any()):
+    """The sampler AMO really runs (overshoot when no row has span tokens) and one accurate note
+    per case: quoted text cut by some token limits but whole in another part, cut everywhere (its
+    first tokens steer), cut away entirely, rows without quotes, spans longer than S."""
+    notes, lost = [], set()
+    tokens = span_mask.sum(dim=1)  # [B] span tokens per row
+    for row, prompt in enumerate(prompts):
+        cutting = layout.cutting_parts(prompt)
+        if not cutting:
+            continue
+        limits = " and ".join(f"{p.name}'s {p.length}-token" for p in cutting)
+        if len(cutting) < len(layout.parts):
+            whole = ", ".join(p.name for p in layout.parts if p not in cutting)
+            notes.append(f"the quoted text of prompt {row} runs past {limits} limit; AMO reads it whole from the "
+                         f"{whole} tokens")
+        elif tokens[row] > 0:
+            notes.append(f"the quoted text of prompt {row} runs past {limits} limit: only its first tokens steer "
+                         "AMO (shorten the prompt, move the quote earlier, or raise --max-sequence-length)")
+        else:
+            lost.add(row)
+            notes.append(f"the quoted text of prompt {row} lies past {limits} limit: that image uses plain "
+                         "overshoot (shorten the prompt, move the quote earlier, or raise --max-sequence-length)")
+    has_span = tokens > 0  # [B]
+    unquoted = [row for row in range(len(prompts)) if not has_span[row] and row not in lost]
+    if unquoted and not bool(has_span.any()) and not lost:
         notes.append("no quoted text in the prompt: AMO falls back to the overshoot sampler (quote the text to render)")
-        return "overshoot", notes
-    if not bool(has_span.all()):
-        missing = sorted({p for p, ok in zip(prompts, has_span.tolist()) if not ok})
+    elif unquoted:
+        missing = sorted({prompts[row] for row in unquoted})
         notes.append(f"no quoted text in {missing}: those images use plain overshoot")
-    longest = int(span_mask.sum(dim=1).max())
+    if not bool(has_span.any()):
+        return "overshoot", notes
+    longest = int(tokens.max())
     if longest > max_span_tokens:
         notes.append(f"the quoted text spans {longest} tokens; the score branch reads the first {max_span_tokens} "
                      "(raise --max-span-tokens)")
     return "amo", notes
+
+
+def vocabulary_notes(vocabulary: Sequence[str] | None, prompts: Sequence[str]) -> list[str]:
+    """A note for each quoted word outside a closed-vocabulary model's training words."""
+    if not vocabulary:
+        return []
+    known = set(vocabulary)
+    unknown = sorted({sp.text(p) for p in prompts for sp in find_quoted_spans(p)} - known)
+    return [f"{word!r} is out of this model's vocabulary ({len(known)} trained words): it renders something, "
+            "probably not that word" for word in unknown]
 
 
 class AmoPipeline:
@@ -136,7 +163,7 @@ class AmoPipeline:
 
     def backbone(self):
         if self._backbone is None:
-            self._backbone = make_backbone(self.pipe.transformer, self.score)
+            self._backbone = make_backbone(self.pipe.transformer, self.score, self.pipe.vae_scale_factor)
         return self._backbone
 
     def text_layout(self, max_sequence_length: int) -> TextLayout:
@@ -174,9 +201,10 @@ class AmoPipeline:
 
         layout = self.text_layout(max_seq)
         span_mask = layout.span_mask(prompts)  # [B, T] on CPU
-        sampler, notes = cfg.sampler, []
+        sampler, notes = cfg.sampler, vocabulary_notes(self.model.settings.vocabulary, cfg.prompts)
         if sampler == "amo":
-            sampler, notes = amo_span_notes(layout, prompts, span_mask, self.score.max_span_tokens)
+            sampler, span_notes = amo_span_notes(layout, prompts, span_mask, self.score.max_span_tokens)
+            notes += span_notes
         for note in notes:
             warnings.warn(note, stacklevel=2)
 
@@ -184,7 +212,7 @@ class AmoPipeline:
         if self.family == "sd3":
             fn, latents, image_tokens, attn_sum = self._sd3_setup(cfg, prompts, span_mask, height, width, max_seq, guidance, generator)
         else:
-            fn, latents, image_tokens, attn_sum = self._flux_setup(prompts, span_mask, height, width, max_seq, guidance, generator)
+            fn, latents, image_tokens, attn_sum = self._flux_setup(cfg, prompts, span_mask, height, width, max_seq, guidance, generator)
 
         sigmas = flow_match_sigmas(self.pipe.scheduler.config, cfg.steps, image_seq_len=image_tokens, flux_style=self.family == "flux")
         bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
@@ -252,7 +280,7 @@ class AmoPipeline:
         feeds["pooled_projections"].copy_(torch.cat([neg_pooled, pooled]) if cfg_batch else pooled)
         feeds["span_mask"][n - rows :].copy_(span_mask)  # cond rows only; uncond rows stay 0
         latents = pipe.prepare_latents(
-            rows, pipe.transformer.config.in_channels, height, width, dtype, device, generator
+            rows, pipe.transformer.config.in_channels, height, width, dtype, device, generator, cfg.latents
         )  # [B, 16, H/8, W/8]
         attn_sum = torch.zeros(rows, spec.dims["image_tokens"], device=device)  # [B, N]
         hidden, timestep = feeds["hidden_states"], feeds["timestep"]
@@ -273,7 +301,7 @@ class AmoPipeline:
 
         return fn, latents, spec.dims["image_tokens"], attn_sum
 
-    def _flux_setup(self, prompts, span_mask, height, width, max_seq, guidance, generator):
+    def _flux_setup(self, cfg, prompts, span_mask, height, width, max_seq, guidance, generator):
         pipe, device, dtype = self.pipe, self.device, self.dtype
         rows = len(prompts)
         with torch.inference_mode():
@@ -283,7 +311,7 @@ class AmoPipeline:
         spec = self.io_spec(rows, height, width, embeds.shape[1])
         backend = self._get_backend(spec)
         latents, image_ids = pipe.prepare_latents(
-            rows, pipe.transformer.config.in_channels // 4, height, width, dtype, device, generator
+            rows, pipe.transformer.config.in_channels // 4, height, width, dtype, device, generator, cfg.latents
         )  # [B, N, 64], [N, 3]
         feeds = spec.allocate("inputs", device)
         feeds["encoder_hidden_states"].copy_(embeds)

@@ -9,7 +9,8 @@ import torch
 from .atomic import atomic_path
 
 
-def save_attention_overlay(image, attn_map: torch.Tensor, path: Path | str, alpha: float = 0.5) -> None:
+def save_attention_overlay(image, attn_map: torch.Tensor, path: Path | str, alpha: float = 0.5,
+                           title: str = "AMO map m (quoted text -> patches)") -> None:
     """Side by side: the image, and the image under the min-max normalised map (bilinear)."""
     import matplotlib
 
@@ -26,7 +27,7 @@ def save_attention_overlay(image, attn_map: torch.Tensor, path: Path | str, alph
     axes[0].set_title("image")
     axes[1].imshow(np.asarray(image))
     shown = axes[1].imshow(up, cmap="inferno", alpha=alpha, vmin=0, vmax=1)
-    axes[1].set_title("AMO map m (quoted text -> patches)")
+    axes[1].set_title(title)
     for ax in axes:
         ax.axis("off")
     fig.colorbar(shown, ax=axes[1], fraction=0.046)

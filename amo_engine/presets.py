@@ -2,14 +2,13 @@
 random-init weights from a fixed seed, built without any download and saved with
 ``save_pretrained`` so they load back through the same code path as real weights.
 
-Tokenizers: CLIP uses the real CLIP BPE vocabulary shipped inside ``open_clip_torch``; T5 uses a
+Tokenizers: CLIP uses the real CLIP BPE vocabulary (its merges file ships in the package data); T5 uses a
 small SentencePiece unigram model trained here, deterministically, on the AMO prompts.
 """
 
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import io
 import json
 import os
@@ -21,13 +20,16 @@ from pathlib import Path
 
 import torch
 
-PRESETS = ("tiny-sd3", "tiny-flux")
+PRESETS = ("tiny-sd3", "tiny-flux", "glyph")
+PRESET_SIZE_FACTORS = {"tiny-sd3": 16, "tiny-flux": 16, "glyph": 8}  # pixels per image token side
+GLYPH_FOLDER = "data/glyph"  # the trained glyph pipeline, package data
 PRESET_VERSION = 1
 PRESET_SEED = 0
 SETTINGS_FILE = "amo_engine.json"  # per-model defaults (text length, size) read by the pipeline
 
 CLIP_VOCAB_SIZE = 49408
 CLIP_MAX_LENGTH = 77
+CLIP_BPE_FILE = "data/clip_bpe_simple_vocab_16e6.txt.gz"  # CLIP's BPE merges (MIT licence, OpenAI)
 TINY_T5_MAX_LENGTH = 64
 TINY_SIZE = 128
 
@@ -56,31 +58,19 @@ def _byte_to_unicode() -> dict[int, str]:
     return mapping
 
 
-def _clip_bpe_file() -> Path:
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(
-            "the tiny presets need the CLIP BPE vocabulary shipped by open_clip_torch: "
-            "pip install --no-deps open_clip_torch"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / "bpe_simple_vocab_16e6.txt.gz"
-    if not path.is_file():
-        raise ImportError(f"open_clip_torch is installed but {path.name} is missing; reinstall it")
-    return path
-
-
-def build_clip_tokenizer():
-    """A real CLIP tokenizer (49408 tokens) from open_clip's BPE merges file."""
+def build_clip_tokenizer(max_length: int = CLIP_MAX_LENGTH):
+    """A real CLIP tokenizer (49408 tokens) from CLIP's BPE merges file (package data)."""
     from transformers import CLIPTokenizer
 
-    lines = gzip.open(_clip_bpe_file(), "rt", encoding="utf-8").read().split("\n")
+    raw = resources.files("amo_engine").joinpath(CLIP_BPE_FILE).read_bytes()
+    lines = gzip.decompress(raw).decode("utf-8").split("\n")
     n_merges = CLIP_VOCAB_SIZE - 2 * 256 - 2  # 48894 merges, as in CLIP
     merges = [tuple(line.split()) for line in lines[1 : 1 + n_merges]]
     alphabet = list(_byte_to_unicode().values())
     tokens = alphabet + [a + "</w>" for a in alphabet] + ["".join(m) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {tok: i for i, tok in enumerate(tokens)}
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=CLIP_MAX_LENGTH)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
 
 
 def build_t5_tokenizer(vocab_size: int = 600):
@@ -277,11 +267,18 @@ def build_tiny_flux(seed: int = PRESET_SEED):
 
 @dataclass(frozen=True)
 class ModelSettings:
-    """Defaults a model folder may carry in amo_engine.json (real folders fall back to family defaults)."""
+    """Defaults a model folder may carry in amo_engine.json (real folders fall back to family
+    defaults). A model trained on a closed word list (the glyph model) also names its vocabulary,
+    its held-out words and the prompt it was trained on."""
 
     max_sequence_length: int | None = None
     height: int | None = None
     width: int | None = None
+    guidance: float | None = None
+    vocabulary: tuple[str, ...] | None = None  # words the model was trained to render
+    held_out: tuple[str, ...] | None = None  # words kept out of training (generalisation checks)
+    prompt_template: str | None = None  # e.g. "a {tone} sign that says '{word}'"
+    tones: tuple[str, ...] | None = None  # values of {tone} in the template
 
     @classmethod
     def read(cls, folder: Path) -> "ModelSettings":
@@ -289,13 +286,22 @@ class ModelSettings:
         if not path.is_file():
             return cls()
         data = json.loads(path.read_text())
-        return cls(**{k: data[k] for k in ("max_sequence_length", "height", "width") if k in data})
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in known.items()})
+
+    def to_json(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items() if v is not None}
 
 
 def ensure_preset(name: str, cache_dir: Path | str | None = None) -> Path:
     """Folder of preset ``name``, built and saved on first use (atomically: temp dir, then rename)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    if name == "glyph":
+        folder = Path(str(resources.files("amo_engine").joinpath(GLYPH_FOLDER)))
+        if not (folder / "model_index.json").is_file():
+            raise FileNotFoundError(f"the glyph model is missing from {folder}; reinstall amo-engine")
+        return folder
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder = root / f"{name}-v{PRESET_VERSION}-seed{PRESET_SEED}"
     if (folder / "model_index.json").is_file():

@@ -136,40 +136,41 @@ def span_cut(tokenizer, prompt: str, spans: Sequence[Span], max_length: int) -> 
 
 
 @dataclass(frozen=True)
-class TextLayout:
-    """How a family lays out its text tokens: consecutive (tokenizer, length) parts."""
+class TextPart:
+    name: str  # "CLIP" or "T5", for messages
+    tokenizer: object
+    length: int
 
-    parts: tuple[tuple[object, int], ...]
+
+@dataclass(frozen=True)
+class TextLayout:
+    """How a family lays out its text tokens: consecutive parts, each a tokenizer and a length."""
+
+    parts: tuple[TextPart, ...]
 
     @property
     def length(self) -> int:
-        return sum(n for _, n in self.parts)
+        return sum(p.length for p in self.parts)
 
     def span_mask(self, prompts: Sequence[str]) -> torch.Tensor:
         """[B, T] float mask of quoted-text tokens, the span marked in every part."""
         rows = []
         for prompt in prompts:
             spans = find_quoted_spans(prompt)
-            rows.append(torch.cat([token_mask(tok, prompt, spans, n) for tok, n in self.parts]))
+            rows.append(torch.cat([token_mask(p.tokenizer, prompt, spans, p.length) for p in self.parts]))
         return torch.stack(rows) if rows else torch.zeros(0, self.length)  # [B, T]
 
-    def cut_spans(self, prompts: Sequence[str]) -> list[tuple[int, int]]:
-        """(row, max_length) for every prompt whose quoted text a part's token limit cuts."""
-        out = []
-        for i, prompt in enumerate(prompts):
-            spans = find_quoted_spans(prompt)
-            for tok, n in self.parts:
-                if spans and span_cut(tok, prompt, spans, n):
-                    out.append((i, n))
-                    break
-        return out
+    def cutting_parts(self, prompt: str) -> list[TextPart]:
+        """The parts whose token limit cuts some of ``prompt``'s quoted text (empty: none cut)."""
+        spans = find_quoted_spans(prompt)
+        return [p for p in self.parts if spans and span_cut(p.tokenizer, prompt, spans, p.length)]
 
 
 def sd3_layout(clip_tokenizer, t5_tokenizer, clip_length: int, t5_length: int) -> TextLayout:
     """SD3: CLIP tokens (L and G share positions) followed by T5 tokens (77 + 256 = 333 by default)."""
-    return TextLayout(((clip_tokenizer, clip_length), (t5_tokenizer, t5_length)))
+    return TextLayout((TextPart("CLIP", clip_tokenizer, clip_length), TextPart("T5", t5_tokenizer, t5_length)))
 
 
 def flux_layout(t5_tokenizer, t5_length: int) -> TextLayout:
     """FLUX: the T5 sequence only (512 for dev, 256 for schnell)."""
-    return TextLayout(((t5_tokenizer, t5_length),))
+    return TextLayout((TextPart("T5", t5_tokenizer, t5_length),))

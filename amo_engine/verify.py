@@ -3,6 +3,7 @@ the conformance tests)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,21 +19,57 @@ def score_config_of(manifest: dict) -> ScoreConfig:
     return ScoreConfig(tuple(manifest["hooked_blocks"]), manifest["max_span_tokens"])
 
 
+@dataclass(frozen=True)
+class ParityGate:
+    """Engine-vs-eager gates for one engine dtype: absolute for float32, shape-of-error for halves."""
+
+    velocity_max_abs: float | None = None
+    attn_max_abs: float | None = None
+    velocity_cosine: float | None = None  # at least
+    velocity_rel: float | None = None  # ||got - want|| / ||want|| at most
+    attn_cosine: float | None = None  # at least
+
+
+PARITY_GATES = {
+    "float32": ParityGate(velocity_max_abs=1e-4, attn_max_abs=1e-6),
+    "float16": ParityGate(velocity_cosine=0.999, velocity_rel=0.03, attn_cosine=0.999),
+    "bfloat16": ParityGate(velocity_cosine=0.995, velocity_rel=0.08, attn_cosine=0.995),
+}
+
+
+def judge_parity(p: dict, dtype: str) -> tuple[bool, str]:
+    """(pass, one line of measured value vs gate for each gated quantity) for an engine of ``dtype``."""
+    gate = PARITY_GATES[dtype]
+    checks, ok = [], True
+    for name, limit in vars(gate).items():
+        if limit is None:
+            continue
+        at_least = name.endswith("cosine")
+        good = p[name] >= limit if at_least else p[name] <= limit
+        ok &= good
+        checks.append(f"{name.replace('_', ' ')} {p[name]:.6g} ({'>=' if at_least else '<='} {limit:g})")
+    return ok, ", ".join(checks)
+
+
 def engine_parity(model, engine_dir: Path | str, kind: str = "ort", device: str = "cpu", seed: int = 0) -> dict:
     """Max abs differences (velocity, attn) and velocity cosine between ``kind`` and eager."""
     manifest = read_manifest(engine_dir)
     backend = load_backend(kind, engine_dir, device=device, model=model)
     try:
         feeds = sample_feeds(backend.spec, device, seed)
-        eager = EagerBackend(make_backbone(model.pipe.transformer, score_config_of(manifest)), backend.spec)
+        eager = EagerBackend(make_backbone(model.pipe.transformer, score_config_of(manifest), model.pipe.vae_scale_factor), backend.spec)
         want = {k: v.clone() for k, v in eager(feeds).items()}
         got = backend(feeds)
         v_want, v_got = want["velocity"].float().flatten(), got["velocity"].float().flatten()
+        a_want, a_got = want["attn"].float().flatten(), got["attn"].float().flatten()
+        cos = torch.nn.functional.cosine_similarity
         return {
             "backend": kind,
             "velocity_max_abs": float((v_got - v_want).abs().max()),
-            "attn_max_abs": float((got["attn"].float() - want["attn"].float()).abs().max()),
-            "velocity_cosine": float(torch.nn.functional.cosine_similarity(v_got, v_want, dim=0)),
+            "attn_max_abs": float((a_got - a_want).abs().max()),
+            "velocity_cosine": float(cos(v_got, v_want, dim=0)),
+            "velocity_rel": float((v_got - v_want).norm() / v_want.norm().clamp(min=1e-30)),
+            "attn_cosine": float(cos(a_got, a_want, dim=0)),
         }
     finally:
         backend.close()

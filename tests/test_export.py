@@ -9,13 +9,18 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+from amo_engine.backbone import make_backbone
 from amo_engine.backends import load_backend
+from amo_engine.backends.eager import EagerBackend
 from amo_engine.cli import main
-from amo_engine.engine import EngineError, export_lock, read_manifest
+from amo_engine.engine import EngineError, export_lock, manifest_spec, read_manifest
 from amo_engine.graph_checks import check_graph, trt_supported_ops
 from amo_engine.onnx_export import ExportConfig, export_engine
 from amo_engine.pipeline import AmoPipeline, GenerateConfig
+from amo_engine.spec import sample_feeds
 from amo_engine.verify import engine_parity, score_config_of
+
+from test_backbone import explicit_reference_scores, stock_velocity
 
 
 def _trt_available() -> bool:
@@ -61,25 +66,37 @@ def test_export_and_inspect_verify(engines, family, exporter, preset_cache, caps
     assert "PASS" in printed and "compatible" in printed and "attention fusion: kept" in printed
 
 
-def _available(kind):
-    return kind != "trt" or _trt_available()
+def _open(kind, model, folder, device):
+    """The backend under test; eager is our hooked backbone behind the EagerBackend runner."""
+    if kind == "eager":
+        spec = manifest_spec(read_manifest(folder))
+        backbone = make_backbone(model.pipe.transformer, score_config_of(read_manifest(folder)), model.pipe.vae_scale_factor)
+        return EagerBackend(backbone, spec)
+    return load_backend(kind, folder, device=device, model=model)
 
 
 @pytest.mark.parametrize("kind", BACKENDS)
 def test_backend_conformance(models, engines, family, kind):
-    """Every backend: velocity <= 1e-4 and attn <= 1e-6 vs eager; a 4-step AMO run agrees."""
+    """Every backend against independent references on the same feeds: velocity vs the stock
+    diffusers transformer (<= 1e-4), attn vs an explicit full-softmax reference (<= 1e-6); engines
+    also run a 4-step AMO generation that agrees with the eager pipeline."""
     model, folder = models[family], engines[family, "dynamo"]
     device = "cuda" if kind == "trt" else "cpu"
-    if kind != "eager":
-        p = engine_parity(model, folder, kind, device)
-        print(f"{family} {kind}: {p}")
-        assert p["velocity_max_abs"] <= 1e-4
-        assert p["attn_max_abs"] <= 1e-6
-    manifest = read_manifest(folder)
-    backend = None if kind == "eager" else load_backend(kind, folder, device=device, model=model)
+    backend = _open(kind, model, folder, device)
+    feeds = sample_feeds(backend.spec, device, seed=0)
+    out = {k: v.float().cpu().clone() for k, v in backend(feeds).items()}
+    stock = model.pipe.transformer
+    cpu_feeds = {k: v.cpu() for k, v in feeds.items()}
+    velocity_err = (out["velocity"] - stock_velocity(stock, cpu_feeds).float()).abs().max().item()
+    reference_backbone = make_backbone(stock, score_config_of(read_manifest(folder)), model.pipe.vae_scale_factor)
+    attn_err = (out["attn"] - explicit_reference_scores(reference_backbone, stock, cpu_feeds)).abs().max().item()
+    print(f"{family} {kind}: velocity vs stock {velocity_err:.2e}, attn vs explicit softmax {attn_err:.2e}")
+    assert velocity_err <= 1e-4 and attn_err <= 1e-6
+    if kind == "eager":
+        return
     cfg = GenerateConfig([PROMPT], steps=4, sampler="amo", seed=7)
-    reference = AmoPipeline(model, score_config_of(manifest))(cfg)
-    result = AmoPipeline(model, score_config_of(manifest), backend)(cfg)
+    reference = AmoPipeline(model, score_config_of(read_manifest(folder)))(cfg)
+    result = AmoPipeline(model, score_config_of(read_manifest(folder)), backend)(cfg)
     err = (result.latents - reference.latents).abs().max().item()
     print(f"{family} {kind}: 4-step AMO latents max abs diff vs eager {err:.2e}")
     assert torch.allclose(result.latents, reference.latents, rtol=0, atol=1e-4)
@@ -205,3 +222,17 @@ def test_dynamic_batch_graph_runs_at_other_batches(models, tmp_path):
         assert velocity.shape[0] == batch and attn.shape == (batch, spec.dims["image_tokens"])
     with pytest.raises(ValueError, match="--dynamic-batch needs --exporter dynamo"):
         export_engine(models["flux"], ExportConfig(out=tmp_path / "x", dynamic_batch=True, exporter="torchscript", log=False))
+
+
+def test_verify_gates_follow_the_engine_dtype():
+    """A healthy fp16 engine (cosine 0.99995, 0.4% relative error) passes its gates, though its
+    absolute errors would fail the fp32 gates; a broken one fails."""
+    from amo_engine.verify import judge_parity
+
+    healthy_fp16 = {"velocity_max_abs": 3e-3, "attn_max_abs": 2e-4, "velocity_cosine": 0.99995,
+                    "velocity_rel": 0.004, "attn_cosine": 0.99998}
+    assert judge_parity(healthy_fp16, "float16")[0]
+    assert not judge_parity(healthy_fp16, "float32")[0]
+    broken = {**healthy_fp16, "velocity_cosine": 0.95, "velocity_rel": 0.3}
+    ok, detail = judge_parity(broken, "bfloat16")
+    assert not ok and "velocity cosine 0.95 (>= 0.995)" in detail

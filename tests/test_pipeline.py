@@ -121,3 +121,12 @@ def test_unknown_model(tmp_path):
         load_model("not-a-model")
     with pytest.raises(ValueError, match="no model_index.json"):
         load_model(str(tmp_path))
+
+
+def test_given_initial_noise_is_used(models, family):
+    """GenerateConfig.latents replaces the seeded draw (how CPU and GPU runs share their noise)."""
+    seeded = run(models[family], sampler="euler", steps=1)
+    noise = torch.randn(seeded.latents.shape, generator=torch.Generator().manual_seed(11))
+    a = run(models[family], sampler="euler", latents=noise)
+    b = run(models[family], sampler="euler", latents=noise.clone())
+    assert torch.equal(a.latents, b.latents) and not torch.equal(a.latents, run(models[family], sampler="euler").latents)

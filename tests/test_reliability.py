@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -76,11 +77,32 @@ def with_spec(backend, model, **kw):
 # ---------------------------------------------------------------- prompts and maps
 
 
-def test_quoted_text_past_the_token_limit_warns(models):
-    prompt = "word " * 80 + "'Far Away Text'"
-    with pytest.warns(UserWarning, match="runs past the 77-token limit"):
-        result = run(models["sd3"], prompts=[prompt], steps=2)
-    assert torch.isfinite(result.latents).all()
+def _notes(model, prompt, **kw):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run(model, prompts=[prompt], steps=2, **kw)
+    return result, [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+
+
+def test_quoted_text_past_every_limit_warns_once(models):
+    """Cut away by CLIP's 77 and T5's 64 tokens: one note, overshoot, no 'no quoted text'."""
+    result, notes = _notes(models["sd3"], "word " * 80 + "'Far Away Text'")
+    assert len(notes) == 1 and "lies past CLIP's 77-token and T5's 64-token limit" in notes[0], notes
+    assert result.sampler == "overshoot" and torch.isfinite(result.latents).all()
+
+
+def test_quoted_text_past_clip_only_is_read_from_t5(models):
+    result, notes = _notes(models["sd3"], "word " * 80 + "'Far Away Text'", max_sequence_length=256)
+    assert notes == ["the quoted text of prompt 0 runs past CLIP's 77-token limit; AMO reads it whole from the "
+                     "T5 tokens"], notes
+    assert result.sampler == "amo"
+
+
+def test_quoted_text_cut_everywhere_keeps_its_first_tokens(models):
+    prompt = "word " * 60 + "'" + "far away text " * 20 + "end'"
+    result, notes = _notes(models["sd3"], prompt)
+    assert len(notes) == 1 and "only its first tokens steer AMO" in notes[0], notes
+    assert result.sampler == "amo"
 
 
 def test_empty_prompt_falls_back_to_overshoot(models, family):
@@ -161,8 +183,26 @@ def test_span_mask_property(text):
 def test_unknown_backend_and_model():
     with pytest.raises(ValueError, match="unknown backend 'tensorflow'"):
         load_backend("tensorflow", "engines/x")
-    with pytest.raises(ValueError, match="unknown model"):
+    with pytest.raises(ValueError, match="unknown model 'tiny-sd4'"):
+        load_model("tiny-sd4")
+    with pytest.raises(ValueError, match="model folder definitely/not-here-at-all/x does not exist"):
         load_model("definitely/not-here-at-all/x")
+    with pytest.raises(ValueError, match="fetch it first with: hf download nobody/not-cached-model"):
+        load_model("nobody/not-cached-model")
+
+
+def test_engine_hints_are_pasteable_commands(tmp_path, models):
+    """Each hint names the model and the exact folder, so pasting it makes the right engine."""
+    missing = tmp_path / "flux engine"
+    with pytest.raises(EngineError, match=r"amo-engine export --model tiny-flux --out '.*flux engine'$"):
+        read_manifest(missing, model="tiny-flux")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EngineError, match=r"not an engine folder; write one with: amo-engine export --model tiny-sd3 "
+                                          rf"--out {tmp_path / 'empty'} \("):
+        read_manifest(tmp_path / "empty")
+    with pytest.raises(EngineError, match=r"is a diffusers model folder, not an engine; export one from it with: "
+                                          rf"amo-engine export --model {models['sd3'].folder} --out engines/"):
+        read_manifest(models["sd3"].folder)
 
 
 # ---------------------------------------------------------------- engines

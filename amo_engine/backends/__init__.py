@@ -45,7 +45,7 @@ def load_backend(kind: str, engine_dir=None, device: str = "cpu", model=None, **
         raise ValueError("the eager backend needs no engine: leave --backend at eager and drop --engine")
     from ..engine import check_model_matches, check_runtime, read_manifest, weights_fingerprint
 
-    manifest = read_manifest(engine_dir)
+    manifest = read_manifest(engine_dir, model=model.source if model is not None else None)
     if model is not None:
         check_model_matches(manifest, model.family, weights_fingerprint(model.folder))
     if kind == "ort":

@@ -1,0 +1,57 @@
+"""Pure measures for the OCR evaluation: paired significance and what happens outside the text."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+GROUND_DIFF = 40  # grey levels from the ground level that count as "not ground"
+SIGN_COLUMN_FRACTION = 0.5  # a column is part of the sign when this share of it is not ground
+
+
+def mcnemar_exact(fixed: int, broken: int) -> float:
+    """Two-sided exact McNemar p-value: discordant pairs under H0 split 50/50 (binomial)."""
+    n = fixed + broken
+    if n == 0:
+        return 1.0
+    k = min(fixed, broken)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def ground_region(grey: np.ndarray) -> np.ndarray:
+    """[H, W] bool: the columns left and right of the sign (1-pixel margin), i.e. outside the text.
+
+    The ground level is the median of the image border; sign columns are those where most pixels
+    differ from it by more than GROUND_DIFF. Everything in the other columns is ground.
+    """
+    g = grey.astype(np.float32)
+    border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
+    level = np.median(border)
+    off = np.abs(g - level) > GROUND_DIFF  # [H, W]
+    sign_cols = off.mean(axis=0) > SIGN_COLUMN_FRACTION  # [W]
+    if sign_cols.any():  # grow by one pixel each side
+        sign_cols = sign_cols | np.roll(sign_cols, 1) | np.roll(sign_cols, -1)
+    return np.broadcast_to(~sign_cols[None, :], g.shape)
+
+
+def outside_text(grey: np.ndarray) -> dict[str, float]:
+    """Noise and high-frequency energy on the ground (outside the sign): a clean render has 0 and 0.
+
+    ``ground_std``: standard deviation of the ground pixels (grey levels); ``ground_hf``: mean
+    absolute 4-neighbour Laplacian there; ``ground_share``: the share of the image counted as ground.
+    """
+    g = grey.astype(np.float32)
+    region = ground_region(grey)
+    lap = np.zeros_like(g)
+    lap[1:-1, 1:-1] = 4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:]
+    inner = region.copy()
+    inner[[0, -1], :] = False
+    inner[:, [0, -1]] = False
+    share = float(region.mean())
+    return {
+        "ground_std": float(g[region].std()) if region.any() else float("nan"),
+        "ground_hf": float(np.abs(lap[inner]).mean()) if inner.any() else float("nan"),
+        "ground_share": share,
+    }

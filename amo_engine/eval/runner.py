@@ -1,0 +1,154 @@
+"""Render a word list x seeds with each sampler at equal model evaluations, read every image with
+OCR, and append one JSON line per image as it comes (an interrupted run keeps its rows; a rerun
+skips what is done).
+
+Pairing: for one seed, the words are generated in fixed chunks with the generator seeded from
+(seed, chunk), so every sampler starts from the same initial noise for the same word; Euler,
+overshoot and AMO all make ``steps`` model evaluations per image.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROWS_FILE = "rows.jsonl"
+DEFAULT_TEMPLATE = "A sign that says '{word}'"
+
+
+@dataclass
+class EvalConfig:
+    model: str = "glyph"
+    out_dir: Path = Path("eval-out")
+    words: str = "train"  # "train" | "held-out" | a text file with one word per line
+    max_words: int | None = None
+    seeds: int = 3
+    samplers: tuple[str, ...] = ("euler", "overshoot", "amo")
+    c: float = 2.0
+    steps: int = 28
+    guidance: float | None = None
+    batch: int = 16  # prompts per call (an ORT engine must be exported with --batch equal to this)
+    ocr: str = "rapidocr"
+    backend: str = "eager"
+    engine: Path | None = None
+    device: str = "cpu"
+    cache_dir: Path | None = None
+    progress: bool = True
+    _word_list: list[str] = field(default_factory=list, repr=False)
+
+    def validate(self) -> None:
+        from ..samplers import SAMPLERS
+
+        bad = [s for s in self.samplers if s not in SAMPLERS]
+        if bad:
+            raise ValueError(f"unknown sampler(s) {bad}; choose from {', '.join(SAMPLERS)}")
+        if self.seeds < 1 or self.steps < 1 or self.batch < 1:
+            raise ValueError("--seeds, --steps and --batch must be >= 1")
+        if not self.c >= 0:
+            raise ValueError(f"--c must be >= 0, got {self.c}")
+        if self.words not in ("train", "held-out") and not Path(self.words).is_file():
+            raise ValueError(f"--words takes train, held-out or a file of words; {self.words} is none of these")
+        if self.backend != "eager" and self.engine is None:
+            raise ValueError(f"--backend {self.backend} needs --engine DIR, exported with: amo-engine export "
+                             f"--model {self.model} --batch {self.batch} --out engines/NAME")
+
+
+def word_list(cfg: EvalConfig, settings) -> list[str]:
+    if cfg.words == "train":
+        words = list(settings.vocabulary or ())
+        if not words:
+            raise ValueError(f"{cfg.model} names no training vocabulary: pass --words FILE")
+    elif cfg.words == "held-out":
+        words = list(settings.held_out or ())
+        if not words:
+            raise ValueError(f"{cfg.model} names no held-out words: pass --words FILE")
+    else:
+        words = [w.strip() for w in Path(cfg.words).read_text().splitlines() if w.strip()]
+    return words[: cfg.max_words] if cfg.max_words else words
+
+
+def prompt_of(settings, word: str, index: int) -> tuple[str, str | None]:
+    """(prompt, tone) for the ``index``-th image of ``word`` (tones alternate over words and seeds)."""
+    template = settings.prompt_template or DEFAULT_TEMPLATE
+    tone = settings.tones[index % len(settings.tones)] if settings.tones else None
+    return template.format(word=word, tone=tone or ""), tone
+
+
+def done_keys(path: Path) -> set[tuple]:
+    keys = set()
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill: redo that image
+                continue
+            keys.add((r["word"], r["seed"], r["sampler"], r["c"], r["steps"]))
+    return keys
+
+
+def run_eval(cfg: EvalConfig) -> Path:
+    """Generate, OCR and append rows; returns the rows file."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from ..backbone import ScoreConfig
+    from ..models import load_model
+    from ..ocr import Reader, ned, normalise
+    from ..pipeline import AmoPipeline, GenerateConfig, save_png
+    from .metrics import outside_text
+
+    cfg.validate()
+    reader = Reader(cfg.ocr)  # fails early with the install line when OCR is missing
+    model = load_model(cfg.model, "fp32", cfg.device, cfg.cache_dir)
+    settings = model.settings
+    words = word_list(cfg, settings)
+    vocab = set(settings.vocabulary or words)
+    out_of_vocab = sorted(set(words) - vocab)
+    if out_of_vocab:
+        print(f"amo-engine eval: note: {len(out_of_vocab)} of {len(words)} words are out of {cfg.model}'s vocabulary "
+              f"(e.g. {', '.join(out_of_vocab[:5])}); they measure generalisation", flush=True)
+    backend, score = None, ScoreConfig()
+    if cfg.backend != "eager":
+        from ..backends import load_backend
+        from ..verify import score_config_of
+
+        backend = load_backend(cfg.backend, cfg.engine, device=cfg.device, model=model)
+        score = score_config_of(backend.manifest)
+    pipe = AmoPipeline(model, score, backend)
+
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    rows_path = cfg.out_dir / ROWS_FILE
+    done = done_keys(rows_path)
+    chunks = [words[i : i + cfg.batch] for i in range(0, len(words), cfg.batch)]
+    jobs = [(seed, ci, chunk, sampler) for seed in range(cfg.seeds) for ci, chunk in enumerate(chunks)
+            for sampler in cfg.samplers
+            if any((w, seed, sampler, cfg.c, cfg.steps) not in done for w in chunk)]
+    bar = tqdm(total=sum(len(j[2]) for j in jobs), desc=f"eval c={cfg.c:g} steps={cfg.steps}", unit="img",
+               disable=not cfg.progress)
+    with rows_path.open("a") as out:
+        for seed, ci, chunk, sampler in jobs:
+            prompts, tones = zip(*(prompt_of(settings, w, words.index(w) + seed) for w in chunk))
+            padded = list(prompts) + [prompts[-1]] * (cfg.batch - len(prompts))  # engines take a fixed batch
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # out-of-vocabulary notes: said once above
+                result = pipe(GenerateConfig(prompts=padded, sampler=sampler, c=cfg.c, steps=cfg.steps,
+                                             guidance=cfg.guidance, seed=1000 * seed + ci))
+            images = result.images[: len(chunk)]
+            reads = reader(images)
+            for word, tone, image, read in zip(chunk, tones, images, reads):
+                rel = Path("images") / f"c{cfg.c:g}-s{cfg.steps}" / sampler / f"{word}-{seed}.png"
+                save_png(image, cfg.out_dir / rel)
+                grey = np.asarray(image.convert("L"))
+                row = {"word": word, "tone": tone, "seed": seed, "sampler": sampler, "c": cfg.c, "steps": cfg.steps,
+                       "ran": result.sampler, "read": read, "exact": normalise(read) == normalise(word),
+                       "ned": ned(normalise(read), normalise(word)), "in_vocab": word in vocab,
+                       **outside_text(grey), "image": str(rel)}
+                out.write(json.dumps(row) + "\n")
+                out.flush()
+            bar.update(len(chunk))
+    bar.close()
+    if backend is not None:
+        backend.close()
+    return rows_path

@@ -1,0 +1,284 @@
+"""Train the glyph model: rectified flow in diffusers' conventions on words rendered on the fly.
+
+``x_sigma = (1 - sigma) * x0 + sigma * noise``, the transformer predicts ``noise - x0`` at
+``timestep = 1000 * sigma``, sigma drawn logit-normal (SD3's training recipe). The transformer and
+the T5 encoder train; the CLIP encoders stay frozen at their seeded init. 10% of prompts are empty
+so classifier-free guidance works. Every batch is drawn from (seed, step) alone, so a resumed run
+sees the same data as an uninterrupted one. EMA weights are what ship.
+
+Run folder: ``checkpoint.safetensors`` + ``checkpoint.json`` (weights, EMA, optimiser state, step),
+``log.jsonl`` (loss per 50 steps, OCR checks), and at the end the pipeline folder ``model/``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .model import GUIDANCE, TEXT_LENGTH
+from .render import HEIGHT, WIDTH, render_batch
+from .words import TONES, TRAIN_WORDS, prompt_for
+
+CHECKPOINT = "checkpoint.safetensors"
+CHECKPOINT_META = "checkpoint.json"
+LOG = "log.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    run_dir: Path
+    steps: int = 4500
+    batch: int = 64
+    lr: float = 7e-4
+    warmup: int = 200
+    ema_decay: float = 0.999
+    empty_prompt_prob: float = 0.1
+    seed: int = 0
+    threads: int | None = None  # torch threads (default: torch's choice)
+    checkpoint_every: int = 500
+    check_every: int = 500  # OCR check of sampled images (0: never)
+    check_images: int = 16
+    progress: bool = True
+
+    def validate(self) -> None:
+        for name in ("steps", "batch", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        if not 0 < self.lr < 1:
+            raise ValueError("--lr must be in (0, 1)")
+        if not 0 <= self.empty_prompt_prob < 1:
+            raise ValueError("--empty-prompt-prob must be in [0, 1)")
+
+
+def sample_batch(seed: int, step: int, batch: int, empty_prob: float):
+    """(prompts, pixels [B, 3, H, W] in [-1, 1]) for one step, a pure function of (seed, step)."""
+    rng = np.random.default_rng([seed, step])
+    words = [TRAIN_WORDS[i] for i in rng.integers(0, len(TRAIN_WORDS), batch)]
+    tones = [TONES[i] for i in rng.integers(0, len(TONES), batch)]
+    pixels = torch.from_numpy(render_batch(words, tones, rng)).expand(-1, 3, -1, -1)  # [B, 3, H, W]
+    empty = rng.random(batch) < empty_prob
+    prompts = ["" if e else prompt_for(w, t) for w, t, e in zip(words, tones, empty)]
+    return prompts, pixels
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        from .model import build_glyph_pipeline
+
+        self.cfg = cfg
+        self.pipe = build_glyph_pipeline(cfg.seed)
+        for name in ("text_encoder", "text_encoder_2", "vae"):
+            getattr(self.pipe, name).requires_grad_(False)
+        self.trained = {"transformer": self.pipe.transformer, "text_encoder_3": self.pipe.text_encoder_3}
+        self.ema = {k: copy.deepcopy(m).requires_grad_(False) for k, m in self.trained.items()}
+        params = [p for m in self.trained.values() for p in m.parameters()]
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+        self.step = 0
+
+    # ---------------------------------------------------------------- state
+
+    def state(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for prefix, modules in (("model", self.trained), ("ema", self.ema)):
+            for k, m in modules.items():  # tied weights (T5's shared embedding) once
+                out.update({f"{prefix}.{k}.{n}": t for n, t in m.named_parameters()})
+                out.update({f"{prefix}.{k}.{n}": t for n, t in m.named_buffers()})
+        params = [p for g in self.opt.param_groups for p in g["params"]]
+        for i, p in enumerate(params):
+            for n, t in self.opt.state.get(p, {}).items():
+                out[f"opt.{i}.{n}"] = t.reshape(1) if t.ndim == 0 else t
+        return {k: v.detach().contiguous() for k, v in out.items()}
+
+    def save_checkpoint(self) -> None:
+        from safetensors.torch import save_file
+
+        from ..atomic import atomic_path
+
+        run = self.cfg.run_dir
+        with atomic_path(run / CHECKPOINT) as tmp:
+            save_file(self.state(), str(tmp))
+        with atomic_path(run / CHECKPOINT_META) as tmp:
+            tmp.write_text(json.dumps({"step": self.step, "config": _jsonable(asdict(self.cfg))}, indent=2))
+
+    def load_checkpoint(self) -> bool:
+        from safetensors.torch import load_file
+
+        run = self.cfg.run_dir
+        if not (run / CHECKPOINT).is_file() or not (run / CHECKPOINT_META).is_file():
+            return False
+        meta = json.loads((run / CHECKPOINT_META).read_text())
+        saved = meta["config"]
+        for key in ("seed", "batch", "lr", "warmup", "steps", "ema_decay", "empty_prompt_prob"):
+            if saved[key] != getattr(self.cfg, key):
+                raise ValueError(f"{run} was trained with {key}={saved[key]}, not {getattr(self.cfg, key)}: "
+                                 f"pass --{key.replace('_', '-')} {saved[key]} or use a new --run-dir")
+        state = load_file(str(run / CHECKPOINT))
+        for prefix, modules in (("model", self.trained), ("ema", self.ema)):
+            for k, m in modules.items():
+                head = f"{prefix}.{k}."
+                missing, unexpected = m.load_state_dict(
+                    {n[len(head):]: t for n, t in state.items() if n.startswith(head)}, strict=False)
+                tied = {n for n, _ in m.named_parameters(remove_duplicate=False)} - {n for n, _ in m.named_parameters()}
+                if unexpected or set(missing) - tied:
+                    raise ValueError(f"{run / CHECKPOINT} does not match the glyph model: retrain in a new --run-dir")
+        params = [p for g in self.opt.param_groups for p in g["params"]]
+        for i, p in enumerate(params):
+            head = f"opt.{i}."
+            entries = {n[len(head):]: t for n, t in state.items() if n.startswith(head)}
+            if entries:
+                entries["step"] = entries["step"].reshape(())
+                self.opt.state[p] = entries
+        self.step = int(meta["step"])
+        return True
+
+    # ---------------------------------------------------------------- training
+
+    def loss(self, step: int) -> torch.Tensor:
+        cfg, pipe = self.cfg, self.pipe
+        prompts, pixels = sample_batch(cfg.seed, step, cfg.batch, cfg.empty_prompt_prob)
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        vae = pipe.vae
+        x0 = (vae.encode(pixels).latent_dist.mode() - vae.config.shift_factor) * vae.config.scaling_factor  # [B, 16, h, w]
+        noise = torch.randn(x0.shape, generator=gen)
+        sigma = torch.sigmoid(torch.randn(x0.shape[0], generator=gen))  # [B] logit-normal
+        s = sigma[:, None, None, None]
+        x_t = (1 - s) * x0 + s * noise
+        embeds, _, pooled, _ = pipe.encode_prompt(
+            prompt=prompts, prompt_2=None, prompt_3=None, device=torch.device("cpu"),
+            do_classifier_free_guidance=False, max_sequence_length=TEXT_LENGTH,
+        )
+        pred = pipe.transformer(hidden_states=x_t, encoder_hidden_states=embeds, pooled_projections=pooled,
+                                timestep=sigma * pipe.scheduler.config.num_train_timesteps, return_dict=False)[0]
+        return torch.nn.functional.mse_loss(pred, noise - x0)
+
+    def update_ema(self) -> None:
+        decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
+        with torch.no_grad():
+            for k, m in self.trained.items():
+                for pe, p in zip(self.ema[k].parameters(), m.parameters()):
+                    pe.lerp_(p, 1 - decay)
+
+    def ema_pipeline(self):
+        """A pipeline over the EMA weights (shares the frozen parts)."""
+        from diffusers import StableDiffusion3Pipeline
+
+        return StableDiffusion3Pipeline(**{**self.pipe.components, **self.ema})
+
+    def check(self, reader) -> dict:
+        """Euler samples of a fixed word set with the EMA weights, read by OCR."""
+        from ..models import LoadedModel
+        from ..pipeline import AmoPipeline, GenerateConfig
+        from ..ocr import normalise
+
+        n = self.cfg.check_images
+        words = [TRAIN_WORDS[(i * 37) % len(TRAIN_WORDS)] for i in range(n)]
+        prompts = [prompt_for(w, TONES[i % 2]) for i, w in enumerate(words)]
+        model = LoadedModel(self.ema_pipeline(), "sd3", "glyph (training)", None, glyph_settings())
+        result = AmoPipeline(model)(GenerateConfig(prompts=prompts, sampler="euler", steps=20, seed=self.step))
+        reads = reader(result.images)
+        hits = sum(normalise(r) == w for r, w in zip(reads, words))
+        return {"step": self.step, "ocr_exact": hits / n, "reads": reads[:8], "words": words[:8]}
+
+    def run(self, export_to: Path | None = None) -> Path:
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        resumed = self.load_checkpoint()
+        reader = None
+        if cfg.check_every:
+            from ..ocr import Reader
+
+            reader = Reader("rapidocr")
+        log = (cfg.run_dir / LOG).open("a")
+        if resumed:
+            print(f"resuming {cfg.run_dir} at step {self.step}", flush=True)
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train-glyph", unit="step", disable=not cfg.progress,
+                   mininterval=5)
+        running, start = None, time.time()
+        for m in self.trained.values():
+            m.train()
+        while self.step < cfg.steps:
+            for group in self.opt.param_groups:
+                group["lr"] = lr_at(self.step, cfg)
+            loss = self.loss(self.step)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]], 1.0)
+            self.opt.step()
+            self.step += 1
+            self.update_ema()
+            value = float(loss.detach())
+            running = value if running is None else 0.98 * running + 0.02 * value
+            bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr_at(self.step - 1, cfg):.1e}", refresh=False)
+            bar.update(1)
+            if self.step % 50 == 0:
+                log.write(json.dumps({"step": self.step, "loss": running, "seconds": time.time() - start}) + "\n")
+                log.flush()
+            if reader is not None and (self.step % cfg.check_every == 0 or self.step == cfg.steps):
+                record = self.check(reader)
+                bar.write(f"step {self.step}: OCR exact {record['ocr_exact']:.0%} on {cfg.check_images} Euler samples")
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                self.save_checkpoint()
+        bar.close()
+        log.close()
+        return self.export(export_to or cfg.run_dir / "model")
+
+    def export(self, folder: Path) -> Path:
+        """Write the EMA pipeline as a diffusers folder (fp16 safetensors) with its amo_engine.json."""
+        return save_glyph_folder(self.ema_pipeline(), folder)
+
+
+def glyph_settings():
+    """The amo_engine.json of a glyph model folder: size, text length, guidance, vocabulary, prompt."""
+    from ..presets import ModelSettings
+    from .words import HELD_OUT_WORDS, PROMPT_TEMPLATE
+
+    return ModelSettings(max_sequence_length=TEXT_LENGTH, height=HEIGHT, width=WIDTH, guidance=GUIDANCE,
+                         vocabulary=TRAIN_WORDS, held_out=HELD_OUT_WORDS, prompt_template=PROMPT_TEMPLATE,
+                         tones=TONES)
+
+
+def save_glyph_folder(pipe, folder: Path) -> Path:
+    import shutil
+    import tempfile
+
+    from ..presets import SETTINGS_FILE
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        half = {k: (copy.deepcopy(v).half() if isinstance(v, torch.nn.Module) and k != "vae" else v)
+                for k, v in pipe.components.items()}
+        type(pipe)(**half).save_pretrained(tmp, safe_serialization=True)
+        (tmp / SETTINGS_FILE).write_text(json.dumps(glyph_settings().to_json(), indent=2) + "\n")
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
