@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", type=Path, default=Path("out.png"),
                    help="output PNG; a batch writes out.png, out_1.png, ... (default out.png)")
     g.add_argument("--save-attn", type=Path, default=None, help="also save AMO's span map as a heat-map overlay PNG")
+    g.add_argument("--ocr", default=None, choices=["rapidocr", "tesseract"],
+                   help="read each image back with this offline OCR and print what it reads")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
     e = sub.add_parser("export", help="export the transformer (+ AMO score output) to an ONNX engine folder")
@@ -192,6 +194,10 @@ def check_generate_args(args: argparse.Namespace) -> None:
     if args.backend != "eager" and args.engine is None:
         raise ValueError(f"--backend {args.backend} needs --engine DIR; make one with: "
                          f"amo-engine export --model {args.model} --out engines/NAME")
+    if args.ocr is not None:
+        from .ocr import check_available
+
+        check_available(args.ocr)
     if args.backend == "eager" and args.engine is not None:
         raise ValueError(f"--engine needs --backend ort or trt (eager runs the model itself): add --backend ort")
     factor = size_factor(args.model, args.cache_dir)
@@ -255,6 +261,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         for i, image in enumerate(result.images):
             save_attention_overlay(image, result.attn_map[i], _numbered(args.save_attn, i), title=title)
     paths = ", ".join(str(_numbered(args.out, i)) for i in range(len(result.images)))
+    if args.ocr is not None:
+        from .ocr import Reader
+
+        for i, read in enumerate(Reader(args.ocr)(result.images)):
+            print(f"OCR ({args.ocr}) reads {_numbered(args.out, i)}: {read or '(nothing)'}")
     print(
         f"{result.sampler} on {model.family} ({args.backend}): {result.steps} steps, "
         f"{1000 * result.seconds_per_step:.1f} ms/step, loop {result.loop_seconds:.2f} s -> {paths}"

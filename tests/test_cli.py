@@ -61,3 +61,51 @@ def test_output_files_get_normal_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--steps", "0"], "--steps must be >= 1"),
+    (["--c", "-1"], "--c must be a finite number >= 0"),
+    (["--height", "100"], "--height 100 must be a positive multiple of 16"),
+    (["--model", "tiny-flux", "--backend", "ort"], "amo-engine export --model tiny-flux --out engines/NAME"),
+])
+def test_bad_options_fail_before_any_import_or_load(args, message):
+    """Checked before diffusers is imported: a fresh process must not have loaded it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from amo_engine.cli import main; rc = main(['generate', '--prompt', 'x'] + sys.argv[1:]); "
+            "print('diffusers' in sys.modules); sys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert done.stdout.strip() == "False" and done.stderr.count("\n") == 1
+
+
+def test_engine_score_config_wins_and_flags_that_disagree_are_named(tmp_path, capsys, preset_cache, models):
+    from amo_engine.onnx_export import ExportConfig, export_engine
+
+    engine = tmp_path / "engine"
+    export_engine(models["flux"], ExportConfig(out=engine, exporter="torchscript", log=False))
+    seen = {}
+    import amo_engine.plots as plots
+
+    real = plots.save_attention_overlay
+
+    def spy(image, attn_map, path, **kw):
+        seen["title"] = kw.get("title")
+        return real(image, attn_map, path, **kw)
+
+    with pytest.MonkeyPatch.context() as mp, pytest.warns(UserWarning) as caught:
+        mp.setattr(plots, "save_attention_overlay", spy)
+        code = main(["generate", "--model", "tiny-flux", "--cache-dir", str(preset_cache), "--backend", "ort",
+                     "--engine", str(engine), "--prompt", "A sign 'OPEN'", "--steps", "2", "--blocks", "1",
+                     "--max-span-tokens", "8", "--sampler", "euler", "--save-attn", str(tmp_path / "a.png"),
+                     "--out", str(tmp_path / "o.png"), "--quiet"])
+    assert code == 0
+    notes = [str(w.message) for w in caught]
+    assert "--blocks 1 is ignored: the engine computes the map from blocks 0,1 (re-export with --blocks to change it)" in notes
+    assert any(n.startswith("--max-span-tokens 8 is ignored: the engine reads 64 span tokens") for n in notes)
+    from amo_engine.cli import _plain_warning
+
+    assert _plain_warning(notes[0], UserWarning, "x.py", 3) == f"amo-engine: warning: {notes[0]}\n"  # no source line
+    assert seen["title"] == "quoted-text attention (shown only: euler does not use it)"
