@@ -101,17 +101,18 @@ def _export_onnx(backbone, spec: IOSpec, path: Path, cfg: ExportConfig, feeds: d
             dynamic_shapes = {
                 t.name: ({i: batch for i, d in enumerate(t.shape) if d == "batch"} or None) for t in spec.inputs
             }
-        program = torch.onnx.export(
-            backbone,
-            args,
-            input_names=spec.input_names,
-            output_names=spec.output_names,
-            opset_version=cfg.opset,
-            dynamo=True,
-            dynamic_shapes=dynamic_shapes,
-            optimize=True,
-            verbose=False,
-        )
+        with _quiet_exporter():
+            program = torch.onnx.export(
+                backbone,
+                args,
+                input_names=spec.input_names,
+                output_names=spec.output_names,
+                opset_version=cfg.opset,
+                dynamo=True,
+                dynamic_shapes=dynamic_shapes,
+                optimize=True,
+                verbose=False,
+            )
         program.save(str(path), external_data=large)
     else:
         with torchscript_compatible(backbone), warnings.catch_warnings():
@@ -129,6 +130,24 @@ def _export_onnx(backbone, spec: IOSpec, path: Path, cfg: ExportConfig, feeds: d
                 dynamic_axes=spec.dynamic_axes(dynamic) or None,
                 do_constant_folding=True,
             )
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """torch.onnx's dynamo exporter logs that torchvision's ops are skipped (we use none) and
+    torch's own deprecation notices; neither is about this export, so neither is shown."""
+    import logging
+
+    log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        log.setLevel(level)
 
 
 def _cleanup(path: Path) -> None:

@@ -133,7 +133,8 @@ def grid(rows: list[dict], out_dir: Path, path: Path, steps: int, c: float, seed
     canvas = Image.new("RGB", (label_w + cw * len(samplers), 14 + ch * len(words)), "white")
     draw = ImageDraw.Draw(canvas)
     for j, sampler in enumerate(samplers):
-        draw.text((label_w + j * cw + 4, 2), f"{sampler}" + ("" if sampler == "euler" else f" c={c:g}"), fill="black")
+        header = sampler if sampler == "euler" else f"{sampler}, c = {c:g}"
+        draw.text((label_w + j * cw + 4, 2), f"{header} ({steps} steps)", fill="black")
     for i, word in enumerate(words):
         y = 14 + i * ch
         draw.text((4, y + ch // 3), word, fill="black")

@@ -241,11 +241,44 @@ class Trainer:
                 self.save_checkpoint()
         bar.close()
         log.close()
+        plot_training_log(cfg.run_dir)
         return self.export(export_to or cfg.run_dir / "model")
 
     def export(self, folder: Path) -> Path:
         """Write the EMA pipeline as a diffusers folder (fp16 safetensors) with its amo_engine.json."""
         return save_glyph_folder(self.ema_pipeline(), folder)
+
+
+def plot_training_log(run_dir: Path, path: Path | None = None) -> Path:
+    """loss.png from a run's log.jsonl: the smoothed loss and the OCR checks against steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..atomic import atomic_path
+
+    records = [json.loads(line) for line in (Path(run_dir) / LOG).read_text().splitlines() if line.strip()]
+    losses = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    checks = [(r["step"], 100 * r["ocr_exact"]) for r in records if "ocr_exact" in r]
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
+    if losses:
+        ax.plot(*zip(*losses), label="training loss (EMA 0.98)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("rectified-flow MSE")
+    if checks:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*checks), "o-", color="tab:green", label="OCR exact match, 16 Euler samples (%)")
+        ax2.set_ylabel("OCR exact match (%)")
+        ax2.set_ylim(0, 100)
+        ax2.legend(loc="center right")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    path = path or Path(run_dir) / "loss.png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
 
 
 def glyph_settings():
