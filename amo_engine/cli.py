@@ -30,8 +30,9 @@ def _blocks(text: str) -> tuple[int, ...]:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="tiny-sd3",
-                   help="preset (tiny-sd3, tiny-flux), a diffusers pipeline folder, or an HF model id already in "
-                        "the local cache (default: tiny-sd3, built offline on first use)")
+                   help="preset (glyph: the small text-rendering model trained here; tiny-sd3, tiny-flux: random "
+                        "weights, built offline on first use), a diffusers pipeline folder, or an HF model id "
+                        "already in the local cache (default: tiny-sd3)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"],
                    help="weights/compute dtype (CPU: fp32; FLUX on GPU: bf16)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
@@ -139,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train-glyph", help="train the glyph model (a small SD3 pipeline that renders words) on this machine")
     t.add_argument("--run-dir", type=Path, required=True, help="folder for checkpoints, log.jsonl and the trained model/")
-    t.add_argument("--steps", type=int, default=4500, help="optimiser steps (default 4500, what the shipped weights used)")
+    t.add_argument("--steps", type=int, default=4000, help="optimiser steps (default 4000, what the shipped weights used)")
     t.add_argument("--batch", type=int, default=64, help="images per step (default 64)")
     t.add_argument("--lr", type=float, default=7e-4, help="peak learning rate (default 7e-4)")
     t.add_argument("--seed", type=int, default=0, help="seed of the init and of every batch (default 0)")
@@ -147,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (default 500)")
     t.add_argument("--check-every", type=int, default=500, help="steps between OCR checks of samples (0: never)")
     t.add_argument("--export", type=Path, default=None, help="write the trained pipeline here (default RUN_DIR/model)")
+    t.add_argument("--extend", action="store_true",
+                   help="train a finished run on to --steps in a new phase (warm-up, cosine decay) at --lr")
     t.add_argument("--export-now", action="store_true",
                    help="export the EMA weights of the run's last checkpoint without training further")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -155,8 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 EVAL_EPILOG = """\
 example (the README's table):
-  amo-engine eval --model glyph --out-dir eval/glyph --seeds 3 --c 2 --steps 28
-  amo-engine eval --model glyph --out-dir eval/glyph --seeds 3 --c 1 --steps 28 --samplers overshoot,amo
+  amo-engine eval --model glyph --out-dir eval/results/glyph --seeds 3 --c 2 --steps 28
+  amo-engine eval --model glyph --out-dir eval/results/glyph --seeds 3 --c 1 --steps 28 --samplers overshoot,amo
 Rows are appended as they come: rerun the same command to finish an interrupted eval.
 """
 
@@ -199,7 +202,7 @@ def check_generate_args(args: argparse.Namespace) -> None:
 
         check_available(args.ocr)
     if args.backend == "eager" and args.engine is not None:
-        raise ValueError(f"--engine needs --backend ort or trt (eager runs the model itself): add --backend ort")
+        raise ValueError("--engine needs --backend ort or trt (eager runs the model itself): add --backend ort")
     factor = size_factor(args.model, args.cache_dir)
     for name in ("height", "width"):
         value = getattr(args, name)
@@ -236,7 +239,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         backend = load_backend(args.backend, args.engine, device=args.device, model=model)
         score = _engine_score(args, backend.manifest)
     else:
-        score = ScoreConfig(hooked_blocks=args.blocks, max_span_tokens=args.max_span_tokens or 64)
+        span = {} if args.max_span_tokens is None else {"max_span_tokens": args.max_span_tokens}
+        score = ScoreConfig(hooked_blocks=args.blocks, **span)
     pipe = AmoPipeline(model, score, backend)
     cfg = GenerateConfig(
         prompts=args.prompt,
@@ -386,7 +390,7 @@ def cmd_train_glyph(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig(run_dir=args.run_dir, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
                       threads=args.threads, checkpoint_every=args.checkpoint_every, check_every=args.check_every,
-                      progress=not args.quiet)
+                      progress=not args.quiet, extend=args.extend)
     cfg.validate()
     trainer = Trainer(cfg)
     if args.export_now:

@@ -1,6 +1,6 @@
 """Clean renders of the glyph model's images: one word on a sign that covers part of a grey canvas.
 
-The sign's place jitters; its tone (dark sign with light letters on a light ground, or light sign
+The sign's place jitters (up to 16 pixels left or right of the centre, 3 up or down); its tone (dark sign with light letters on a light ground, or light sign
 with dark letters on a dark ground) is the one attribute besides the word that the prompt sets.
 The font is DejaVu Sans Bold from matplotlib's wheel (a dependency), so no system font is needed.
 """
@@ -17,6 +17,7 @@ HEIGHT, WIDTH = 32, 128  # canvas in pixels
 FONT_SIZE = 15
 PAD_X, PAD_Y = 5, 4  # sign margin around the text box
 MARGIN = 2  # smallest gap between the sign and the canvas edge
+MAX_SHIFT_X, MAX_SHIFT_Y = 16, 3  # jitter of the sign's place around the centre (pixels)
 
 # grey levels (0..255): ground, sign, letters
 TONE_LEVELS = {"dark": (200, 45, 235), "light": (60, 215, 25)}
@@ -69,8 +70,9 @@ def render(word: str, tone: str, rng: np.random.Generator | None = None) -> tupl
     if rng is None:
         left, top = (WIDTH - w) // 2, (HEIGHT - h) // 2
     else:
-        left = int(rng.integers(MARGIN, WIDTH - MARGIN - w + 1))
-        top = int(rng.integers(MARGIN, HEIGHT - MARGIN - h + 1))
+        cx, cy = (WIDTH - w) // 2, (HEIGHT - h) // 2
+        left = int(np.clip(cx + rng.integers(-MAX_SHIFT_X, MAX_SHIFT_X + 1), MARGIN, WIDTH - MARGIN - w))
+        top = int(np.clip(cy + rng.integers(-MAX_SHIFT_Y, MAX_SHIFT_Y + 1), MARGIN, HEIGHT - MARGIN - h))
         ground, sign, ink = (int(np.clip(v + rng.integers(-LEVEL_JITTER, LEVEL_JITTER + 1), 0, 255)) for v in (ground, sign, ink))
     image = Image.new("L", (WIDTH, HEIGHT), ground)
     draw = ImageDraw.Draw(image)

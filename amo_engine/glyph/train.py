@@ -34,7 +34,7 @@ LOG = "log.jsonl"
 @dataclass
 class TrainConfig:
     run_dir: Path
-    steps: int = 4500
+    steps: int = 4000
     batch: int = 64
     lr: float = 7e-4
     warmup: int = 200
@@ -46,6 +46,8 @@ class TrainConfig:
     check_every: int = 500  # OCR check of sampled images (0: never)
     check_images: int = 16
     progress: bool = True
+    extend: bool = False  # resume a finished run and train on to ``steps`` in a new phase at ``lr``
+    phases: tuple[tuple[int, float], ...] = ()  # (end step, peak lr) per phase; set from steps/lr
 
     def validate(self) -> None:
         for name in ("steps", "batch", "checkpoint_every"):
@@ -69,11 +71,19 @@ def sample_batch(seed: int, step: int, batch: int, empty_prob: float):
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+    """Per phase: linear warm-up, then cosine decay to 10% of the phase's peak. A run has one phase
+    unless it was extended (``--extend``); each phase is fixed by its (end step, peak lr)."""
+    phases = cfg.phases or ((cfg.steps, cfg.lr),)
+    start = 0
+    for end, peak in phases:
+        if step < end or end == phases[-1][0]:
+            break
+        start = end
+    warmup = cfg.warmup if start == 0 else min(cfg.warmup, max(1, (end - start) // 10))
+    if step - start < warmup:
+        return peak * (step - start + 1) / warmup
+    t = (step - start - warmup) / max(1, end - start - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
 class Trainer:
@@ -81,6 +91,7 @@ class Trainer:
         from .model import build_glyph_pipeline
 
         self.cfg = cfg
+        cfg.phases = cfg.phases or ((cfg.steps, cfg.lr),)
         self.pipe = build_glyph_pipeline(cfg.seed)
         for name in ("text_encoder", "text_encoder_2", "vae"):
             getattr(self.pipe, name).requires_grad_(False)
@@ -123,10 +134,20 @@ class Trainer:
             return False
         meta = json.loads((run / CHECKPOINT_META).read_text())
         saved = meta["config"]
-        for key in ("seed", "batch", "lr", "warmup", "steps", "ema_decay", "empty_prompt_prob"):
+        for key in ("seed", "batch", "warmup", "ema_decay", "empty_prompt_prob"):
             if saved[key] != getattr(self.cfg, key):
                 raise ValueError(f"{run} was trained with {key}={saved[key]}, not {getattr(self.cfg, key)}: "
                                  f"pass --{key.replace('_', '-')} {saved[key]} or use a new --run-dir")
+        phases = tuple(tuple(p) for p in saved.get("phases") or ((saved["steps"], saved["lr"]),))
+        last_end, last_lr = phases[-1]
+        if self.cfg.extend and self.cfg.steps > last_end:
+            if int(meta["step"]) < last_end:
+                raise ValueError(f"{run} has not finished its {last_end} steps: resume it first (drop --extend)")
+            phases = phases + ((self.cfg.steps, self.cfg.lr),)
+        elif (self.cfg.steps, self.cfg.lr) != (last_end, last_lr):
+            raise ValueError(f"{run} was trained to {last_end} steps at lr {last_lr:g}: pass --steps {last_end} "
+                             f"--lr {last_lr:g} to resume, or --extend --steps N (N > {last_end}) to train on")
+        self.cfg.phases = phases
         state = load_file(str(run / CHECKPOINT))
         for prefix, modules in (("model", self.trained), ("ema", self.ema)):
             for k, m in modules.items():
