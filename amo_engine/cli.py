@@ -11,6 +11,7 @@ from . import __version__
 
 EPILOG = """\
 examples:
+  amo-engine generate --prompt "a dark sign that says 'HELLO'" --out out.png --ocr rapidocr   # the glyph model
   amo-engine generate --model tiny-sd3 --prompt "A sign that says 'OPEN'" --out out.png
   amo-engine generate --model /models/stable-diffusion-3-medium-diffusers --sampler amo --c 2 \\
       --steps 28 --seed 10 --out sign.png --save-attn sign_attn.png
@@ -29,10 +30,10 @@ def _blocks(text: str) -> tuple[int, ...]:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="tiny-sd3",
+    p.add_argument("--model", default="glyph",
                    help="preset (glyph: the small text-rendering model trained here; tiny-sd3, tiny-flux: random "
                         "weights, built offline on first use), a diffusers pipeline folder, or an HF model id "
-                        "already in the local cache (default: tiny-sd3)")
+                        "already in the local cache (default: glyph)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"],
                    help="weights/compute dtype (CPU: fp32; FLUX on GPU: bf16)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")

@@ -66,7 +66,8 @@ def test_output_files_get_normal_permissions(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--steps", "0"], "--steps must be >= 1"),
     (["--c", "-1"], "--c must be a finite number >= 0"),
-    (["--height", "100"], "--height 100 must be a positive multiple of 16"),
+    (["--model", "tiny-sd3", "--height", "100"], "--height 100 must be a positive multiple of 16"),
+    (["--width", "100"], "--width 100 must be a positive multiple of 8"),  # the glyph model (default)
     (["--model", "tiny-flux", "--backend", "ort"], "amo-engine export --model tiny-flux --out engines/NAME"),
 ])
 def test_bad_options_fail_before_any_import_or_load(args, message):
