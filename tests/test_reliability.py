@@ -331,3 +331,17 @@ def test_pickle_weights_are_refused(models, tmp_path):
     assert list((folder / "transformer").glob("*.bin")) and not list((folder / "transformer").glob("*.safetensors"))
     with pytest.raises(ValueError, match="safetensors weights only"):
         load_model(str(folder))
+
+
+def test_only_our_own_component_modules_are_imported(tmp_path):
+    """A folder may name this package's component classes (the glyph autoencoder); any other
+    module it names is never imported by us."""
+    from amo_engine.models import import_own_components
+
+    (tmp_path / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusion3Pipeline",
+        "vae": ["amo_engine.glyph.autoencoder", "PixelUnshuffleAutoencoder"],
+        "text_encoder": ["os_helpers_that_do_harm", "Evil"],
+    }))
+    import_own_components(tmp_path)
+    assert "amo_engine.glyph.autoencoder" in sys.modules and "os_helpers_that_do_harm" not in sys.modules

@@ -128,6 +128,8 @@ def run_eval(cfg: EvalConfig) -> Path:
     bar = tqdm(total=sum(len(j[2]) for j in jobs), desc=f"eval c={cfg.c:g} steps={cfg.steps}", unit="img",
                disable=not cfg.progress)
     with rows_path.open("a") as out:
+        if rows_path.stat().st_size and not rows_path.read_bytes().endswith(b"\n"):
+            out.write("\n")  # a line cut by a kill stays alone (and is skipped when read)
         for seed, ci, chunk, sampler in jobs:
             prompts, tones = zip(*(prompt_of(settings, w, words.index(w) + seed) for w in chunk))
             padded = list(prompts) + [prompts[-1]] * (cfg.batch - len(prompts))  # engines take a fixed batch

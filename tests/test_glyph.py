@@ -1,0 +1,191 @@
+"""The glyph model trained here: loads offline through diffusers, renders a word OCR reads back;
+its training smoke run; the OCR evaluation's outputs, resume and measures."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from amo_engine.eval.metrics import mcnemar_exact, outside_text
+from amo_engine.glyph.render import render
+from amo_engine.glyph.words import HELD_OUT_WORDS, TRAIN_WORDS, prompt_for
+from amo_engine.models import load_model
+from amo_engine.ocr import Reader, check_available, ned
+from amo_engine.pipeline import AmoPipeline, GenerateConfig
+
+
+
+@pytest.fixture(scope="module")
+def glyph():
+    return load_model("glyph")
+
+
+@pytest.fixture(scope="module")
+def reader():
+    return Reader("rapidocr")
+
+
+def test_shipped_weights_load_offline_through_the_ordinary_loader(glyph, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipe = glyph.pipe
+    assert type(pipe).__name__ == "StableDiffusion3Pipeline" and glyph.family == "sd3"
+    assert type(pipe.vae).__name__ == "PixelUnshuffleAutoencoder" and pipe.vae_scale_factor == 4
+    assert glyph.default_size == (32, 128) and glyph.default_guidance == 3.0
+    assert glyph.settings.vocabulary == TRAIN_WORDS and glyph.settings.held_out == HELD_OUT_WORDS
+    files = [p for p in glyph.folder.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 30 * 1024**2
+    assert not [p for p in files if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+
+
+@pytest.mark.parametrize("tone", ["dark", "light"])
+def test_generation_draws_the_asked_tone_and_amo_looks_at_the_sign(glyph, tone):
+    """What the shipped weights do draw, deterministically (fixed weights, fixed seed): a sign of the
+    asked tone against its ground, and an AMO map whose mass sits on the sign's columns. (They do
+    not yet draw legible words: see the README's eval table.)"""
+    from amo_engine.eval.metrics import ground_region
+
+    result = AmoPipeline(glyph)(GenerateConfig([prompt_for("HELLO", tone)], sampler="amo", seed=10))
+    grey = np.asarray(result.images[0].convert("L")).astype(np.float32)  # [32, 128]
+    ground = ground_region(grey.astype(np.uint8))  # [32, 128] bool
+    assert 0.2 < ground.mean() < 0.8  # a sign covering part of the canvas
+    sign_level, ground_level = np.median(grey[8:24][~ground[8:24]]), np.median(grey[ground])
+    assert (sign_level < ground_level) if tone == "dark" else (sign_level > ground_level)
+    attn = result.attn_map[0]  # [4, 16] patch grid, 8 px per patch
+    on_sign = torch.from_numpy(~ground[0, ::8].copy())  # [16] sign columns per patch
+    assert attn[:, on_sign].mean() > attn[:, ~on_sign].mean()
+
+
+def test_out_of_vocabulary_word_is_named(glyph):
+    with pytest.warns(UserWarning, match="'BLUE' is out of this model's vocabulary"):
+        result = AmoPipeline(glyph)(GenerateConfig([prompt_for("BLUE", "light")], steps=2))
+    assert len(result.images) == 1
+
+
+def test_ocr_ceiling_and_missing_ocr(reader, monkeypatch):
+    rng = np.random.default_rng(0)
+    words = TRAIN_WORDS[:20]
+    reads = reader([render(w, "dark" if i % 2 else "light", rng)[0] for i, w in enumerate(words)])
+    assert reads == list(words)
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(ImportError, match="apt-get install -y tesseract-ocr"):
+        check_available("tesseract")
+
+
+def test_measures():
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(10, 0) == pytest.approx(2 / 1024)
+    assert mcnemar_exact(27, 10) == pytest.approx(0.00763, abs=5e-5)  # the prototype's 27 vs 10: p = 0.008
+    assert ned("HELO", "HELLO") == pytest.approx(0.2) and ned("", "") == 0.0
+    clean, box = render("ZEBRA", "dark")
+    m = outside_text(clean)
+    assert m["ground_std"] == 0.0 and m["ground_hf"] == 0.0 and 0.2 < m["ground_share"] < 0.8
+    noisy = clean.astype(np.int16) + np.random.default_rng(0).integers(-20, 21, clean.shape)
+    assert outside_text(np.clip(noisy, 0, 255).astype(np.uint8))["ground_hf"] > 10
+
+
+def test_eval_on_three_words_writes_all_outputs_and_resumes(tmp_path):
+    from amo_engine.cli import main
+
+    out = tmp_path / "eval"
+    args = ["eval", "--model", "glyph", "--out-dir", str(out), "--max-words", "3", "--seeds", "1", "--steps", "3",
+            "--batch", "2", "--quiet"]
+    assert main(args) == 0
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    assert len(rows) == 9 and {r["sampler"] for r in rows} == {"euler", "overshoot", "amo"}
+    for name in ("summary.md", "summary.json", "plot.png", "grid.png"):
+        assert (out / name).is_file(), name
+    assert all((out / r["image"]).is_file() for r in rows)
+    # an interrupted eval keeps its rows: cut the last line in half, rerun, nothing is lost or doubled
+    text = (out / "rows.jsonl").read_text().splitlines()
+    (out / "rows.jsonl").write_text("\n".join(text[:-1]) + "\n" + text[-1][:20])
+    assert main(args) == 0
+    again = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines() if line.endswith("}")]
+    keys = [(r["word"], r["seed"], r["sampler"]) for r in again]
+    assert len(keys) == 9 and len(set(keys)) == 9
+
+
+def test_eval_through_the_ort_engine(glyph, tmp_path):
+    from amo_engine.cli import main
+    from amo_engine.onnx_export import ExportConfig, export_engine
+
+    engine = tmp_path / "engine"
+    export_engine(glyph, ExportConfig(out=engine, batch=2, exporter="torchscript", log=False))
+    out = tmp_path / "eval"
+    assert main(["eval", "--out-dir", str(out), "--max-words", "2", "--seeds", "1", "--steps", "3", "--batch", "2",
+                 "--backend", "ort", "--engine", str(engine), "--samplers", "euler,amo", "--quiet"]) == 0
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and {r["ran"] for r in rows} == {"euler", "amo"}
+
+
+def test_eval_refuses_bad_options_before_work(tmp_path, capsys):
+    from amo_engine.cli import main
+
+    assert main(["eval", "--out-dir", str(tmp_path), "--samplers", "euler,heun"]) == 2
+    assert "unknown sampler(s) ['heun']" in capsys.readouterr().err
+    assert main(["eval", "--out-dir", str(tmp_path), "--backend", "ort"]) == 2
+    assert "--batch 16 --out engines/NAME" in capsys.readouterr().err
+
+
+def test_train_glyph_smoke_writes_a_loadable_folder(tmp_path):
+    from amo_engine.cli import main
+
+    run = tmp_path / "run"
+    args = ["train-glyph", "--run-dir", str(run), "--steps", "10", "--batch", "4", "--check-every", "0",
+            "--checkpoint-every", "5", "--quiet"]
+    assert main(args) == 0
+    meta = json.loads((run / "checkpoint.json").read_text())
+    assert meta["step"] == 10 and len((run / "log.jsonl").read_text().splitlines()) == 0  # log every 50
+    model = load_model(str(run / "model"))
+    assert model.settings.vocabulary == TRAIN_WORDS
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = AmoPipeline(model)(GenerateConfig([prompt_for("CAT", "dark")], steps=2))
+    assert torch.isfinite(result.latents).all()
+    # resume is exact: a run killed at step 7 resumes from its step-5 checkpoint and ends equal
+    from amo_engine.glyph.train import Trainer
+
+    real_loss = Trainer.loss
+
+    def dying_loss(self, step):
+        if step == 7:
+            raise KeyboardInterrupt
+        return real_loss(self, step)
+
+    run2 = tmp_path / "run2"
+    args2 = [a if a != str(run) else str(run2) for a in args]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Trainer, "loss", dying_loss)
+        with pytest.raises(KeyboardInterrupt):
+            main(args2)
+    assert json.loads((run2 / "checkpoint.json").read_text())["step"] == 5
+    assert main(args2) == 0
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(run / "checkpoint.safetensors")), load_file(str(run2 / "checkpoint.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # other settings are refused with the fix; --extend trains a finished run on in a second phase
+    longer = [a if a != "10" else "12" for a in args]
+    with pytest.raises(ValueError, match="pass --steps 10 --lr 0.0007 to resume, or --extend --steps N"):
+        from amo_engine.glyph.train import TrainConfig
+
+        Trainer(TrainConfig(run_dir=run, steps=12, batch=4, check_every=0, checkpoint_every=5)).load_checkpoint()
+    assert main(longer + ["--extend"]) == 0
+    meta = json.loads((run / "checkpoint.json").read_text())
+    assert meta["step"] == 12 and meta["config"]["phases"] == [[10, 0.0007], [12, 0.0007]]
+
+
+def test_learning_rate_phases():
+    from pathlib import Path
+
+    from amo_engine.glyph.train import TrainConfig, lr_at
+
+    one = TrainConfig(run_dir=Path("x"), steps=1000, lr=1e-3, warmup=100)
+    assert lr_at(0, one) == pytest.approx(1e-5) and lr_at(99, one) == pytest.approx(1e-3)
+    assert lr_at(999, one) == pytest.approx(1e-4, rel=1e-3)
+    two = TrainConfig(run_dir=Path("x"), steps=1500, lr=5e-4, warmup=100, phases=((1000, 1e-3), (1500, 5e-4)))
+    assert [lr_at(s, two) for s in (0, 500, 999)] == [lr_at(s, one) for s in (0, 500, 999)]
+    assert lr_at(1049, two) == pytest.approx(5e-4) and lr_at(1499, two) == pytest.approx(5e-5, rel=1e-2)
