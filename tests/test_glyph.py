@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -146,7 +147,7 @@ def test_train_glyph_smoke_writes_a_loadable_folder(tmp_path):
         result = AmoPipeline(model)(GenerateConfig([prompt_for("CAT", "dark")], steps=2))
     assert torch.isfinite(result.latents).all()
     # resume is exact: a run killed at step 7 resumes from its step-5 checkpoint and ends equal
-    from amo_engine.glyph.train import Trainer
+    from amo_engine.glyph.train import TrainConfig, Trainer
 
     real_loss = Trainer.loss
 
@@ -170,8 +171,6 @@ def test_train_glyph_smoke_writes_a_loadable_folder(tmp_path):
     # other settings are refused with the fix; --extend trains a finished run on in a second phase
     longer = [a if a != "10" else "12" for a in args]
     with pytest.raises(ValueError, match="pass --steps 10 --lr 0.0007 to resume, or --extend --steps N"):
-        from amo_engine.glyph.train import TrainConfig
-
         Trainer(TrainConfig(run_dir=run, steps=12, batch=4, check_every=0, checkpoint_every=5)).load_checkpoint()
     assert main(longer + ["--extend"]) == 0
     meta = json.loads((run / "checkpoint.json").read_text())
@@ -179,8 +178,6 @@ def test_train_glyph_smoke_writes_a_loadable_folder(tmp_path):
 
 
 def test_learning_rate_phases():
-    from pathlib import Path
-
     from amo_engine.glyph.train import TrainConfig, lr_at
 
     one = TrainConfig(run_dir=Path("x"), steps=1000, lr=1e-3, warmup=100)
