@@ -107,6 +107,11 @@ def resolve_folder(model: str, cache_dir: Path | str | None = None) -> Path:
     raise ValueError(f"unknown model {model!r}: use a preset ({', '.join(PRESETS)}), a folder path, or an HF model id")
 
 
+def pixels_per_token(family: str, vae_scale_factor: int, patch_size: int) -> int:
+    """Pixels per image token side: VAE factor x transformer patch (FLUX packs latents 2x2)."""
+    return vae_scale_factor * (patch_size if family == "sd3" else 2)
+
+
 def size_factor(model: str, cache_dir: Path | str | None = None) -> int | None:
     """Pixels per image token side for ``model`` (VAE factor x patch), read from config JSON only —
     no diffusers import, no weights — so bad sizes fail early. None when it cannot be told yet."""
@@ -124,8 +129,7 @@ def size_factor(model: str, cache_dir: Path | str | None = None) -> int | None:
         patch = json.loads((path / "transformer" / "config.json").read_text()).get("patch_size", 2)
     except (ValueError, OSError):
         return None
-    vae_factor = 2 ** (len(vae.get("block_out_channels", (0,) * 4)) - 1)
-    return vae_factor * (patch if family == "sd3" else 2)
+    return pixels_per_token(family, 2 ** (len(vae.get("block_out_channels", (0,) * 4)) - 1), patch)
 
 
 def load_model(

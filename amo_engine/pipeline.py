@@ -19,7 +19,7 @@ from .atomic import atomic_path
 from .backbone import ScoreConfig, make_backbone
 from .backends import Backend
 from .backends.eager import EagerBackend
-from .models import LoadedModel
+from .models import LoadedModel, pixels_per_token
 from .prompts import TextLayout, find_quoted_spans, flux_layout, sd3_layout
 from .samplers import SAMPLERS, StepOut, sample_amo, sample_euler, sample_overshoot
 from .schedules import flow_match_sigmas
@@ -110,7 +110,7 @@ def amo_span_notes(layout: TextLayout, prompts: Sequence[str], span_mask: torch.
                          "overshoot (shorten the prompt, move the quote earlier, or raise --max-sequence-length)")
     has_span = tokens > 0  # [B]
     unquoted = [row for row in range(len(prompts)) if not has_span[row] and row not in lost]
-    if unquoted and not bool(has_span.any()) and not lost:
+    if unquoted and len(unquoted) == len(prompts):
         notes.append("no quoted text in the prompt: AMO falls back to the overshoot sampler (quote the text to render)")
     elif unquoted:
         missing = sorted({prompts[row] for row in unquoted})
@@ -157,9 +157,7 @@ class AmoPipeline:
 
     @property
     def patch_factor(self) -> int:
-        """Pixels per image token side: VAE factor x transformer patch (FLUX packs 2x2)."""
-        patch = self.pipe.transformer.config.patch_size if self.family == "sd3" else 2
-        return self.pipe.vae_scale_factor * patch
+        return pixels_per_token(self.family, self.pipe.vae_scale_factor, self.pipe.transformer.config.patch_size)
 
     def backbone(self):
         if self._backbone is None:
@@ -281,7 +279,7 @@ class AmoPipeline:
         feeds["span_mask"][n - rows :].copy_(span_mask)  # cond rows only; uncond rows stay 0
         latents = pipe.prepare_latents(
             rows, pipe.transformer.config.in_channels, height, width, dtype, device, generator, cfg.latents
-        )  # [B, 16, H/8, W/8]
+        )  # [B, C, H/f, W/f], f = the VAE factor
         attn_sum = torch.zeros(rows, spec.dims["image_tokens"], device=device)  # [B, N]
         hidden, timestep = feeds["hidden_states"], feeds["timestep"]
         n_train = pipe.scheduler.config.num_train_timesteps

@@ -11,7 +11,6 @@ import torch
 from .backbone import ScoreConfig, make_backbone
 from .backends import load_backend
 from .backends.eager import EagerBackend
-from .engine import read_manifest
 from .spec import sample_feeds
 
 
@@ -53,8 +52,8 @@ def judge_parity(p: dict, dtype: str) -> tuple[bool, str]:
 
 def engine_parity(model, engine_dir: Path | str, kind: str = "ort", device: str = "cpu", seed: int = 0) -> dict:
     """Max abs differences (velocity, attn) and velocity cosine between ``kind`` and eager."""
-    manifest = read_manifest(engine_dir)
     backend = load_backend(kind, engine_dir, device=device, model=model)
+    manifest = backend.manifest  # read and hashed once, by the backend
     try:
         feeds = sample_feeds(backend.spec, device, seed)
         eager = EagerBackend(make_backbone(model.pipe.transformer, score_config_of(manifest), model.pipe.vae_scale_factor), backend.spec)

@@ -130,3 +130,12 @@ def test_given_initial_noise_is_used(models, family):
     a = run(models[family], sampler="euler", latents=noise)
     b = run(models[family], sampler="euler", latents=noise.clone())
     assert torch.equal(a.latents, b.latents) and not torch.equal(a.latents, run(models[family], sampler="euler").latents)
+
+
+def test_preset_size_factors_match_the_loaded_pipelines(models):
+    """The early size check's preset facts equal what the loaded pipelines say."""
+    from amo_engine.presets import PRESET_SIZE_FACTORS
+
+    loaded = {**{f"tiny-{f}": m for f, m in models.items()}, "glyph": load_model("glyph")}
+    for name, model in loaded.items():
+        assert AmoPipeline(model).patch_factor == PRESET_SIZE_FACTORS[name], name

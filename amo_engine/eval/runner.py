@@ -131,7 +131,8 @@ def run_eval(cfg: EvalConfig) -> Path:
         if rows_path.stat().st_size and not rows_path.read_bytes().endswith(b"\n"):
             out.write("\n")  # a line cut by a kill stays alone (and is skipped when read)
         for seed, ci, chunk, sampler in jobs:
-            prompts, tones = zip(*(prompt_of(settings, w, words.index(w) + seed) for w in chunk))
+            first = ci * cfg.batch  # index of the chunk's first word in the list
+            prompts, tones = zip(*(prompt_of(settings, w, first + j + seed) for j, w in enumerate(chunk)))
             padded = list(prompts) + [prompts[-1]] * (cfg.batch - len(prompts))  # engines take a fixed batch
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # out-of-vocabulary notes: said once above
