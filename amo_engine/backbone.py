@@ -12,6 +12,9 @@ import torch
 from torch import nn
 
 from .attention import FluxScoreAttnProcessor, ScoreContext, SD3ScoreAttnProcessor
+from .families import Family, of_transformer
+from .families.flux import FLUX
+from .families.sd3 import SD3
 from .spec import IOSpec, TensorSpec, dtype_name
 
 
@@ -21,15 +24,6 @@ class ScoreConfig:
 
     hooked_blocks: tuple[int, ...] | None = None  # None: every joint (SD3) / double-stream (FLUX) block
     max_span_tokens: int = 64  # fixed S of the side branch; longer spans are cut (pipeline warns)
-
-
-def family_of(transformer: nn.Module) -> str:
-    name = type(transformer).__name__
-    if name.startswith("SD3Transformer"):
-        return "sd3"
-    if name.startswith("FluxTransformer"):
-        return "flux"
-    raise ValueError(f"unsupported transformer class {name}; amo-engine supports SD3Transformer2DModel and FluxTransformer2DModel")
 
 
 def resolve_blocks(n_blocks: int, hooked: Sequence[int] | None) -> tuple[int, ...]:
@@ -60,11 +54,8 @@ class Fp32FluxPosEmbed(nn.Module):
         return torch.cat(cos_out, dim=-1), torch.cat(sin_out, dim=-1)  # [L, sum(axes_dim)] each
 
 
-PROCESSORS = {"sd3": SD3ScoreAttnProcessor, "flux": FluxScoreAttnProcessor}
-
-
 @contextmanager
-def hooked(transformer: nn.Module, family: str, ctx: ScoreContext, rope: nn.Module | None = None):
+def hooked(transformer: nn.Module, processor: type, ctx: ScoreContext, rope: nn.Module | None = None):
     """Run the transformer with score processors bound to ``ctx`` (and FLUX's fp32 RoPE) for the
     duration of one call, then put back exactly what the user's model had: our hook never changes
     what the model does outside our calls."""
@@ -73,7 +64,7 @@ def hooked(transformer: nn.Module, family: str, ctx: ScoreContext, rope: nn.Modu
     saved_rope = getattr(transformer, "pos_embed", None)
     try:
         for i, attn in enumerate(attns):
-            attn.processor = PROCESSORS[family](ctx, i)
+            attn.processor = processor(ctx, i)
         if rope is not None:
             transformer.pos_embed = rope
         yield ctx
@@ -85,7 +76,8 @@ def hooked(transformer: nn.Module, family: str, ctx: ScoreContext, rope: nn.Modu
 
 
 class _Backbone(nn.Module):
-    family: str
+    family: Family
+    processor: type  # the score attention processor of the family's joint blocks
 
     def __init__(self, transformer: nn.Module, score: ScoreConfig = ScoreConfig(), vae_scale_factor: int = 8):
         super().__init__()
@@ -97,7 +89,7 @@ class _Backbone(nn.Module):
 
     def _run(self, span_mask: torch.Tensor, **inputs) -> tuple[torch.Tensor, torch.Tensor]:
         ctx = ScoreContext.for_call(span_mask, self.score.max_span_tokens, self.hooked_blocks)
-        with hooked(self.transformer, self.family, ctx, self._rope):
+        with hooked(self.transformer, self.processor, ctx, self._rope):
             velocity = self.transformer(**inputs, return_dict=False)[0]
         return velocity, ctx.finish()
 
@@ -115,7 +107,8 @@ class _Backbone(nn.Module):
 class SD3Backbone(_Backbone):
     """SD3 MMDiT: latents [B, C, H, W], text [B, T, D], joint order [image ; text]."""
 
-    family = "sd3"
+    family = SD3
+    processor = SD3ScoreAttnProcessor
 
     def forward(
         self,
@@ -165,7 +158,8 @@ class SD3Backbone(_Backbone):
 class FluxBackbone(_Backbone):
     """FLUX: packed latents [B, N, 64], text [B, T, D], joint order [text ; image], RoPE in fp32."""
 
-    family = "flux"
+    family = FLUX
+    processor = FluxScoreAttnProcessor
 
     def __init__(self, transformer: nn.Module, score: ScoreConfig = ScoreConfig(), vae_scale_factor: int = 8):
         super().__init__(transformer, score, vae_scale_factor)
@@ -228,5 +222,4 @@ class FluxBackbone(_Backbone):
 
 def make_backbone(transformer: nn.Module, score: ScoreConfig = ScoreConfig(), vae_scale_factor: int = 8) -> _Backbone:
     """Wrap a diffusers SD3 or FLUX transformer (its hooked blocks get score processors)."""
-    cls = SD3Backbone if family_of(transformer) == "sd3" else FluxBackbone
-    return cls(transformer, score, vae_scale_factor)
+    return of_transformer(transformer).backbone(transformer, score, vae_scale_factor)

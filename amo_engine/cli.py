@@ -212,11 +212,9 @@ def check_generate_args(args: argparse.Namespace) -> None:
                              f"(e.g. {max(factor, value - value % factor)})")
 
 
-def _engine_score(args: argparse.Namespace, manifest: dict):
+def _engine_score(args: argparse.Namespace, engine):
     """The engine's score configuration, with a note for each flag that disagrees with it."""
-    from .verify import score_config_of
-
-    score = score_config_of(manifest)
+    score = engine.score
     if args.blocks is not None and tuple(sorted(set(args.blocks))) != score.hooked_blocks:
         warnings.warn(f"--blocks {','.join(map(str, args.blocks))} is ignored: the engine computes the map from "
                       f"blocks {','.join(map(str, score.hooked_blocks))} (re-export with --blocks to change it)")
@@ -228,22 +226,30 @@ def _engine_score(args: argparse.Namespace, manifest: dict):
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .backbone import ScoreConfig
+    from .backends import open_backend
     from .models import load_model
-    from .pipeline import AmoPipeline, GenerateConfig, save_png
-    from .plots import save_attention_overlay
+    from .pipeline import AmoPipeline
 
     model = load_model(args.model, args.dtype, args.device, args.cache_dir)
-    backend = None
+    engine = None
     if args.backend != "eager":
-        from .backends import load_backend
+        from .engine import open_engine
 
-        backend = load_backend(args.backend, args.engine, device=args.device, model=model)
-        score = _engine_score(args, backend.manifest)
+        engine = open_engine(args.engine, model)
+        score = _engine_score(args, engine)
     else:
         span = {} if args.max_span_tokens is None else {"max_span_tokens": args.max_span_tokens}
         score = ScoreConfig(hooked_blocks=args.blocks, **span)
-    pipe = AmoPipeline(model, score, backend)
-    cfg = GenerateConfig(
+    with open_backend(args.backend, engine, model, score, device=args.device) as backend:
+        result = AmoPipeline(model, score, backend)(_generate_config(args))
+    _write_generated(args, model, result)
+    return 0
+
+
+def _generate_config(args: argparse.Namespace):
+    from .pipeline import GenerateConfig
+
+    return GenerateConfig(
         prompts=args.prompt,
         negative_prompt=args.negative_prompt,
         height=args.height,
@@ -257,7 +263,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
         max_sequence_length=args.max_sequence_length,
         progress=not args.quiet,
     )
-    result = pipe(cfg)
+
+
+def _write_generated(args: argparse.Namespace, model, result) -> None:
+    """The images, optional attention overlays and OCR readings of one generate call."""
+    from .pipeline import save_png
+    from .plots import save_attention_overlay
+
     for i, image in enumerate(result.images):
         save_png(image, _numbered(args.out, i))
     if args.save_attn is not None and result.attn_map is not None:
@@ -272,10 +284,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         for i, read in enumerate(Reader(args.ocr)(result.images)):
             print(f"OCR ({args.ocr}) reads {_numbered(args.out, i)}: {read or '(nothing)'}")
     print(
-        f"{result.sampler} on {model.family} ({args.backend}): {result.steps} steps, "
+        f"{result.sampler} on {model.family.name} ({args.backend}): {result.steps} steps, "
         f"{1000 * result.seconds_per_step:.1f} ms/step, loop {result.loop_seconds:.2f} s -> {paths}"
     )
-    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -310,16 +321,18 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .engine import manifest_spec, read_manifest
+    from .engine import open_engine
 
-    manifest = read_manifest(args.engine, model=args.model)
-    spec = manifest_spec(manifest)
+    engine = open_engine(args.engine, model_name=args.model)  # hashes each file once; --verify reuses it
+    manifest, spec = engine.manifest, engine.spec
     g = manifest["graph"]
     print(f"engine {args.engine}: {manifest['family']} from {manifest['model']!r}, {manifest['dtype']}, "
           f"{manifest['height']}x{manifest['width']}, rows {manifest['rows']}, hooked blocks {manifest['hooked_blocks']}")
-    o = manifest["onnx"]
     files = ", ".join(f"{name} ({rec['bytes'] / 1e6:.1f} MB)" for name, rec in manifest["files"].items())
-    print(f"onnx: opset {o['opset']}, exporter {o['exporter']}, folded {o['folded']}; files: {files}")
+    print(f"artifacts: {', '.join(engine.artifacts)}; files: {files}")
+    if "onnx" in manifest:
+        o = manifest["onnx"]
+        print(f"onnx: opset {o['opset']}, exporter {o['exporter']}, folded {o['folded']}")
     print("\nI/O")
     for kind, tensors in (("in ", spec.inputs), ("out", spec.outputs)):
         for t in tensors:
@@ -340,7 +353,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from .verify import engine_parity, judge_parity
 
     model = load_model(args.model or manifest["model"], manifest["dtype"], args.device, args.cache_dir)
-    p = engine_parity(model, args.engine, args.backend, args.device)
+    engine.check_model(model)
+    p = engine_parity(model, engine, args.backend, args.device)
     ok, detail = judge_parity(p, manifest["dtype"])
     print(f"\nverify ({args.backend} vs eager, {manifest['dtype']} gates): {detail}: {'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1

@@ -1,7 +1,11 @@
-"""Engine folders: manifest write/read/validate, fingerprints, atomic publishing, export locks.
+"""Engine folders: open (read and check once), manifest validation, fingerprints, atomic publishing,
+export locks.
 
-An engine folder holds ``model.onnx`` (+ ``model.onnx.data`` for > 2 GB models), ``manifest.json``
-and, after ``amo-engine build`` on an NVIDIA GPU, ``model.plan``. Folders are written under a temp
+An engine folder holds ``manifest.json`` and one or more artifacts, each described by its own
+manifest section: ``onnx`` (``model.onnx``, + ``model.onnx.data`` for > 2 GB models) and, after
+``amo-engine build`` on an NVIDIA GPU, ``trt`` (``model.plan``). ``open_engine`` reads the manifest,
+checks every file's size and sha256 once, checks the model it will run with, and returns an
+``Engine`` that backends take: no backend reads metadata again. Folders are written under a temp
 name and renamed into place, so a reader never sees half an engine.
 """
 
@@ -13,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -23,6 +28,8 @@ MANIFEST = "manifest.json"
 ONNX_FILE = "model.onnx"
 PLAN_FILE = "model.plan"
 FORMAT_VERSION = 1
+ARTIFACTS = ("onnx", "trt")  # manifest sections, one per artifact format an engine folder can hold
+RUNTIME_ARTIFACT = {"ort": "onnx", "trt": "trt"}  # the artifact each runtime runs
 
 
 class EngineError(ValueError):
@@ -102,7 +109,9 @@ def read_manifest(folder: Path | str, check_hashes: bool = True, model: str | No
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise EngineError(f"{path} is not valid JSON ({err}); re-export the engine") from None
-    missing = [k for k in ("format", "family", "io", "files", "onnx") if k not in manifest]
+    missing = [k for k in ("format", "family", "io", "files") if k not in manifest]
+    if not any(k in manifest for k in ARTIFACTS):
+        missing.append(" or ".join(ARTIFACTS))
     if missing:
         raise EngineError(f"{path} lacks {missing}; it was not written by this amo-engine: re-export the engine")
     if manifest["format"] != FORMAT_VERSION:
@@ -121,6 +130,56 @@ def read_manifest(folder: Path | str, check_hashes: bool = True, model: str | No
 
 def manifest_spec(manifest: Mapping) -> IOSpec:
     return IOSpec.from_json(manifest["io"])
+
+
+@dataclass(frozen=True)
+class Engine:
+    """An engine folder, read and checked once by ``open_engine``: what backends take."""
+
+    folder: Path
+    manifest: Mapping
+
+    @property
+    def spec(self) -> IOSpec:
+        return manifest_spec(self.manifest)
+
+    @property
+    def family(self) -> str:
+        return self.manifest["family"]
+
+    @property
+    def score(self):
+        """The ScoreConfig the graph was exported with (its hooked blocks and span rows)."""
+        from .backbone import ScoreConfig
+
+        return ScoreConfig(tuple(self.manifest["hooked_blocks"]), self.manifest["max_span_tokens"])
+
+    def artifact(self, section: str) -> Path:
+        """The file of artifact ``section`` (``onnx`` or ``trt``), refusing folders without it."""
+        if section not in self.manifest:
+            hint = f"build it: amo-engine build {self.folder}" if section == "trt" else "re-export the engine"
+            raise EngineError(f"{self.folder} holds no {section} artifact (it has {self.artifacts}); {hint}")
+        default = {"onnx": ONNX_FILE, "trt": PLAN_FILE}[section]
+        return self.folder / self.manifest[section].get("file", default)
+
+    @property
+    def artifacts(self) -> list[str]:
+        return [k for k in ARTIFACTS if k in self.manifest]
+
+    def check_model(self, model) -> None:
+        """Refuse running this engine with a LoadedModel of another family or other weights."""
+        check_model_matches(self.manifest, model.family.name, weights_fingerprint(model.folder))
+
+
+def open_engine(folder: Path | str, model=None, check_hashes: bool = True, model_name: str | None = None) -> Engine:
+    """Read ``folder``'s manifest, check its files (hashing each once) and, given the LoadedModel
+    it will run with, that the engine was exported from that model's family and weights.
+    ``model_name``: the model to name in hints when no LoadedModel is given yet."""
+    named = model.source if model is not None else model_name
+    engine = Engine(Path(folder), read_manifest(folder, check_hashes, model=named))
+    if model is not None:
+        engine.check_model(model)
+    return engine
 
 
 def check_model_matches(manifest: Mapping, family: str, fingerprint: str | None) -> None:
@@ -163,22 +222,27 @@ def recover_interrupted(out: Path) -> None:
 
 
 def check_runtime(manifest: Mapping, kind: str, runtime_version: str | None, max_opset: int | None = None) -> None:
-    """Refuse an engine this runtime cannot run faithfully: unknown exporter, an opset above what
-    the installed ONNX Runtime implements, or a TensorRT plan built by another TensorRT version."""
+    """Refuse an engine this runtime cannot run faithfully: no artifact for it, an unknown exporter,
+    an opset above what the installed ONNX Runtime implements, or a TensorRT plan built by another
+    TensorRT version."""
+    section = RUNTIME_ARTIFACT[kind]
+    if section not in manifest:
+        if kind == "trt":
+            raise EngineError("the engine has no TensorRT plan; build it: amo-engine build ENGINE")
+        raise EngineError(f"the engine holds no {section} artifact for the {kind} runtime; re-export it with amo-engine export")
+    if kind == "trt":
+        built = manifest["trt"].get("version")
+        if built != runtime_version:
+            raise EngineError(f"the TensorRT plan was built with TensorRT {built}, this machine has {runtime_version}; "
+                              "plans are version-specific: rebuild it with amo-engine build")
+        return
     exporter = manifest["onnx"].get("exporter")
     if exporter not in ("dynamo", "torchscript"):
         raise EngineError(f"the engine was made by an unknown exporter {exporter!r}; re-export it with this amo-engine")
     opset = manifest["onnx"].get("opset", 0)
-    if kind == "ort" and max_opset is not None and opset > max_opset:
+    if max_opset is not None and opset > max_opset:
         raise EngineError(f"the engine uses ONNX opset {opset} but onnxruntime {runtime_version} implements up to "
                           f"{max_opset}; upgrade onnxruntime or re-export with --opset {max_opset}")
-    if kind == "trt":
-        built = manifest.get("trt", {}).get("version")
-        if built is None:
-            raise EngineError("the engine has no TensorRT plan; build it: amo-engine build ENGINE")
-        if built != runtime_version:
-            raise EngineError(f"the TensorRT plan was built with TensorRT {built}, this machine has {runtime_version}; "
-                              "plans are version-specific: rebuild it with amo-engine build")
 
 
 @contextlib.contextmanager

@@ -13,40 +13,30 @@ from pathlib import Path
 
 import torch
 
+from .families import Family, by_pipeline_class
 from .presets import PRESET_SIZE_FACTORS, PRESETS, ModelSettings, ensure_preset
 
-PIPELINE_FAMILIES = {
-    "StableDiffusion3Pipeline": "sd3",
-    "FluxPipeline": "flux",
-}
-
-# Family defaults (used when a folder carries no amo_engine.json).
-FAMILY_DEFAULTS = {
-    "sd3": {"guidance": 7.0, "max_sequence_length": 256, "size": 1024},
-    "flux": {"guidance": 3.5, "max_sequence_length": 512, "size": 1024},
-}
 
 
 @dataclass
 class LoadedModel:
     pipe: object  # a diffusers StableDiffusion3Pipeline or FluxPipeline
-    family: str  # "sd3" | "flux"
+    family: Family  # what differs between SD3 and FLUX (families/)
     source: str  # what the user named (preset, path or id)
     folder: Path | None  # local folder the weights came from, if known
     settings: ModelSettings
 
     @property
     def max_sequence_length(self) -> int:
-        return self.settings.max_sequence_length or FAMILY_DEFAULTS[self.family]["max_sequence_length"]
+        return self.settings.max_sequence_length or self.family.max_sequence_length
 
     @property
     def default_size(self) -> tuple[int, int]:
-        size = FAMILY_DEFAULTS[self.family]["size"]
-        return self.settings.height or size, self.settings.width or size
+        return self.settings.height or self.family.size, self.settings.width or self.family.size
 
     @property
     def default_guidance(self) -> float:
-        return self.settings.guidance or FAMILY_DEFAULTS[self.family]["guidance"]
+        return self.settings.guidance or self.family.guidance
 
 
 DTYPE_NAMES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -60,14 +50,11 @@ def parse_dtype(name: str) -> torch.dtype:
         raise ValueError(f"unknown dtype {name!r}; choose one of fp32, fp16, bf16") from None
 
 
-def family_of_folder(folder: Path) -> str:
+def family_of_folder(folder: Path) -> Family:
     index = folder / "model_index.json"
     if not index.is_file():
         raise ValueError(f"{folder} is not a diffusers pipeline folder (no model_index.json)")
-    cls = json.loads(index.read_text()).get("_class_name", "")
-    if cls not in PIPELINE_FAMILIES:
-        raise ValueError(f"{folder}: pipeline class {cls!r} is not supported; amo-engine runs {sorted(PIPELINE_FAMILIES)}")
-    return PIPELINE_FAMILIES[cls]
+    return by_pipeline_class(json.loads(index.read_text()).get("_class_name", ""), where=f"{folder}: ")
 
 
 def import_own_components(folder: Path) -> None:
@@ -107,11 +94,6 @@ def resolve_folder(model: str, cache_dir: Path | str | None = None) -> Path:
     raise ValueError(f"unknown model {model!r}: use a preset ({', '.join(PRESETS)}), a folder path, or an HF model id")
 
 
-def pixels_per_token(family: str, vae_scale_factor: int, patch_size: int) -> int:
-    """Pixels per image token side: VAE factor x transformer patch (FLUX packs latents 2x2)."""
-    return vae_scale_factor * (patch_size if family == "sd3" else 2)
-
-
 def size_factor(model: str, cache_dir: Path | str | None = None) -> int | None:
     """Pixels per image token side for ``model`` (VAE factor x patch), read from config JSON only —
     no diffusers import, no weights — so bad sizes fail early. None when it cannot be told yet."""
@@ -129,7 +111,7 @@ def size_factor(model: str, cache_dir: Path | str | None = None) -> int | None:
         patch = json.loads((path / "transformer" / "config.json").read_text()).get("patch_size", 2)
     except (ValueError, OSError):
         return None
-    return pixels_per_token(family, 2 ** (len(vae.get("block_out_channels", (0,) * 4)) - 1), patch)
+    return family.pixels_per_token(2 ** (len(vae.get("block_out_channels", (0,) * 4)) - 1), patch)
 
 
 def load_model(
@@ -139,16 +121,13 @@ def load_model(
     cache_dir: Path | str | None = None,
 ) -> LoadedModel:
     """Load the diffusers pipeline for ``model`` onto ``device`` in ``dtype``."""
-    from diffusers import FluxPipeline, StableDiffusion3Pipeline
-
     if isinstance(dtype, str):
         dtype = parse_dtype(dtype)
     folder = resolve_folder(model, cache_dir)
     family = family_of_folder(folder)
     import_own_components(folder)
-    cls = StableDiffusion3Pipeline if family == "sd3" else FluxPipeline
     try:
-        pipe = cls.from_pretrained(folder, dtype=dtype, use_safetensors=True, local_files_only=True)
+        pipe = family.pipeline_type().from_pretrained(folder, dtype=dtype, use_safetensors=True, local_files_only=True)
     except (OSError, ValueError) as err:
         raise ValueError(
             f"cannot load the pipeline in {folder}: {err}. amo-engine loads safetensors weights only (no pickle); "

@@ -14,7 +14,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .backbone import ScoreConfig, make_backbone
+from .backbone import ScoreConfig
 from .engine import (
     FORMAT_VERSION,
     EngineError,
@@ -210,10 +210,11 @@ def export_engine(model, cfg: ExportConfig, score: ScoreConfig = ScoreConfig()) 
     pipe, family = model.pipe, model.family
     height, width = cfg.height or model.default_size[0], cfg.width or model.default_size[1]
     max_seq = cfg.max_sequence_length or model.max_sequence_length
-    text_len = (pipe.tokenizer_max_length + max_seq) if family == "sd3" else max_seq
-    rows = cfg.batch * (2 if family == "sd3" and cfg.cfg_rows else 1)
+    text_len = family.text_length(pipe.tokenizer_max_length, max_seq)
+    cfg_rows = family.batches_cfg and cfg.cfg_rows
+    rows = family.rows(cfg.batch, cfg_rows)
 
-    backbone = make_backbone(pipe.transformer, score, pipe.vae_scale_factor).eval()
+    backbone = family.backbone(pipe.transformer, score, pipe.vae_scale_factor).eval()
     dtype = pipe.transformer.dtype
     spec = backbone.io_spec(rows, height, width, text_len, dtype)
     feeds = sample_feeds(spec, pipe.transformer.device)
@@ -221,7 +222,7 @@ def export_engine(model, cfg: ExportConfig, score: ScoreConfig = ScoreConfig()) 
 
     with export_lock(out), staging_dir(out) as tmp:
         onnx_path = tmp / ONNX_FILE
-        _say(cfg, f"[1/4] exporting {family} backbone ({cfg.exporter}, opset {cfg.opset}, rows {rows}, "
+        _say(cfg, f"[1/4] exporting {family.name} backbone ({cfg.exporter}, opset {cfg.opset}, rows {rows}, "
                   f"{height}x{width}, text {text_len}) ...")
         start = time.perf_counter()
         with torch.no_grad():
@@ -247,13 +248,13 @@ def export_engine(model, cfg: ExportConfig, score: ScoreConfig = ScoreConfig()) 
         _say(cfg, "[4/4] writing manifest ...")
         manifest = {
             "format": FORMAT_VERSION,
-            "family": family,
+            "family": family.name,
             "model": model.source,
             "weights_fingerprint": weights_fingerprint(model.folder),
             "io": spec.to_json(),
             "rows": rows,
             "images_per_call": cfg.batch,
-            "cfg_rows": family == "sd3" and cfg.cfg_rows,
+            "cfg_rows": cfg_rows,
             "height": height,
             "width": width,
             "max_sequence_length": max_seq,

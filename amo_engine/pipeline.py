@@ -1,9 +1,9 @@
-"""Generation: encode prompt -> span mask -> static feed buffers -> velocity fn -> sampler -> VAE.
+"""Generation: span mask -> the family's prepared loop (feeds, noise) -> sampler -> the family's decode.
 
-The one module that knows both backends and samplers. It owns classifier-free guidance batching
-(SD3: rows [uncond ; cond], scores from the cond rows), FLUX packing and RoPE ids (built once per
-shape), and sigma -> timestep conversion. The hot loop copies only latents and the timestep into
-buffers allocated once, and never waits on the device; one sync at the end.
+The one module that knows both backends and samplers. What differs between model families (CFG
+rows, packing, sigma grid, timestep rule, decoding) is asked of ``families``; the hot loop copies
+only latents and the timestep into buffers allocated once, and never waits on the device; one
+sync at the end.
 """
 
 from __future__ import annotations
@@ -16,14 +16,13 @@ from typing import Sequence
 import torch
 
 from .atomic import atomic_path
-from .backbone import ScoreConfig, make_backbone
+from .backbone import ScoreConfig
 from .backends import Backend
 from .backends.eager import EagerBackend
-from .models import LoadedModel, pixels_per_token
-from .prompts import TextLayout, find_quoted_spans, flux_layout, sd3_layout
-from .samplers import SAMPLERS, StepOut, sample_amo, sample_euler, sample_overshoot
-from .schedules import flow_match_sigmas
-from .spec import IOSpec
+from .families import Denoise, DenoiseInputs
+from .models import LoadedModel
+from .prompts import TextLayout, find_quoted_spans
+from .samplers import SAMPLERS, sample_amo, sample_euler, sample_overshoot
 
 
 class NonFiniteLatentsError(FloatingPointError):
@@ -152,37 +151,34 @@ class AmoPipeline:
         return self.pipe.transformer.device
 
     @property
-    def dtype(self) -> torch.dtype:
-        return self.pipe.transformer.dtype
-
-    @property
     def patch_factor(self) -> int:
-        return pixels_per_token(self.family, self.pipe.vae_scale_factor, self.pipe.transformer.config.patch_size)
+        return self.family.pixels_per_token(self.pipe.vae_scale_factor, self.pipe.transformer.config.patch_size)
 
     def backbone(self):
         if self._backbone is None:
-            self._backbone = make_backbone(self.pipe.transformer, self.score, self.pipe.vae_scale_factor)
+            self._backbone = self.family.backbone(self.pipe.transformer, self.score, self.pipe.vae_scale_factor)
         return self._backbone
 
-    def text_layout(self, max_sequence_length: int) -> TextLayout:
-        if self.family == "sd3":
-            return sd3_layout(self.pipe.tokenizer, self.pipe.tokenizer_3, self.pipe.tokenizer_max_length, max_sequence_length)
-        return flux_layout(self.pipe.tokenizer_2, max_sequence_length)
+    def _backend_for(self, height: int, width: int):
+        """``(rows, text_len) -> (IOSpec, backend)`` for one request: the eager backbone, or the
+        engine after checking that its fixed shapes fit."""
 
-    def io_spec(self, rows: int, height: int, width: int, text_len: int) -> IOSpec:
-        return self.backbone().io_spec(rows, height, width, text_len, self.dtype)
+        def open_for(rows: int, text_len: int):
+            spec = self.backbone().io_spec(rows, height, width, text_len, self.pipe.transformer.dtype)
+            if self._backend is None:
+                self._backend = EagerBackend(self.backbone())
+            have = self._backend.spec
+            if have is None:  # runs any shape
+                return spec, self._backend
+            mismatch = [n for n in spec.input_names if n not in have.input_names or have.shape(n) != spec.shape(n)]
+            if mismatch:
+                detail = ", ".join(f"{n}: engine {have.shape(n) if n in have.input_names else 'missing'} vs needed "
+                                   f"{spec.shape(n)}" for n in mismatch)
+                raise ValueError(f"the engine does not fit this request ({detail}); export an engine for this "
+                                 "batch/size/text length")
+            return spec, self._backend
 
-    def _get_backend(self, spec: IOSpec) -> Backend:
-        if self._backend is None:
-            return EagerBackend(self.backbone(), spec)
-        have = self._backend.spec
-        mismatch = [n for n in spec.input_names if n not in have.input_names or have.shape(n) != spec.shape(n)]
-        if mismatch:
-            detail = ", ".join(
-                f"{n}: engine {have.shape(n) if n in have.input_names else 'missing'} vs needed {spec.shape(n)}" for n in mismatch
-            )
-            raise ValueError(f"the engine does not fit this request ({detail}); export an engine for this batch/size/text length")
-        return self._backend
+        return open_for
 
     # ------------------------------------------------------------ generation
 
@@ -195,9 +191,8 @@ class AmoPipeline:
         max_seq = cfg.max_sequence_length or self.model.max_sequence_length
         guidance = self.model.default_guidance if cfg.guidance is None else cfg.guidance
         prompts = [p for p in cfg.prompts for _ in range(cfg.num_images_per_prompt)]
-        rows = len(prompts)
 
-        layout = self.text_layout(max_seq)
+        layout = self.family.text_layout(self.pipe, max_seq)
         span_mask = layout.span_mask(prompts)  # [B, T] on CPU
         sampler, notes = cfg.sampler, vocabulary_notes(self.model.settings.vocabulary, cfg.prompts)
         if sampler == "amo":
@@ -207,19 +202,26 @@ class AmoPipeline:
             warnings.warn(note, stacklevel=2)
 
         generator = torch.Generator(self.device).manual_seed(cfg.seed)
-        if self.family == "sd3":
-            fn, latents, image_tokens, attn_sum = self._sd3_setup(cfg, prompts, span_mask, height, width, max_seq, guidance, generator)
-        else:
-            fn, latents, image_tokens, attn_sum = self._flux_setup(cfg, prompts, span_mask, height, width, max_seq, guidance, generator)
+        inputs = DenoiseInputs(prompts, cfg.negative_prompt, span_mask, height, width, max_seq, guidance, generator,
+                               cfg.latents)
+        loop = self.family.prepare(self.pipe, inputs, self._backend_for(height, width))
+        sigmas = self.family.sigmas(self.pipe.scheduler.config, cfg.steps, loop.image_tokens)
+        latents, loop_seconds = self._denoise(loop, sigmas, sampler, cfg, generator)
+        images = self.family.decode(self.pipe, latents, height, width)
+        side_h, side_w = height // self.patch_factor, width // self.patch_factor
+        attn_map = (loop.attn_sum / cfg.steps).reshape(len(prompts), side_h, side_w).float().cpu()  # [B, h, w]
+        return GenerateResult(images, latents, attn_map, span_mask, sampler, loop_seconds, cfg.steps, notes)
 
-        sigmas = flow_match_sigmas(self.pipe.scheduler.config, cfg.steps, image_seq_len=image_tokens, flux_style=self.family == "flux")
+    def _denoise(self, loop: Denoise, sigmas: list[float], sampler: str, cfg: GenerateConfig, generator):
+        """Run the sampler over ``loop`` (renoising from ``generator``, the one that drew the initial
+        noise): final latents and the loop's wall time. The loop never waits on the device; a NaN/Inf
+        check stays on it until the one sync at the end."""
         bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
-
         bar = None
         if cfg.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=cfg.steps, desc=f"{sampler} {self.family}", unit="step")
+            bar = tqdm(total=cfg.steps, desc=f"{sampler} {self.family.name}", unit="step")
 
         def on_step(i: int, x: torch.Tensor) -> None:
             nonlocal bad_step
@@ -230,11 +232,12 @@ class AmoPipeline:
 
         start = time.perf_counter()
         if sampler == "euler":
-            latents = sample_euler(fn, latents, sigmas, callback=on_step)
+            latents = sample_euler(loop.step, loop.latents, sigmas, callback=on_step)
         elif sampler == "overshoot":
-            latents = sample_overshoot(fn, latents, sigmas, cfg.c, generator, callback=on_step)
+            latents = sample_overshoot(loop.step, loop.latents, sigmas, cfg.c, generator, callback=on_step)
         else:
-            latents = sample_amo(fn, latents, sigmas, cfg.c, generator, patch_size=self._latent_patch(), callback=on_step)
+            latents = sample_amo(loop.step, loop.latents, sigmas, cfg.c, generator,
+                                 patch_size=self.family.latent_patch(self.pipe.transformer.config), callback=on_step)
         if latents.is_cuda:
             torch.cuda.synchronize(latents.device)
         loop_seconds = time.perf_counter() - start
@@ -246,100 +249,7 @@ class AmoPipeline:
                 f"the latents became NaN/Inf at step {first_bad} of {cfg.steps}; no image was written "
                 "(try float32 or bfloat16 instead of float16, or fewer overshoot steps with a smaller c)"
             )
-
-        images = self._decode(latents, height, width)
-        side_h, side_w = height // self.patch_factor, width // self.patch_factor
-        attn_map = (attn_sum / cfg.steps).reshape(rows, side_h, side_w).float().cpu()  # [B, h, w]
-        return GenerateResult(images, latents, attn_map, span_mask, sampler, loop_seconds, cfg.steps, notes)
-
-    def _latent_patch(self) -> int:
-        return self.pipe.transformer.config.patch_size if self.family == "sd3" else 1
-
-    def _sd3_setup(self, cfg, prompts, span_mask, height, width, max_seq, guidance, generator):
-        pipe, device, dtype = self.pipe, self.device, self.dtype
-        rows = len(prompts)
-        cfg_batch = guidance > 1.0
-        with torch.inference_mode():
-            embeds, neg_embeds, pooled, neg_pooled = pipe.encode_prompt(
-                prompt=prompts,
-                prompt_2=None,
-                prompt_3=None,
-                device=device,
-                num_images_per_prompt=1,
-                do_classifier_free_guidance=cfg_batch,
-                negative_prompt=[cfg.negative_prompt or ""] * rows if cfg_batch else None,
-                max_sequence_length=max_seq,
-            )
-        n = 2 * rows if cfg_batch else rows
-        spec = self.io_spec(n, height, width, embeds.shape[1])
-        backend = self._get_backend(spec)
-        feeds = spec.allocate("inputs", device)
-        feeds["encoder_hidden_states"].copy_(torch.cat([neg_embeds, embeds]) if cfg_batch else embeds)
-        feeds["pooled_projections"].copy_(torch.cat([neg_pooled, pooled]) if cfg_batch else pooled)
-        feeds["span_mask"][n - rows :].copy_(span_mask)  # cond rows only; uncond rows stay 0
-        latents = pipe.prepare_latents(
-            rows, pipe.transformer.config.in_channels, height, width, dtype, device, generator, cfg.latents
-        )  # [B, C, H/f, W/f], f = the VAE factor
-        attn_sum = torch.zeros(rows, spec.dims["image_tokens"], device=device)  # [B, N]
-        hidden, timestep = feeds["hidden_states"], feeds["timestep"]
-        n_train = pipe.scheduler.config.num_train_timesteps
-
-        def fn(x: torch.Tensor, sigma: float) -> StepOut:
-            hidden[:rows].copy_(x)
-            if cfg_batch:
-                hidden[rows:].copy_(x)
-            timestep.fill_(sigma * n_train)
-            out = backend(feeds)
-            v, attn = out["velocity"], out["attn"][n - rows :]
-            if cfg_batch:
-                v_uncond, v_cond = v[:rows], v[rows:]
-                v = v_uncond + guidance * (v_cond - v_uncond)
-            attn_sum.add_(attn)
-            return StepOut(v, attn)
-
-        return fn, latents, spec.dims["image_tokens"], attn_sum
-
-    def _flux_setup(self, cfg, prompts, span_mask, height, width, max_seq, guidance, generator):
-        pipe, device, dtype = self.pipe, self.device, self.dtype
-        rows = len(prompts)
-        with torch.inference_mode():
-            embeds, pooled, text_ids = pipe.encode_prompt(
-                prompt=prompts, prompt_2=None, device=device, num_images_per_prompt=1, max_sequence_length=max_seq
-            )
-        spec = self.io_spec(rows, height, width, embeds.shape[1])
-        backend = self._get_backend(spec)
-        latents, image_ids = pipe.prepare_latents(
-            rows, pipe.transformer.config.in_channels // 4, height, width, dtype, device, generator, cfg.latents
-        )  # [B, N, 64], [N, 3]
-        feeds = spec.allocate("inputs", device)
-        feeds["encoder_hidden_states"].copy_(embeds)
-        feeds["pooled_projections"].copy_(pooled)
-        feeds["img_ids"].copy_(image_ids)
-        feeds["txt_ids"].copy_(text_ids)
-        feeds["span_mask"].copy_(span_mask)
-        if "guidance" in feeds:
-            feeds["guidance"].fill_(guidance)
-        attn_sum = torch.zeros(rows, spec.dims["image_tokens"], device=device)  # [B, N]
-        hidden, timestep = feeds["hidden_states"], feeds["timestep"]
-
-        def fn(x: torch.Tensor, sigma: float) -> StepOut:
-            hidden.copy_(x)
-            timestep.fill_(sigma)
-            out = backend(feeds)
-            attn_sum.add_(out["attn"])
-            return StepOut(out["velocity"], out["attn"])
-
-        return fn, latents, spec.dims["image_tokens"], attn_sum
-
-    def _decode(self, latents: torch.Tensor, height: int, width: int) -> list:
-        pipe = self.pipe
-        if self.family == "flux":
-            latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)  # [B, 16, H/8, W/8]
-        vae = pipe.vae
-        latents = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
-        with torch.inference_mode():
-            image = vae.decode(latents, return_dict=False)[0]  # [B, 3, H, W]
-        return pipe.image_processor.postprocess(image, output_type="pil")
+        return latents, loop_seconds
 
 
 def save_png(image, path) -> None:

@@ -8,14 +8,9 @@ from pathlib import Path
 
 import torch
 
-from .backbone import ScoreConfig, make_backbone
-from .backends import load_backend
-from .backends.eager import EagerBackend
+from .backends import open_backend
+from .engine import Engine, open_engine
 from .spec import sample_feeds
-
-
-def score_config_of(manifest: dict) -> ScoreConfig:
-    return ScoreConfig(tuple(manifest["hooked_blocks"]), manifest["max_span_tokens"])
 
 
 @dataclass(frozen=True)
@@ -50,13 +45,13 @@ def judge_parity(p: dict, dtype: str) -> tuple[bool, str]:
     return ok, ", ".join(checks)
 
 
-def engine_parity(model, engine_dir: Path | str, kind: str = "ort", device: str = "cpu", seed: int = 0) -> dict:
+def engine_parity(model, engine: Engine | Path | str, kind: str = "ort", device: str = "cpu", seed: int = 0) -> dict:
     """Max abs differences (velocity, attn) and velocity cosine between ``kind`` and eager."""
-    backend = load_backend(kind, engine_dir, device=device, model=model)
-    manifest = backend.manifest  # read and hashed once, by the backend
-    try:
-        feeds = sample_feeds(backend.spec, device, seed)
-        eager = EagerBackend(make_backbone(model.pipe.transformer, score_config_of(manifest), model.pipe.vae_scale_factor), backend.spec)
+    if not isinstance(engine, Engine):
+        engine = open_engine(engine, model)
+    with open_backend(kind, engine, model, device=device) as backend, \
+            open_backend("eager", model=model, score=engine.score) as eager:
+        feeds = sample_feeds(engine.spec, device, seed)
         want = {k: v.clone() for k, v in eager(feeds).items()}
         got = backend(feeds)
         v_want, v_got = want["velocity"].float().flatten(), got["velocity"].float().flatten()
@@ -70,5 +65,4 @@ def engine_parity(model, engine_dir: Path | str, kind: str = "ort", device: str 
             "velocity_rel": float((v_got - v_want).norm() / v_want.norm().clamp(min=1e-30)),
             "attn_cosine": float(cos(a_got, a_want, dim=0)),
         }
-    finally:
-        backend.close()
+

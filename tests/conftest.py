@@ -23,12 +23,12 @@ def tiny_transformer(family: str, seed: int = 0):
 
 def random_feeds(backbone, batch: int = 2, seed: int = 1, span_prob: float = 0.2) -> dict[str, torch.Tensor]:
     """Feeds for ``backbone`` at the test size: random states, a random span mask, valid ids."""
-    spec = backbone.io_spec(batch, HEIGHT, WIDTH, TEXT_LEN[backbone.family])
+    spec = backbone.io_spec(batch, HEIGHT, WIDTH, TEXT_LEN[backbone.family.name])
     g = torch.Generator().manual_seed(seed)
     feeds = {n: torch.randn(spec.shape(n), generator=g) for n in spec.input_names}
     feeds["span_mask"] = (torch.rand(spec.shape("span_mask"), generator=g) < span_prob).float()
     feeds["span_mask"][:, 1] = 1.0  # at least one span token per row
-    if backbone.family == "sd3":
+    if backbone.family.name == "sd3":
         feeds["timestep"] = torch.rand(batch, generator=g) * 1000
     else:
         feeds["timestep"] = torch.rand(batch, generator=g)

@@ -29,7 +29,7 @@ def test_velocity_equals_stock_transformer(backbone_and_stock):
     print(f"{backbone.family}: velocity max abs err vs stock = {err:.3e}")
     assert velocity.shape == expected.shape
     assert err <= 1e-5
-    assert attn.shape == (2, backbone.io_spec(2, 128, 128, TEXT_LEN[backbone.family]).dims["image_tokens"])
+    assert attn.shape == (2, backbone.io_spec(2, 128, 128, TEXT_LEN[backbone.family.name]).dims["image_tokens"])
 
 
 def explicit_reference_scores(backbone, stock, feeds) -> torch.Tensor:
@@ -57,7 +57,7 @@ def explicit_reference_scores(backbone, stock, feeds) -> torch.Tensor:
 
         q_img, k_img = proj(attn.to_q, img, attn.norm_q), proj(attn.to_k, img, attn.norm_k)
         q_txt, k_txt = proj(attn.add_q_proj, txt, attn.norm_added_q), proj(attn.add_k_proj, txt, attn.norm_added_k)
-        if backbone.family == "sd3":
+        if backbone.family.name == "sd3":
             q, k = torch.cat([q_img, q_txt], 1), torch.cat([k_img, k_txt], 1)
             txt_rows, img_cols = slice(n_img, None), slice(0, n_img)
         else:

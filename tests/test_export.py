@@ -10,15 +10,14 @@ import torch
 from onnx import TensorProto, helper
 
 from amo_engine.backbone import make_backbone
-from amo_engine.backends import load_backend
-from amo_engine.backends.eager import EagerBackend
+from amo_engine.backends import open_backend
 from amo_engine.cli import main
-from amo_engine.engine import EngineError, export_lock, manifest_spec, read_manifest
+from amo_engine.engine import EngineError, export_lock, manifest_spec, open_engine, read_manifest
 from amo_engine.graph_checks import check_graph, trt_supported_ops
 from amo_engine.onnx_export import ExportConfig, export_engine
 from amo_engine.pipeline import AmoPipeline, GenerateConfig
 from amo_engine.spec import sample_feeds
-from amo_engine.verify import engine_parity, score_config_of
+from amo_engine.verify import engine_parity
 
 from test_backbone import explicit_reference_scores, stock_velocity
 
@@ -66,13 +65,11 @@ def test_export_and_inspect_verify(engines, family, exporter, preset_cache, caps
     assert "PASS" in printed and "compatible" in printed and "attention fusion: kept" in printed
 
 
-def _open(kind, model, folder, device):
+def _open(kind, model, engine, device):
     """The backend under test; eager is our hooked backbone behind the EagerBackend runner."""
     if kind == "eager":
-        spec = manifest_spec(read_manifest(folder))
-        backbone = make_backbone(model.pipe.transformer, score_config_of(read_manifest(folder)), model.pipe.vae_scale_factor)
-        return EagerBackend(backbone, spec)
-    return load_backend(kind, folder, device=device, model=model)
+        return open_backend("eager", model=model, score=engine.score)
+    return open_backend(kind, engine, model, device=device)
 
 
 @pytest.mark.parametrize("kind", BACKENDS)
@@ -80,34 +77,46 @@ def test_backend_conformance(models, engines, family, kind):
     """Every backend against independent references on the same feeds: velocity vs the stock
     diffusers transformer (<= 1e-4), attn vs an explicit full-softmax reference (<= 1e-6); engines
     also run a 4-step AMO generation that agrees with the eager pipeline."""
-    model, folder = models[family], engines[family, "dynamo"]
+    model, engine = models[family], open_engine(engines[family, "dynamo"])
     device = "cuda" if kind == "trt" else "cpu"
-    backend = _open(kind, model, folder, device)
-    feeds = sample_feeds(backend.spec, device, seed=0)
+    backend = _open(kind, model, engine, device)
+    feeds = sample_feeds(engine.spec, device, seed=0)
     out = {k: v.float().cpu().clone() for k, v in backend(feeds).items()}
     stock = model.pipe.transformer
     cpu_feeds = {k: v.cpu() for k, v in feeds.items()}
     velocity_err = (out["velocity"] - stock_velocity(stock, cpu_feeds).float()).abs().max().item()
-    reference_backbone = make_backbone(stock, score_config_of(read_manifest(folder)), model.pipe.vae_scale_factor)
+    reference_backbone = make_backbone(stock, engine.score, model.pipe.vae_scale_factor)
     attn_err = (out["attn"] - explicit_reference_scores(reference_backbone, stock, cpu_feeds)).abs().max().item()
     print(f"{family} {kind}: velocity vs stock {velocity_err:.2e}, attn vs explicit softmax {attn_err:.2e}")
     assert velocity_err <= 1e-4 and attn_err <= 1e-6
     if kind == "eager":
         return
     cfg = GenerateConfig([PROMPT], steps=4, sampler="amo", seed=7)
-    reference = AmoPipeline(model, score_config_of(read_manifest(folder)))(cfg)
-    result = AmoPipeline(model, score_config_of(read_manifest(folder)), backend)(cfg)
+    reference = AmoPipeline(model, engine.score)(cfg)
+    result = AmoPipeline(model, engine.score, backend)(cfg)
     err = (result.latents - reference.latents).abs().max().item()
     print(f"{family} {kind}: 4-step AMO latents max abs diff vs eager {err:.2e}")
     assert torch.allclose(result.latents, reference.latents, rtol=0, atol=1e-4)
 
 
-def test_cli_generate_through_the_engine(engines, preset_cache, tmp_path):
+def test_cli_generate_through_the_engine_hashes_each_file_once(engines, preset_cache, tmp_path, monkeypatch):
+    """generate --backend ort and inspect --verify open the engine once: every artifact is hashed
+    exactly once per command (a 24 GB FLUX engine must not be read three times)."""
+    import amo_engine.engine as engine_module
+
+    folder = engines["flux", "torchscript"]
+    hashed = []
+    real = engine_module.sha256_file
+    monkeypatch.setattr(engine_module, "sha256_file", lambda path, *a: hashed.append(path.name) or real(path, *a))
+    artifacts = sorted(read_manifest(folder, check_hashes=False)["files"])
     out = tmp_path / "ort.png"
     code = main(["generate", "--model", "tiny-flux", "--cache-dir", str(preset_cache), "--backend", "ort",
-                 "--engine", str(engines["flux", "torchscript"]), "--prompt", PROMPT, "--steps", "3",
-                 "--out", str(out), "--quiet"])
+                 "--engine", str(folder), "--prompt", PROMPT, "--steps", "3", "--out", str(out), "--quiet"])
     assert code == 0 and out.is_file()
+    assert sorted(hashed) == artifacts
+    hashed.clear()
+    assert main(["inspect", str(folder), "--verify", "--cache-dir", str(preset_cache)]) == 0
+    assert sorted(hashed) == artifacts
 
 
 def test_graph_check_flags_unsupported_ops_and_exposed_softmax():
@@ -156,9 +165,9 @@ def test_manifest_validation_errors(engines, models, tmp_path):
     m["weights_fingerprint"] = "0" * 64
     (other / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(EngineError, match="other weights"):
-        load_backend("ort", other, model=models["sd3"])
+        open_backend("ort", other, model=models["sd3"])
     with pytest.raises(EngineError, match="is a sd3 model"):
-        load_backend("ort", src, model=models["flux"])
+        open_backend("ort", src, model=models["flux"])
 
 
 def test_interrupted_export_keeps_the_previous_engine(models, engines, tmp_path, monkeypatch):
@@ -206,8 +215,6 @@ def test_external_data_export(models, tmp_path, monkeypatch):
 def test_dynamic_batch_graph_runs_at_other_batches(models, tmp_path):
     import numpy as np
     import onnxruntime as ort
-
-    from amo_engine.engine import manifest_spec
 
     folder = tmp_path / "dyn"
     export_engine(models["flux"], ExportConfig(out=folder, dynamic_batch=True, log=False))

@@ -33,7 +33,7 @@ def reader():
 def test_shipped_weights_load_offline_through_the_ordinary_loader(glyph, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     pipe = glyph.pipe
-    assert type(pipe).__name__ == "StableDiffusion3Pipeline" and glyph.family == "sd3"
+    assert type(pipe).__name__ == "StableDiffusion3Pipeline" and glyph.family.name == "sd3"
     assert type(pipe.vae).__name__ == "PixelUnshuffleAutoencoder" and pipe.vae_scale_factor == 4
     assert glyph.default_size == (32, 128) and glyph.default_guidance == 3.0
     assert glyph.settings.vocabulary == TRAIN_WORDS and glyph.settings.held_out == HELD_OUT_WORDS

@@ -9,9 +9,8 @@ from amo_engine.backbone import make_backbone
 from amo_engine.models import load_model
 from amo_engine.pipeline import AmoPipeline, GenerateConfig
 from amo_engine.samplers import StepOut, sample_amo
-from amo_engine.schedules import flow_match_sigmas
 
-from conftest import random_feeds, tiny_transformer
+from conftest import HEIGHT, WIDTH, TEXT_LEN, random_feeds, tiny_transformer
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")]
 PROMPT = "A banner with the message 'Grand Opening, Visit Us Today'"
@@ -38,22 +37,22 @@ def test_amo_loop_never_syncs_the_host(family):
     backbone = make_backbone(tiny_transformer(family).cuda())
     feeds = {k: v.cuda() for k, v in random_feeds(backbone).items()}
     hidden, timestep = feeds["hidden_states"], feeds["timestep"]
-    scale = 1000.0 if family == "sd3" else 1.0
+    fam = backbone.family
+    sigmas = fam.sigmas(fam.reference_scheduler, 8, backbone.io_spec(2, HEIGHT, WIDTH, TEXT_LEN[fam.name]).dims["image_tokens"])
 
     def fn(x, sigma):
         hidden.copy_(x)
-        timestep.fill_(sigma * scale)
+        timestep.fill_(fam.timestep(sigma, fam.reference_scheduler))
         v, attn = backbone(**feeds)
         return StepOut(v, attn)
 
-    sigmas = flow_match_sigmas({"shift": 3.0}, 8)
     x = torch.randn(hidden.shape, device="cuda")
     g = torch.Generator("cuda").manual_seed(0)
     with torch.no_grad():
         fn(x, 1.0)  # warm-up (lazy inits may sync once)
         torch.cuda.set_sync_debug_mode("error")
         try:
-            out = sample_amo(fn, x, sigmas, c=2.0, generator=g, patch_size=2)
+            out = sample_amo(fn, x, sigmas, c=2.0, generator=g, patch_size=fam.latent_patch(backbone.config))
         finally:
             torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(out).all()

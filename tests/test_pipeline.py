@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from amo_engine.families.sd3 import SD3
 from amo_engine.models import LoadedModel, load_model
 from amo_engine.pipeline import AmoPipeline, GenerateConfig
 from amo_engine.presets import ModelSettings, build_tiny_sd3
@@ -65,7 +66,7 @@ def test_preset_build_is_deterministic_and_round_trips(models, tmp_path):
     assert torch.equal(again.latents, reference.latents)
     assert torch.equal(again.attn_map, reference.attn_map)
 
-    fresh = LoadedModel(build_tiny_sd3(), "sd3", "memory", None, ModelSettings(64, 128, 128))
+    fresh = LoadedModel(build_tiny_sd3(), SD3, "memory", None, ModelSettings(64, 128, 128))
     in_memory = run(fresh, sampler="amo", seed=5)
     assert torch.allclose(in_memory.latents, reference.latents, rtol=0, atol=1e-4)
 

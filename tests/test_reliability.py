@@ -19,11 +19,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import amo_engine
-from amo_engine.backends import load_backend
+from amo_engine.backends import open_backend
 from amo_engine.backends.eager import EagerBackend
 from amo_engine.backends.ort import OrtBackend
 from amo_engine.cli import main
-from amo_engine.engine import EngineError, check_runtime, read_manifest, recover_interrupted
+from amo_engine.engine import EngineError, check_runtime, open_engine, read_manifest, recover_interrupted
 from amo_engine.models import load_model
 from amo_engine.onnx_export import ExportConfig, export_engine
 from amo_engine.spec import sample_feeds
@@ -52,7 +52,7 @@ class Faulty(EagerBackend):
 
     def __init__(self, model, attn=None, velocity_nan_at=None):
         pipe = AmoPipeline(model)
-        super().__init__(pipe.backbone(), None)
+        super().__init__(pipe.backbone())
         self.attn, self.at, self.calls = attn, velocity_nan_at, 0
 
     def __call__(self, feeds):
@@ -67,10 +67,10 @@ class Faulty(EagerBackend):
 
 def with_spec(backend, model, **kw):
     """Give a Faulty backend the IOSpec the pipeline will ask for (it passes the spec check)."""
-    pipe = AmoPipeline(model)
-    rows = 2 if model.family == "sd3" else 1
-    text = (77 if model.family == "sd3" else 0) + model.max_sequence_length
-    backend.spec = pipe.io_spec(rows, 128, 128, text)
+    family = model.family
+    rows = family.rows(1, family.uses_cfg_rows(model.default_guidance))
+    text = family.text_length(model.pipe.tokenizer_max_length, model.max_sequence_length)
+    backend.spec = AmoPipeline(model).backbone().io_spec(rows, 128, 128, text)
     return backend
 
 
@@ -182,7 +182,7 @@ def test_span_mask_property(text):
 
 def test_unknown_backend_and_model():
     with pytest.raises(ValueError, match="unknown backend 'tensorflow'"):
-        load_backend("tensorflow", "engines/x")
+        open_backend("tensorflow", "engines/x")
     with pytest.raises(ValueError, match="unknown model 'tiny-sd4'"):
         load_model("tiny-sd4")
     with pytest.raises(ValueError, match="model folder definitely/not-here-at-all/x does not exist"):
@@ -228,11 +228,11 @@ def test_engine_opset_too_new_for_onnxruntime(engine, models, tmp_path):
     m["onnx"]["opset"] = 99
     (folder / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(EngineError, match="opset 99"):
-        load_backend("ort", folder, model=models["flux"])
+        open_backend("ort", folder, model=models["flux"])
 
 
 def test_feed_outside_the_engine_profile(engine, models):
-    backend = OrtBackend(engine)
+    backend = OrtBackend(open_engine(engine))
     feeds = sample_feeds(backend.spec)
     feeds["hidden_states"] = torch.zeros(1, 16, 64)
     with pytest.raises(ValueError, match="export an engine for this shape"):

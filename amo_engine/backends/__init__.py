@@ -2,12 +2,13 @@
 
 Contract::
 
-    backend.spec: IOSpec
+    backend.spec: IOSpec | None          # the fixed shapes an engine takes; None: any (eager)
     backend(feeds: Mapping[str, Tensor]) -> Mapping[str, Tensor]   # "velocity", "attn"
-    backend.close()
+    backend.close()                      # also: ``with open_backend(...) as backend:``
 
 Feeds stay on the device; returned tensors belong to the backend and are overwritten by the next
-call. Heavy runtimes are imported lazily, only when their backend is asked for.
+call. Engine backends take an ``engine.Engine`` (opened and checked once) and never re-read its
+metadata. Heavy runtimes are imported lazily, only when their backend is asked for.
 """
 
 from __future__ import annotations
@@ -26,36 +27,58 @@ class BackendUnavailable(RuntimeError):
 
 
 class Backend(Protocol):
-    spec: IOSpec
+    spec: IOSpec | None
 
     def __call__(self, feeds: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]: ...
 
     def close(self) -> None: ...
 
 
-def load_backend(kind: str, engine_dir=None, device: str = "cpu", model=None, **options) -> Backend:
-    """Open an engine folder with runtime ``kind``, refusing engines made from another model.
+class ClosingBackend:
+    """Context-manager behaviour every backend shares: ``with`` closes it."""
 
-    ``model``: the LoadedModel the pipeline runs (family and weights are checked against the
-    manifest). ``options`` go to the backend (ORT: opt_level, threads; TensorRT: cuda_graph).
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        pass
+
+
+def open_backend(kind: str, engine=None, model=None, score=None, device: str = "cpu", **options) -> Backend:
+    """The backend ``kind`` for ``model`` (a LoadedModel).
+
+    eager: the model's own transformer behind the score hook (``score``: a backbone.ScoreConfig);
+    no engine. ort / trt: ``engine``, an ``engine.Engine`` or an engine folder (opened here, checked
+    against ``model``); the score configuration is the engine's. ``options`` go to the backend (ORT:
+    opt_level, threads, spinning; TensorRT: cuda_graph).
     """
     if kind not in BACKENDS:
         raise ValueError(f"unknown backend {kind!r}; choose one of {', '.join(BACKENDS)}")
     if kind == "eager":
-        raise ValueError("the eager backend needs no engine: leave --backend at eager and drop --engine")
-    from ..engine import check_model_matches, check_runtime, read_manifest, weights_fingerprint
+        if engine is not None:
+            raise ValueError("the eager backend needs no engine: leave --backend at eager and drop --engine")
+        from ..backbone import ScoreConfig
+        from .eager import EagerBackend
 
-    manifest = read_manifest(engine_dir, model=model.source if model is not None else None)
-    if model is not None:
-        check_model_matches(manifest, model.family, weights_fingerprint(model.folder))
+        pipe = model.pipe
+        return EagerBackend(model.family.backbone(pipe.transformer, score or ScoreConfig(), pipe.vae_scale_factor))
+    if engine is None:
+        raise ValueError(f"the {kind} backend runs an engine: pass --engine DIR")
+    from ..engine import Engine, check_runtime, open_engine
+
+    if not isinstance(engine, Engine):
+        engine = open_engine(engine, model)
     if kind == "ort":
         import onnxruntime
 
         from .ort import OrtBackend, max_supported_opset
 
-        check_runtime(manifest, "ort", onnxruntime.__version__, max_supported_opset())
-        return OrtBackend(engine_dir, device=device, manifest=manifest, **options)
+        check_runtime(engine.manifest, "ort", onnxruntime.__version__, max_supported_opset())
+        return OrtBackend(engine, device=device, **options)
     from .trt import TrtBackend, import_tensorrt
 
-    check_runtime(manifest, "trt", import_tensorrt().__version__)
-    return TrtBackend(engine_dir, device=device, manifest=manifest, **options)
+    check_runtime(engine.manifest, "trt", import_tensorrt().__version__)
+    return TrtBackend(engine, device=device, **options)

@@ -6,22 +6,20 @@ from typing import Mapping
 
 import torch
 
-from ..spec import IOSpec
+from . import ClosingBackend
 
 
-class EagerBackend:
-    """Runs the backbone in PyTorch. Returns fresh tensors (no copy into static outputs)."""
+class EagerBackend(ClosingBackend):
+    """Runs the backbone in PyTorch at whatever shape the feeds have (``spec`` None). Returns fresh
+    tensors (no copy into static outputs)."""
 
     kind = "eager"
+    spec = None
 
-    def __init__(self, backbone: torch.nn.Module, spec: IOSpec):
+    def __init__(self, backbone: torch.nn.Module):
         self.backbone = backbone.eval()
-        self.spec = spec
 
     def __call__(self, feeds: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
         with torch.inference_mode():
             velocity, attn = self.backbone(**feeds)
         return {"velocity": velocity, "attn": attn}
-
-    def close(self) -> None:
-        pass

@@ -2,18 +2,19 @@
 
 Outputs are static torch buffers allocated once from the IOSpec and bound at construction;
 inputs are rebound only when a feed's pointer or shape changes. CPU here; the CUDA provider
-where onnxruntime-gpu and a GPU are present.
+where onnxruntime-gpu and a GPU are present. ``threads`` sets ORT's intra-op pool; ``spinning``
+False stops its threads spin-waiting after a call (they would take CPU from other work in the
+process, such as torch, on a machine with few cores).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Mapping
 
 import torch
 
-from ..engine import ONNX_FILE, manifest_spec, read_manifest
-from . import BackendUnavailable
+from ..engine import Engine
+from . import BackendUnavailable, ClosingBackend
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 
@@ -34,16 +35,15 @@ def max_supported_opset() -> int:
     return max(k.version_range[0] for k in C.get_all_opkernel_def() if k.domain in ("", "ai.onnx"))
 
 
-class OrtBackend:
+class OrtBackend(ClosingBackend):
     kind = "ort"
 
-    def __init__(self, engine_dir: Path | str, device: str = "cpu", opt_level: str = "all",
-                 manifest: dict | None = None, threads: int | None = None):
+    def __init__(self, engine: Engine, device: str = "cpu", opt_level: str = "all", threads: int | None = None,
+                 spinning: bool = True):
         import onnxruntime as ort
 
-        engine_dir = Path(engine_dir)
-        self.manifest = manifest if manifest is not None else read_manifest(engine_dir)
-        self.spec = manifest_spec(self.manifest)
+        self.engine = engine
+        self.spec = engine.spec
         self.device = torch.device(device)
         if opt_level not in OPT_LEVELS:
             raise ValueError(f"unknown ORT optimisation level {opt_level!r}; choose one of {', '.join(OPT_LEVELS)}")
@@ -56,6 +56,8 @@ class OrtBackend:
         }[opt_level]
         if threads:
             options.intra_op_num_threads = threads
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise BackendUnavailable("device cuda asked for, but this onnxruntime has no CUDA provider: "
@@ -70,10 +72,11 @@ class OrtBackend:
             self._stream = None
             providers = ["CPUExecutionProvider"]
             self._ort_device = ("cpu", 0)
+        graph = engine.artifact("onnx")
         try:
-            self.session = ort.InferenceSession(str(engine_dir / ONNX_FILE), options, providers=providers)
+            self.session = ort.InferenceSession(str(graph), options, providers=providers)
         except Exception as err:  # onnxruntime raises its own exception types
-            raise ValueError(f"ONNX Runtime cannot load {engine_dir / ONNX_FILE}: {err}; re-export the engine") from None
+            raise ValueError(f"ONNX Runtime cannot load {graph}: {err}; re-export the engine") from None
         graph_inputs = {i.name for i in self.session.get_inputs()}
         self._input_names = [n for n in self.spec.input_names if n in graph_inputs]
         self.binding = self.session.io_binding()

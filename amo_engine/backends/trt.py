@@ -4,13 +4,12 @@ optionally replay the whole call as a CUDA graph."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Mapping
 
 import torch
 
-from ..engine import PLAN_FILE, EngineError, manifest_spec, read_manifest
-from . import BackendUnavailable
+from ..engine import Engine, EngineError
+from . import BackendUnavailable, ClosingBackend
 
 
 def import_tensorrt():
@@ -25,27 +24,23 @@ def import_tensorrt():
     return tensorrt
 
 
-class TrtBackend:
+class TrtBackend(ClosingBackend):
     kind = "trt"
 
-    def __init__(self, engine_dir: Path | str, device: str = "cuda", manifest: dict | None = None,
-                 cuda_graph: bool = False):
+    def __init__(self, engine: Engine, device: str = "cuda", cuda_graph: bool = False):
         trt = import_tensorrt()
-        engine_dir = Path(engine_dir)
-        self.manifest = manifest if manifest is not None else read_manifest(engine_dir)
-        self.spec = manifest_spec(self.manifest)
-        plan = engine_dir / PLAN_FILE
-        if not plan.is_file():
-            raise EngineError(f"{engine_dir} has no {PLAN_FILE}; build it: amo-engine build {engine_dir}")
+        self.engine = engine
+        self.spec = engine.spec
+        plan = engine.artifact("trt")
         self.device = torch.device(device if device != "cpu" else "cuda")
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        self.engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
-        if self.engine is None:
+        self.cuda_engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
+        if self.cuda_engine is None:
             raise EngineError(f"TensorRT could not deserialize {plan} (built with another TensorRT or GPU?); rebuild it")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self._inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.context = self.cuda_engine.create_execution_context()
+        names = [self.cuda_engine.get_tensor_name(i) for i in range(self.cuda_engine.num_io_tensors)]
+        self._inputs = [n for n in names if self.cuda_engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         for name in self._inputs:
             self.context.set_input_shape(name, self.spec.shape(name))
         self.outputs = self.spec.allocate("outputs", self.device)
@@ -89,4 +84,4 @@ class TrtBackend:
     def close(self) -> None:
         self._graph = None
         self.context = None
-        self.engine = None
+        self.cuda_engine = None

@@ -90,14 +90,12 @@ def done_keys(path: Path) -> set[tuple]:
 
 def run_eval(cfg: EvalConfig) -> Path:
     """Generate, OCR and append rows; returns the rows file."""
-    import numpy as np
-    from tqdm.auto import tqdm
-
     from ..backbone import ScoreConfig
+    from ..backends import open_backend
+    from ..engine import open_engine
     from ..models import load_model
-    from ..ocr import Reader, ned, normalise
-    from ..pipeline import AmoPipeline, GenerateConfig, save_png
-    from .metrics import outside_text
+    from ..ocr import Reader
+    from ..pipeline import AmoPipeline
 
     cfg.validate()
     reader = Reader(cfg.ocr)  # fails early with the install line when OCR is missing
@@ -109,15 +107,22 @@ def run_eval(cfg: EvalConfig) -> Path:
     if out_of_vocab:
         print(f"amo-engine eval: note: {len(out_of_vocab)} of {len(words)} words are out of {cfg.model}'s vocabulary "
               f"(e.g. {', '.join(out_of_vocab[:5])}); they measure generalisation", flush=True)
-    backend, score = None, ScoreConfig()
-    if cfg.backend != "eager":
-        from ..backends import load_backend
-        from ..verify import score_config_of
+    engine = None if cfg.backend == "eager" else open_engine(cfg.engine, model)
+    score = ScoreConfig() if engine is None else engine.score
+    with open_backend(cfg.backend, engine, model, score, device=cfg.device) as backend:
+        return _render_and_read(cfg, AmoPipeline(model, score, backend), reader, words, vocab)
 
-        backend = load_backend(cfg.backend, cfg.engine, device=cfg.device, model=model)
-        score = score_config_of(backend.manifest)
-    pipe = AmoPipeline(model, score, backend)
 
+def _render_and_read(cfg: EvalConfig, pipe, reader, words: list[str], vocab: set[str]) -> Path:
+    """Generate every (seed, word chunk, sampler) job not yet in the rows file, OCR it, append rows."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from ..ocr import ned, normalise
+    from ..pipeline import GenerateConfig, save_png
+    from .metrics import outside_text
+
+    settings = pipe.model.settings
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     rows_path = cfg.out_dir / ROWS_FILE
     done = done_keys(rows_path)
@@ -152,6 +157,4 @@ def run_eval(cfg: EvalConfig) -> Path:
                 out.flush()
             bar.update(len(chunk))
     bar.close()
-    if backend is not None:
-        backend.close()
     return rows_path

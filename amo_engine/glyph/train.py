@@ -202,6 +202,7 @@ class Trainer:
 
     def check(self, reader) -> dict:
         """Euler samples of a fixed word set with the EMA weights, read by OCR."""
+        from ..families.sd3 import SD3
         from ..models import LoadedModel
         from ..pipeline import AmoPipeline, GenerateConfig
         from ..ocr import normalise
@@ -209,7 +210,7 @@ class Trainer:
         n = self.cfg.check_images
         words = [TRAIN_WORDS[(i * 37) % len(TRAIN_WORDS)] for i in range(n)]
         prompts = [prompt_for(w, TONES[i % 2]) for i, w in enumerate(words)]
-        model = LoadedModel(self.ema_pipeline(), "sd3", "glyph (training)", None, glyph_settings())
+        model = LoadedModel(self.ema_pipeline(), SD3, "glyph (training)", None, glyph_settings())
         result = AmoPipeline(model)(GenerateConfig(prompts=prompts, sampler="euler", steps=20, seed=self.step))
         reads = reader(result.images)
         hits = sum(normalise(r) == w for r, w in zip(reads, words))

@@ -1,0 +1,166 @@
+"""Model families: everything that differs between SD3's MMDiT and FLUX, one file per family.
+
+A ``Family`` says, for its diffusers pipeline: the defaults (guidance, text length, size), how many
+backbone rows one image takes (SD3 batches classifier-free guidance as [uncond ; cond] rows), the
+text-token layout, the sigma grid and the sigma -> timestep rule, how feeds, noise and latent
+packing are built, how a velocity is combined from the rows, and how latents decode to images.
+Code outside this package asks the family and never compares family names.
+
+This module imports neither torch nor diffusers at import time, so early argument checks can use
+it (``by_pipeline_class`` reads only a folder's model_index.json class name).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+
+@dataclass
+class DenoiseInputs:
+    """What one generation asks of a family's ``prepare``: prompts (one per image), the span mask in
+    the family's text layout, sizes and guidance, and where the noise comes from."""
+
+    prompts: Sequence[str]
+    negative_prompt: str | None
+    span_mask: Any  # torch.Tensor [B, T]
+    height: int
+    width: int
+    max_sequence_length: int
+    guidance: float
+    generator: Any  # torch.Generator
+    latents: Any = None  # initial noise in the family's latent layout, or None to draw it
+
+
+@dataclass
+class Denoise:
+    """A prepared loop: ``step(x, sigma)`` is the velocity function samplers call; it writes into
+    feed buffers allocated once and adds each step's span->image scores to ``attn_sum``."""
+
+    step: Callable  # (x, sigma) -> samplers.StepOut
+    latents: Any  # torch.Tensor: initial latents in the family's layout
+    image_tokens: int
+    attn_sum: Any  # torch.Tensor [B, image_tokens]
+
+
+class Family:
+    """Base class; ``families/sd3.py`` and ``families/flux.py`` fill it in."""
+
+    name: str
+    pipeline_class: str  # diffusers pipeline class name in model_index.json
+    transformer_prefix: str  # diffusers transformer class names start with this
+    guidance: float  # default guidance when a model folder carries none
+    max_sequence_length: int  # default T5 length
+    size: int  # default image side in pixels
+    image_first: bool  # joint attention order: [image ; text] (True) or [text ; image]
+    reference_scheduler: dict  # the released models' scheduler config (benches without a pipeline)
+    batches_cfg: bool = False  # classifier-free guidance runs as [uncond ; cond] rows
+    explicit_sigmas: bool = False  # the pipeline passes linspace(1, 1/n, n) sigmas to the scheduler
+
+    # ---------------------------------------------------------------- shapes
+
+    def pixels_per_token(self, vae_scale_factor: int, patch_size: int) -> int:
+        """Pixels per image token side."""
+        raise NotImplementedError
+
+    def latent_patch(self, transformer_config) -> int:
+        """Side of one image token in the latent layout the sampler sees (AMO's patch)."""
+        raise NotImplementedError
+
+    def rows(self, images: int, cfg_rows: bool) -> int:
+        """Backbone rows per call for ``images`` images (``cfg_rows``: guidance batched as rows)."""
+        return images * (2 if cfg_rows and self.batches_cfg else 1)
+
+    def uses_cfg_rows(self, guidance: float) -> bool:
+        return self.batches_cfg and guidance > 1.0
+
+    def text_length(self, clip_length: int, max_sequence_length: int) -> int:
+        """Text tokens per row: the backbone's ``text_len``."""
+        raise NotImplementedError
+
+    def text_layout(self, pipe, max_sequence_length: int):
+        """The prompts.TextLayout whose span masks line up with the backbone's text tokens."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- time
+
+    def sigmas(self, scheduler_config, steps: int, image_tokens: int) -> list[float]:
+        """The sigma grid the family's diffusers pipeline would use (``steps + 1`` values, ending 0)."""
+        from ..schedules import flow_match_sigmas
+
+        return flow_match_sigmas(scheduler_config, steps, image_seq_len=image_tokens, flux_style=self.explicit_sigmas)
+
+    def timestep(self, sigma: float, scheduler_config) -> float:
+        """The transformer's timestep input for ``sigma``."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- modules and loop
+
+    def pipeline_type(self):
+        import diffusers
+
+        return getattr(diffusers, self.pipeline_class)
+
+    def transformer_type(self):
+        import diffusers
+
+        return getattr(diffusers, self.transformer_prefix + "2DModel")
+
+    def backbone(self, transformer, score, vae_scale_factor: int):
+        raise NotImplementedError
+
+    def prepare(self, pipe, inputs: DenoiseInputs, backend_for: Callable) -> Denoise:
+        """Encode prompts, allocate feeds once, draw the noise, and return the loop's velocity function.
+        ``backend_for(rows, text_len) -> (IOSpec, backend)`` gives the feeds' spec and what runs them."""
+        raise NotImplementedError
+
+    def decode(self, pipe, latents, height: int, width: int) -> list:
+        """PIL images from final latents."""
+        return decode_with_vae(pipe, latents)
+
+    def __repr__(self) -> str:
+        return f"<family {self.name}>"
+
+
+def decode_with_vae(pipe, latents) -> list:
+    """Unscale, unshift and decode [B, C, h, w] latents with the pipeline's VAE; PIL images."""
+    import torch
+
+    vae = pipe.vae
+    latents = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+    with torch.inference_mode():
+        image = vae.decode(latents, return_dict=False)[0]  # [B, 3, H, W]
+    return pipe.image_processor.postprocess(image, output_type="pil")
+
+
+def _registry() -> dict[str, Family]:
+    from .flux import FLUX
+    from .sd3 import SD3
+
+    return {f.name: f for f in (SD3, FLUX)}
+
+
+def family_named(name: str) -> Family:
+    families = _registry()
+    if name not in families:
+        raise ValueError(f"unknown model family {name!r}; amo-engine supports {', '.join(families)}")
+    return families[name]
+
+
+def by_pipeline_class(class_name: str, where: str = "") -> Family:
+    """The family of a diffusers pipeline class name (model_index.json's ``_class_name``)."""
+    for family in _registry().values():
+        if family.pipeline_class == class_name:
+            return family
+    supported = sorted(f.pipeline_class for f in _registry().values())
+    raise ValueError(f"{where}pipeline class {class_name!r} is not supported; amo-engine runs {supported}")
+
+
+def of_transformer(transformer) -> Family:
+    """The family of a diffusers transformer module."""
+    name = type(transformer).__name__
+    for family in _registry().values():
+        if name.startswith(family.transformer_prefix):
+            return family
+    supported = " and ".join(f.transformer_prefix + "2DModel" for f in _registry().values())
+    raise ValueError(f"unsupported transformer class {name}; amo-engine supports {supported}")
