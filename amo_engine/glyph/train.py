@@ -254,13 +254,13 @@ class Trainer:
             if self.step % 50 == 0:
                 log.write(json.dumps({"step": self.step, "loss": running, "seconds": time.time() - start}) + "\n")
                 log.flush()
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                self.save_checkpoint()  # before the check: a failing check never costs trained steps
             if reader is not None and (self.step % cfg.check_every == 0 or self.step == cfg.steps):
                 record = self.check(reader)
                 bar.write(f"step {self.step}: OCR exact {record['ocr_exact']:.0%} on {cfg.check_images} Euler samples")
                 log.write(json.dumps(record) + "\n")
                 log.flush()
-            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
-                self.save_checkpoint()
         bar.close()
         log.close()
         plot_training_log(cfg.run_dir)
