@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 from . import __version__
+from .bench import CONFIGS as BENCH_CONFIGS
 
 EPILOG = """\
 examples:
@@ -111,13 +112,20 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--device", default="cpu", help="device for --verify")
     i.add_argument("--cache-dir", type=Path, default=None, help="preset cache (see generate)")
 
-    be = sub.add_parser("bench", help="latency of eager / torch.compile / reference AMO / ORT arms, side by side")
-    be.add_argument("--config", default="medium-sd3", choices=["tiny-sd3", "tiny-flux", "medium-sd3", "medium-flux"])
-    be.add_argument("--calls", type=int, default=10, help="timed backbone calls per arm (interleaved; default 10)")
-    be.add_argument("--loops", type=int, default=3, help="timed denoise loops per arm (default 3)")
+    be = sub.add_parser("bench", help="latency of eager / torch.compile / reference AMO / ORT arms, side by side",
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=BENCH_EPILOG)
+    be.add_argument("--config", default="medium-sd3", choices=list(BENCH_CONFIGS), metavar="CONFIG",
+                    help="one of: " + "; ".join(f"{k}: {v}" for k, v in BENCH_CONFIGS.items()))
+    be.add_argument("--calls", type=int, default=10, help="timed rounds of backbone calls (interleaved; default 10)")
+    be.add_argument("--loops", type=int, default=3, help="timed rounds of denoise loops and end-to-end runs (default 3)")
     be.add_argument("--steps", type=int, default=8, help="steps per loop (default 8)")
+    be.add_argument("--threads", type=int, default=None, help="threads of every arm, torch and ORT (default: all cores)")
+    be.add_argument("--ort-spinning", action="store_true",
+                    help="let ORT's threads spin-wait between calls (faster alone, steals CPU from interleaved arms)")
     be.add_argument("--no-compile", action="store_true", help="skip the torch.compile arm")
-    be.add_argument("--out-dir", type=Path, default=Path("bench/results"), help="where JSON lines, table and plot go")
+    be.add_argument("--out-dir", type=Path, default=None,
+                    help="where JSON lines, table and plot go (default: ~/.cache/amo-engine/bench, outside the repo; "
+                         "pass bench/results to update the committed tables)")
     be.add_argument("--cache-dir", type=Path, default=None, help="preset cache (tiny configs)")
     ev = sub.add_parser("eval", help="OCR evaluation: render words x seeds with each sampler, read them, compare",
                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EVAL_EPILOG)
@@ -156,6 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
+
+BENCH_EPILOG = """\
+Every arm runs on the same threads; arms are interleaved round-robin; p50 is the headline, with
+raw samples in the JSON lines. The table names the machine (CPU family/model/flags, fp32 GEMM
+rate) and flags rows whose spread is wide or whose samples came from contended rounds. Contention
+(other processes runnable on the cores the arms need, or a calibration GEMM that slowed) makes the
+run exit with status 2 and marks the table CONTENDED: rerun on an idle machine.
+"""
 
 EVAL_EPILOG = """\
 example (the README's table):
@@ -361,12 +377,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import BenchConfig, run_bench
+    from .bench.cpu import BenchConfig, default_out_dir, run_bench
 
-    run_bench(BenchConfig(args.config, args.calls, args.loops, args.steps, compile=not args.no_compile,
-                          out_dir=args.out_dir, cache_dir=args.cache_dir))
-    print(f"wrote {args.out_dir / args.config}.jsonl, .md and .png")
-    return 0
+    threads = {} if args.threads is None else {"threads": args.threads}
+    rows = run_bench(BenchConfig(args.config, args.calls, args.loops, args.steps, compile=not args.no_compile,
+                                 ort_spinning=args.ort_spinning, out_dir=args.out_dir, cache_dir=args.cache_dir, **threads))
+    out = args.out_dir if args.out_dir is not None else default_out_dir()
+    print(f"wrote {out / args.config}.jsonl, .md and .png")
+    return 2 if rows[0]["contention"]["contended"] else 0
 
 
 def _eval_config(args: argparse.Namespace):

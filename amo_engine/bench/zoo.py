@@ -1,0 +1,130 @@
+"""The benchmark's models and the reference-style AMO it is compared with.
+
+* ``ARCHITECTURES``: random-init transformers per family and scale. ``medium`` (~70 M parameters,
+  512 px: 1024 image tokens; one eager call ~0.5-1.5 s on 2 cores) runs on CPUs; ``released`` has
+  the shapes of SD3-medium and FLUX.1-dev (GPU only).
+* ``bench_model``: the LoadedModel a CPU bench config runs (a tiny preset, or a tiny preset's
+  encoders and VAE around a medium transformer, so whole pipelines run through the same code).
+* ``ReferenceScoreProcessor``: AMO as its official release computes the map (explicit full softmax
+  in the hooked block, one map shared by the batch) — the cost users pay without amo-engine.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..families import Family, family_named
+
+MEDIUM_SIZE = 512  # pixels: 1024 image tokens
+
+ARCHITECTURES = {
+    ("sd3", "medium"): dict(sample_size=64, patch_size=2, in_channels=16, num_layers=8, attention_head_dim=64,
+                            num_attention_heads=8, caption_projection_dim=512, out_channels=16, pos_embed_max_size=96),
+    ("flux", "medium"): dict(patch_size=1, in_channels=64, num_layers=4, num_single_layers=8, attention_head_dim=64,
+                             num_attention_heads=8, guidance_embeds=True, axes_dims_rope=(8, 28, 28)),
+    ("sd3", "released"): dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
+                              num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
+                              pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=192),
+    ("flux", "released"): dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38,
+                               attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
+                               pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56)),
+}
+RELEASED_TEXT_TOKENS = {"sd3": 77 + 256, "flux": 512}  # CLIP + T5 (SD3) / T5 (FLUX.1-dev)
+
+
+def build_transformer(family: Family, scale: str, device: str = "cpu", dtype: torch.dtype = torch.float32, **widths):
+    """A random-init (seed 0) transformer of ``family`` at ``scale``; ``widths`` override the text-side
+    widths (joint_attention_dim, pooled_projection_dim) so it fits a given pipeline's encoders."""
+    torch.manual_seed(0)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # build in the target dtype: a released FLUX is 24 GB in bf16, not 48
+    try:
+        with torch.device(device):
+            return family.transformer_type()(**{**ARCHITECTURES[family.name, scale], **widths}).eval()
+    finally:
+        torch.set_default_dtype(default)
+
+
+def bench_model(config: str, cache_dir=None):
+    """The LoadedModel a bench config (``tiny-sd3`` ... ``medium-flux``) runs."""
+    from ..models import LoadedModel, load_model
+    from ..presets import ModelSettings
+
+    scale, name = config.split("-")
+    model = load_model(f"tiny-{name}", cache_dir=cache_dir)
+    if scale == "tiny":
+        return model
+    tiny = model.pipe.transformer.config
+    model.pipe.transformer = build_transformer(family_named(name), scale, joint_attention_dim=tiny.joint_attention_dim,
+                                               pooled_projection_dim=tiny.pooled_projection_dim)
+    settings = ModelSettings(model.settings.max_sequence_length, MEDIUM_SIZE, MEDIUM_SIZE)
+    return LoadedModel(model.pipe, model.family, config, None, settings)
+
+
+class ReferenceScoreProcessor:
+    """As the official AMO release: explicit full softmax(QK^T) in the hooked block, the text->image
+    quadrant summed over span rows, one map shared by the whole batch."""
+
+    def __init__(self, family: Family, sink: list, span_mask: torch.Tensor | None):
+        self.family, self.sink, self.span_mask = family, sink, span_mask
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None, **kw):
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        n_img, n_txt = hidden_states.shape[1], encoder_hidden_states.shape[1]
+
+        def proj(layer, x, norm):
+            y = layer(x).unflatten(-1, (attn.heads, -1))  # [B, L, H, D]
+            return norm(y) if norm is not None else y
+
+        q_i, k_i, v_i = proj(attn.to_q, hidden_states, attn.norm_q), proj(attn.to_k, hidden_states, attn.norm_k), \
+            proj(attn.to_v, hidden_states, None)
+        q_t, k_t, v_t = proj(attn.add_q_proj, encoder_hidden_states, attn.norm_added_q), \
+            proj(attn.add_k_proj, encoder_hidden_states, attn.norm_added_k), proj(attn.add_v_proj, encoder_hidden_states, None)
+        first_img = self.family.image_first
+        q = torch.cat([q_i, q_t] if first_img else [q_t, q_i], 1)
+        k = torch.cat([k_i, k_t] if first_img else [k_t, k_i], 1)
+        v = torch.cat([v_i, v_t] if first_img else [v_t, v_i], 1)
+        if image_rotary_emb is not None:
+            q, k = apply_rotary_emb(q, image_rotary_emb, sequence_dim=1), apply_rotary_emb(k, image_rotary_emb, sequence_dim=1)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, L, D]
+        probs = torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1)  # [B, H, L, L]
+        out = probs @ v
+        txt, img = (slice(n_img, None), slice(0, n_img)) if first_img else (slice(0, n_txt), slice(n_txt, None))
+        quadrant = probs[:, :, txt, img]  # [B, H, T, N]
+        self.sink.append((quadrant * self.span_mask[:, None, :, None]).sum(2).mean((0, 1)))  # one map per batch
+        out = out.transpose(1, 2).flatten(2)
+        t_out, i_out = (out[:, n_img:], out[:, :n_img]) if first_img else (out[:, :n_txt], out[:, n_txt:])
+        i_out = attn.to_out[1](attn.to_out[0](i_out))
+        if getattr(attn, "context_pre_only", False):  # the last SD3 block keeps no text stream
+            return i_out, t_out
+        return i_out, attn.to_add_out(t_out)
+
+
+STOCK_INPUTS = ("hidden_states", "encoder_hidden_states", "pooled_projections", "timestep", "img_ids", "txt_ids",
+                "guidance")
+
+
+def stock_feeds(feeds: dict) -> dict:
+    """The feeds a stock diffusers transformer takes (no span mask)."""
+    return {k: v for k, v in feeds.items() if k in STOCK_INPUTS}
+
+
+def reference_amo(transformer, family: Family, blocks, stock_procs: dict | None = None):
+    """``feeds -> (velocity, map)`` running ``transformer`` with reference processors in ``blocks``:
+    the map is one per batch (the official code's), expanded to the rows for the sampler."""
+    sink: list = []
+    procs = []
+    for i in blocks:
+        p = ReferenceScoreProcessor(family, sink, None)
+        transformer.transformer_blocks[i].attn.set_processor(p)
+        procs.append(p)
+
+    def call(feeds):
+        sink.clear()
+        for p in procs:
+            p.span_mask = feeds["span_mask"]
+        v = transformer(**stock_feeds(feeds), return_dict=False)[0]
+        return v, torch.stack(sink).mean(0).expand(v.shape[0], -1)  # [B, N]: the shared map
+
+    return call
