@@ -21,7 +21,7 @@ import torch
 
 from amo_engine.backbone import ScoreConfig
 from amo_engine.bench import harness
-from amo_engine.bench.zoo import RELEASED_TEXT_TOKENS, ReferenceScoreProcessor, build_transformer, stock_feeds
+from amo_engine.bench.zoo import ReferenceScoreProcessor, build_transformer, released_text_tokens, stock_feeds
 from amo_engine.families import family_named
 from amo_engine.samplers import StepOut, sample_amo, sample_euler
 from amo_engine.spec import sample_feeds
@@ -41,7 +41,8 @@ def measure(name: str, calls: int, warmup: int, steps: int, scale: str = "releas
     stock_procs = dict(model.attn_processors)
     backbone = family.backbone(model, ScoreConfig(), 8)
     rows = family.rows(1, family.batches_cfg)
-    spec = backbone.io_spec(rows, size, size, RELEASED_TEXT_TOKENS[name], dtype)
+    text_tokens = released_text_tokens(family)
+    spec = backbone.io_spec(rows, size, size, text_tokens, dtype)
     feeds = sample_feeds(spec, device)
     plain = stock_feeds(feeds)
     sync = torch.cuda.synchronize if cuda else None
@@ -82,7 +83,7 @@ def measure(name: str, calls: int, warmup: int, steps: int, scale: str = "releas
     loop_ms = {k: ms(v)["p50"] for k, v in loops.items()}
     return {
         "family": name, "scale": scale, "size": size, "params_b": sum(p.numel() for p in model.parameters()) / 1e9,
-        "rows": rows, "image_tokens": spec.dims["image_tokens"], "text_tokens": RELEASED_TEXT_TOKENS[name],
+        "rows": rows, "image_tokens": spec.dims["image_tokens"], "text_tokens": text_tokens,
         "device": torch.cuda.get_device_name() if cuda else harness.cpu_facts()["name"], "torch": torch.__version__,
         "p50_ms": p50, "samples_ms": {k: ms(v)["samples"] for k, v in times.items()}, "peak_gib": peak,
         "hook_over_stock": p50["eager-hook-amo"] / p50["eager-stock"],

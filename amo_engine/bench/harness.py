@@ -8,10 +8,11 @@ Nothing here knows a model. What it promises:
   (the 2 ms sampler thread never shares the CPU with a timed call), and the contention watch only
   reads /proc between calls.
 * **Contention is detected, not guessed.** Before the bench and after every round it counts the
-  runnable processes (``procs_running`` in /proc/stat, which includes this one) and times a fixed
-  calibration GEMM; a round whose calibration runs slower than ``SLOW_CALIBRATION`` x the fastest
-  one, or that saw more runnable processes than cores, is *contended*, and so are the rows timed
-  in it. Per call it also records CPU time / wall time: with ``threads`` threads busy this sits
+  runnable tasks of *other* processes (``procs_running`` in /proc/stat minus this process's own
+  running threads, which may still be spinning down after a call) and times a fixed calibration
+  GEMM; a round whose calibration runs slower than ``SLOW_CALIBRATION`` x the median round, or that
+  saw other runnable tasks on the cores our threads need, is *contended*, and so are the rows
+  timed in it. Per call it also records CPU time / wall time: with ``threads`` threads busy this sits
   near ``threads``; a starved process drops below.
 * **Spread is judged.** A row whose (p90 - min) / p50 exceeds ``WIDE_SPREAD`` is marked wide.
 """
@@ -28,9 +29,9 @@ from typing import Callable
 
 import torch
 
-SLOW_CALIBRATION = 1.25  # a round's calibration GEMM this much slower than the fastest: contended
+SLOW_CALIBRATION = 1.25  # a round's calibration GEMM this much slower than the median round: contended
 WIDE_SPREAD = 0.20  # (p90 - min) / p50 above this: the row's spread is too wide to trust its p50
-CALIBRATION_N = 384  # the calibration GEMM: [N, N] @ [N, N], ~a few ms
+CALIBRATION_N = 768  # the calibration GEMM: [N, N] @ [N, N], a few ms (shorter ones time the timer)
 
 
 def stats(samples: list[float]) -> dict:
@@ -47,7 +48,7 @@ def set_threads(threads: int) -> None:
 
 
 def runnable_processes() -> int:
-    """Processes runnable right now on the machine (this one included), from /proc/stat."""
+    """Tasks runnable right now on the machine (this process's threads included), from /proc/stat."""
     try:
         with open("/proc/stat") as f:
             for line in f:
@@ -58,7 +59,27 @@ def runnable_processes() -> int:
     return 0
 
 
-def calibration_seconds(reps: int = 3) -> float:
+def own_running_threads() -> int:
+    """This process's threads in state R (the caller's among them)."""
+    import glob
+
+    count = 0
+    for path in glob.glob("/proc/self/task/*/stat"):
+        try:
+            with open(path) as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        count += state == "R"
+    return count
+
+
+def other_runnable() -> int:
+    """Runnable tasks that belong to other processes."""
+    return max(0, runnable_processes() - own_running_threads())
+
+
+def calibration_seconds(reps: int = 5) -> float:
     """Best-of-``reps`` time of the fixed calibration GEMM at the current torch thread count."""
     a = torch.ones(CALIBRATION_N, CALIBRATION_N)
     best = float("inf")
@@ -75,30 +96,30 @@ class ContentionWatch:
 
     threads: int  # threads the arms use
     cores: int = field(default_factory=lambda: os.cpu_count() or 1)
-    before: list[int] = field(default_factory=list)  # runnable processes sampled before the bench
-    rounds: list[dict] = field(default_factory=list)  # per round: runnable, calibration_s
+    before: list[int] = field(default_factory=list)  # other processes' runnable tasks before the bench
+    rounds: list[dict] = field(default_factory=list)  # per round: other_runnable, calibration_s
 
     def sample_before(self, seconds: float = 1.0, every: float = 0.05) -> None:
         end = time.perf_counter() + seconds
         while time.perf_counter() < end:
-            self.before.append(runnable_processes())
+            self.before.append(other_runnable())
             time.sleep(every)
 
     def mark_round(self) -> int:
         """Record one round's runnable count and calibration time; returns the round index."""
-        self.rounds.append({"runnable": runnable_processes(), "calibration_s": calibration_seconds()})
+        self.rounds.append({"other_runnable": other_runnable(), "calibration_s": calibration_seconds()})
         return len(self.rounds) - 1
 
     def contended_rounds(self) -> set[int]:
         if not self.rounds:
             return set()
-        fastest = min(r["calibration_s"] for r in self.rounds)
+        typical = statistics.median(r["calibration_s"] for r in self.rounds)
         return {i for i, r in enumerate(self.rounds)
-                if r["calibration_s"] > SLOW_CALIBRATION * fastest or self._others_crowd(r["runnable"])}
+                if r["calibration_s"] > SLOW_CALIBRATION * typical or self._others_crowd(r["other_runnable"])}
 
-    def _others_crowd(self, runnable: float) -> bool:
-        """Other runnable processes (all but this one) than the cores our threads leave free."""
-        return runnable - 1 > max(0, self.cores - self.threads)
+    def _others_crowd(self, others: float) -> bool:
+        """More runnable tasks of other processes than the cores our threads leave free."""
+        return others > max(0, self.cores - self.threads)
 
     @property
     def busy_before(self) -> bool:
@@ -110,11 +131,11 @@ class ContentionWatch:
         reasons = []
         if self.busy_before:
             reasons.append(f"other processes runnable before the bench (median {statistics.median(self.before):g} "
-                           f"runnable on {self.cores} cores)")
+                           f"runnable tasks on {self.cores} cores)")
         if contended:
             reasons.append(f"{len(contended)} of {len(self.rounds)} rounds contended (calibration > "
-                           f"{SLOW_CALIBRATION}x its fastest, or other runnable processes on the cores our "
-                           f"{self.threads} threads need)")
+                           f"{SLOW_CALIBRATION}x the median round, or other processes' runnable tasks on the cores "
+                           f"our {self.threads} threads need)")
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         return {"contended": bool(reasons), "reasons": reasons, "contended_rounds": contended,
                 "runnable_before": self.before, "rounds": self.rounds, "cores": self.cores, "threads": self.threads,

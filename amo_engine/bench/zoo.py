@@ -29,7 +29,12 @@ ARCHITECTURES = {
                                attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
                                pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56)),
 }
-RELEASED_TEXT_TOKENS = {"sd3": 77 + 256, "flux": 512}  # CLIP + T5 (SD3) / T5 (FLUX.1-dev)
+CLIP_TOKENS = 77  # the released models' CLIP context
+
+
+def released_text_tokens(family: Family) -> int:
+    """Text tokens per row of the released model at its default T5 length (SD3 333, FLUX.1-dev 512)."""
+    return family.text_length(CLIP_TOKENS, family.max_sequence_length)
 
 
 def build_transformer(family: Family, scale: str, device: str = "cpu", dtype: torch.dtype = torch.float32, **widths):
