@@ -12,7 +12,7 @@ from .bench import CONFIGS as BENCH_CONFIGS
 
 EPILOG = """\
 examples:
-  amo-engine generate --prompt "a dark sign that says 'HELLO'" --out out.png --ocr rapidocr   # the glyph model
+  amo-engine generate --prompt "a dark sign that says 'HAPPY'" --out out.png --ocr rapidocr   # the glyph model
   amo-engine generate --model tiny-sd3 --prompt "A sign that says 'OPEN'" --out out.png
   amo-engine generate --model /models/stable-diffusion-3-medium-diffusers --sampler amo --c 2 \\
       --steps 28 --seed 10 --out sign.png --save-attn sign_attn.png
@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train-glyph", help="train the glyph model (a small SD3 pipeline that renders words) on this machine")
     t.add_argument("--run-dir", type=Path, required=True, help="folder for checkpoints, log.jsonl and the trained model/")
-    t.add_argument("--steps", type=int, default=4000, help="optimiser steps (default 4000, what the shipped weights used)")
+    t.add_argument("--steps", type=int, default=None,
+                   help="optimiser steps (default 5000, what the shipped weights used)")
     t.add_argument("--batch", type=int, default=64, help="images per step (default 64)")
     t.add_argument("--lr", type=float, default=7e-4, help="peak learning rate (default 7e-4)")
     t.add_argument("--seed", type=int, default=0, help="seed of the init and of every batch (default 0)")
@@ -421,9 +422,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_train_glyph(args: argparse.Namespace) -> int:
     from .glyph.train import TrainConfig, Trainer
 
-    cfg = TrainConfig(run_dir=args.run_dir, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
-                      threads=args.threads, checkpoint_every=args.checkpoint_every, check_every=args.check_every,
-                      progress=not args.quiet, extend=args.extend)
+    steps = {} if args.steps is None else {"steps": args.steps}  # default: TrainConfig's
+    cfg = TrainConfig(run_dir=args.run_dir, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
+                      checkpoint_every=args.checkpoint_every, check_every=args.check_every, progress=not args.quiet,
+                      extend=args.extend, **steps)
     cfg.validate()
     trainer = Trainer(cfg)
     if args.export_now:

@@ -1,8 +1,14 @@
 """Clean renders of the glyph model's images: one word on a sign that covers part of a grey canvas.
 
-The sign's place jitters (up to 16 pixels left or right of the centre, 3 up or down); its tone (dark sign with light letters on a light ground, or light sign
-with dark letters on a dark ground) is the one attribute besides the word that the prompt sets.
-The font is DejaVu Sans Bold from matplotlib's wheel (a dependency), so no system font is needed.
+The canvas is a grid of 8×8-pixel cells, one cell per latent patch the transformer sees (pixel
+unshuffle by 4, then 2×2 patches). Letters are monospace (DejaVu Sans Mono Bold at the size whose
+advance is exactly one cell), so letter ``i`` of a word always fills cell ``i + 1`` of its sign; the
+sign is one cell wider than the word on each side and two cells tall, on the middle two cell rows.
+Its place jitters by one cell left or right of the centre (``MAX_SHIFT``); its tone (dark sign with light
+letters on a light ground, or light sign with dark letters on a dark ground) is the one attribute
+besides the word that the prompt sets. Cell-aligned letters are what make the model trainable on a
+CPU in an hour: what it learns about drawing a letter in a cell holds at every place of the sign.
+The font comes from matplotlib's wheel (a dependency), so no system font is needed.
 """
 
 from __future__ import annotations
@@ -13,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-HEIGHT, WIDTH = 32, 128  # canvas in pixels
-FONT_SIZE = 15
-PAD_X, PAD_Y = 5, 4  # sign margin around the text box
-MARGIN = 2  # smallest gap between the sign and the canvas edge
-MAX_SHIFT_X, MAX_SHIFT_Y = 16, 3  # jitter of the sign's place around the centre (pixels)
+CELL = 8  # pixels per latent patch side
+HEIGHT, WIDTH = 4 * CELL, 12 * CELL  # canvas in pixels: 4 × 12 cells
+FONT_SIZE = 13.3  # DejaVu Sans Mono's advance is 0.6015 em: 8.0 pixels, one cell
+SIGN_TOP = CELL  # the sign spans cell rows 1 and 2
+SIGN_CELLS_Y = 2
+MAX_SHIFT = 1  # cells the sign's place jitters left or right of the centre
 
 # grey levels (0..255): ground, sign, letters
 TONE_LEVELS = {"dark": (200, 45, 235), "light": (60, 215, 25)}
@@ -35,7 +42,7 @@ class SignBox:
 def font_path() -> Path:
     import matplotlib
 
-    path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans-Bold.ttf"
+    path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSansMono-Bold.ttf"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; reinstall matplotlib (pip install --force-reinstall matplotlib)")
     return path
@@ -48,37 +55,42 @@ def _font():
     return ImageFont.truetype(str(font_path()), FONT_SIZE)
 
 
-def sign_size(word: str) -> tuple[int, int]:
-    """(width, height) in pixels of the sign around ``word``."""
-    left, top, right, bottom = _font().getbbox(word)
-    return right - left + 2 * PAD_X, FONT_SIZE - 4 + 2 * PAD_Y
+def sign_cells(word: str) -> int:
+    """The sign's width in cells: one per letter and one margin cell on each side."""
+    return len(word) + 2
+
+
+def sign_places(word: str) -> int:
+    """How many cell columns the sign's left edge can take on the canvas."""
+    places = WIDTH // CELL - sign_cells(word) + 1
+    if places < 1:
+        raise ValueError(f"{word!r} has {len(word)} letters; the {WIDTH}-pixel canvas holds at most {WIDTH // CELL - 2}")
+    return places
 
 
 def render(word: str, tone: str, rng: np.random.Generator | None = None) -> tuple[np.ndarray, SignBox]:
     """A [HEIGHT, WIDTH] uint8 grey image of ``word`` on a ``tone`` sign, and the sign's box.
 
-    ``rng`` jitters the sign's place and the grey levels; None centres it with the nominal levels.
+    ``rng`` shifts the sign up to ``MAX_SHIFT`` cells from the centre and jitters the grey levels;
+    None centres it (the left of the two middle columns when there is no exact centre) with the
+    nominal levels.
     """
     from PIL import Image, ImageDraw
 
     if tone not in TONE_LEVELS:
         raise ValueError(f"unknown tone {tone!r}; choose one of {', '.join(TONE_LEVELS)}")
-    font = _font()
-    w, h = sign_size(word)
-    w, h = min(w, WIDTH - 2 * MARGIN), min(h, HEIGHT - 2 * MARGIN)
+    places = sign_places(word)
     ground, sign, ink = TONE_LEVELS[tone]
-    if rng is None:
-        left, top = (WIDTH - w) // 2, (HEIGHT - h) // 2
-    else:
-        cx, cy = (WIDTH - w) // 2, (HEIGHT - h) // 2
-        left = int(np.clip(cx + rng.integers(-MAX_SHIFT_X, MAX_SHIFT_X + 1), MARGIN, WIDTH - MARGIN - w))
-        top = int(np.clip(cy + rng.integers(-MAX_SHIFT_Y, MAX_SHIFT_Y + 1), MARGIN, HEIGHT - MARGIN - h))
+    column = (places - 1) // 2
+    if rng is not None:
+        column = int(np.clip(column + rng.integers(-MAX_SHIFT, MAX_SHIFT + 1), 0, places - 1))
         ground, sign, ink = (int(np.clip(v + rng.integers(-LEVEL_JITTER, LEVEL_JITTER + 1), 0, 255)) for v in (ground, sign, ink))
+    box = SignBox(column * CELL, SIGN_TOP, (column + sign_cells(word)) * CELL, SIGN_TOP + SIGN_CELLS_Y * CELL)
     image = Image.new("L", (WIDTH, HEIGHT), ground)
     draw = ImageDraw.Draw(image)
-    box = SignBox(left, top, left + w, top + h)
     draw.rectangle((box.left, box.top, box.right - 1, box.bottom - 1), fill=sign)
-    draw.text(((box.left + box.right) / 2, (box.top + box.bottom) / 2), word, fill=ink, font=font, anchor="mm")
+    for i, letter in enumerate(word):  # letter i centred in cell i + 1 of the sign
+        draw.text((box.left + (i + 1.5) * CELL, (box.top + box.bottom) / 2), letter, fill=ink, font=_font(), anchor="mm")
     return np.asarray(image), box
 
 
