@@ -5,7 +5,7 @@ transformer-optimizer fusions (parity printed), torch eager and torch.compile; t
 
     python bench/ort_options.py medium-sd3 > bench/results/ort_options_medium-sd3.txt   # ~5 min
 """
-import copy, sys, time, statistics, tempfile
+import copy, sys, time, tempfile
 from pathlib import Path
 import torch
 from amo_engine.bench.zoo import bench_model

@@ -24,6 +24,7 @@ from typing import Callable
 
 import torch
 
+from ..backbone import ScoreConfig
 from . import CONFIGS, harness
 from .zoo import bench_model, reference_amo, stock_feeds
 
@@ -93,7 +94,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> list[dict
     rows = family.rows(1, family.uses_cfg_rows(model.default_guidance))  # one image's backbone rows
     text_len = family.text_length(pipe.tokenizer_max_length, model.max_sequence_length)
     stock = copy.deepcopy(pipe.transformer)
-    backbone = family.backbone(pipe.transformer, _score(), pipe.vae_scale_factor)
+    backbone = family.backbone(pipe.transformer, ScoreConfig(), pipe.vae_scale_factor)
     spec = backbone.io_spec(rows, height, width, text_len)
     feeds = sample_feeds(spec)
     env = harness.environment(cfg.threads)
@@ -163,12 +164,6 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> list[dict
         log("  CONTENDED: " + "; ".join(verdict["reasons"]))
     _write(out, cfg, call_s)
     return out
-
-
-def _score():
-    from ..backbone import ScoreConfig
-
-    return ScoreConfig()
 
 
 def _no_grad(call):
@@ -255,7 +250,7 @@ def _end_to_end_runs(model, stock, compiled, ort_backend, steps: int) -> dict[st
         return run
 
     def ours(sampler, backend=None):
-        amo = AmoPipeline(model, _score(), backend)
+        amo = AmoPipeline(model, ScoreConfig(), backend)
         return lambda: amo(GenerateConfig([prompt], steps=steps, sampler=sampler, guidance=guidance))
 
     runs = {BASELINE: diffusers_run(stock)}

@@ -47,7 +47,7 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def runnable_processes() -> int:
+def runnable_tasks() -> int:
     """Tasks runnable right now on the machine (this process's threads included), from /proc/stat."""
     try:
         with open("/proc/stat") as f:
@@ -76,18 +76,25 @@ def own_running_threads() -> int:
 
 def other_runnable() -> int:
     """Runnable tasks that belong to other processes."""
-    return max(0, runnable_processes() - own_running_threads())
+    return max(0, runnable_tasks() - own_running_threads())
 
 
-def calibration_seconds(reps: int = 5) -> float:
-    """Best-of-``reps`` time of the fixed calibration GEMM at the current torch thread count."""
-    a = torch.ones(CALIBRATION_N, CALIBRATION_N)
+def best_gemm_seconds(n: int, reps: int, warmup: int = 0) -> float:
+    """Best-of-``reps`` time of an [n, n] @ [n, n] fp32 product at torch's current thread count."""
+    a = torch.ones(n, n)
+    for _ in range(warmup):
+        a @ a
     best = float("inf")
     for _ in range(reps):
         t = time.perf_counter()
         a @ a
         best = min(best, time.perf_counter() - t)
     return best
+
+
+def calibration_seconds(reps: int = 5) -> float:
+    """The fixed calibration GEMM's best time: a slower round means the machine is shared."""
+    return best_gemm_seconds(CALIBRATION_N, reps)
 
 
 @dataclass
@@ -244,15 +251,7 @@ def memory_pass(arms: dict[str, Callable[[], object]]) -> dict[str, float]:
 
 def gemm_gflops(n: int = 1024, reps: int = 10) -> float:
     """This machine's fp32 GEMM rate at torch's current thread count (best of ``reps``)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
+    return 2 * n**3 / best_gemm_seconds(n, reps, warmup=3) / 1e9
 
 
 CPU_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
