@@ -155,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=7e-4, help="peak learning rate (default 7e-4)")
     t.add_argument("--seed", type=int, default=0, help="seed of the init and of every batch (default 0)")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    t.add_argument("--device", default="cpu", help="cpu | cuda (default cpu; batches are the same on both)")
+    t.add_argument("--workers", type=int, default=0, help="processes rendering batches ahead (default 0: none)")
     t.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (default 500)")
     t.add_argument("--check-every", type=int, default=500, help="steps between OCR checks of samples (0: never)")
     t.add_argument("--export", type=Path, default=None, help="write the trained pipeline here (default RUN_DIR/model)")
@@ -424,6 +426,7 @@ def cmd_train_glyph(args: argparse.Namespace) -> int:
 
     steps = {} if args.steps is None else {"steps": args.steps}  # default: TrainConfig's
     cfg = TrainConfig(run_dir=args.run_dir, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
+                      device=args.device, workers=args.workers,
                       checkpoint_every=args.checkpoint_every, check_every=args.check_every, progress=not args.quiet,
                       extend=args.extend, **steps)
     cfg.validate()

@@ -129,8 +129,8 @@ def vocabulary_notes(vocabulary: Sequence[str] | None, prompts: Sequence[str]) -
         return []
     known = set(vocabulary)
     unknown = sorted({sp.text(p) for p in prompts for sp in find_quoted_spans(p)} - known)
-    return [f"{word!r} is out of this model's vocabulary ({len(known)} trained words): it renders something, "
-            "probably not that word" for word in unknown]
+    return [f"{word!r} is not one of this model's {len(known)} training words: it is spelled from letters the model "
+            "knows, but expect more misspellings" for word in unknown]
 
 
 class AmoPipeline:

@@ -43,11 +43,10 @@ def test_shipped_weights_load_offline_through_the_ordinary_loader(glyph, monkeyp
 
 
 @pytest.mark.parametrize("tone", ["dark", "light"])
-def test_generation_draws_the_asked_tone_and_a_finite_amo_map(glyph, tone):
-    """What the shipped weights do draw, deterministically (fixed weights, fixed seed): a sign of the
-    asked tone against its ground, and a finite AMO map on the 4 x 12 cell grid. (They do not yet
-    draw legible words, and their quoted-word attention does not single out the sign: see the
-    README's glyph results.)"""
+def test_generation_draws_the_asked_tone_and_points_the_amo_map_at_the_sign(glyph, tone):
+    """What the shipped weights do, deterministically (fixed weights, fixed seed): a sign of the
+    asked tone against its ground, and a quoted-word attention map (4 x 12 cells, one per image
+    token) that is higher on the sign's cells than on the ground's."""
     from amo_engine.eval.metrics import ground_region
 
     result = AmoPipeline(glyph)(GenerateConfig([prompt_for("HAPPY", tone)], sampler="amo", seed=10))
@@ -58,10 +57,19 @@ def test_generation_draws_the_asked_tone_and_a_finite_amo_map(glyph, tone):
     assert (sign_level < ground_level) if tone == "dark" else (sign_level > ground_level)
     attn = result.attn_map[0]  # [4, 12] patch grid, 8 px per patch (one cell each)
     assert attn.shape == (4, 12) and torch.isfinite(attn).all() and result.sampler == "amo"
+    sign_cells = torch.from_numpy(~ground.reshape(4, 8, 12, 8).mean(axis=(1, 3)).round().astype(bool))  # [4, 12]
+    assert attn[sign_cells].mean() > 1.4 * attn[~sign_cells].mean()
+
+
+def test_shipped_weights_render_a_word_that_ocr_reads_back(glyph, reader):
+    """A known case (fixed weights and seed; the README's main command): AMO at the model's defaults
+    draws 'HAPPY' legibly. How often words come out right is what ``amo-engine eval`` measures."""
+    result = AmoPipeline(glyph)(GenerateConfig([prompt_for("HAPPY", "dark")], sampler="amo", seed=0))
+    assert reader(result.images) == ["HAPPY"]
 
 
 def test_out_of_vocabulary_word_is_named(glyph):
-    with pytest.warns(UserWarning, match="'BLUE' is out of this model's vocabulary"):
+    with pytest.warns(UserWarning, match="'BLUE' is not one of this model's 122 training words"):
         result = AmoPipeline(glyph)(GenerateConfig([prompt_for("BLUE", "light")], steps=2))
     assert len(result.images) == 1
 
@@ -151,13 +159,13 @@ def test_train_glyph_smoke_writes_a_loadable_folder(tmp_path):
 
     real_loss = Trainer.loss
 
-    def dying_loss(self, step):
+    def dying_loss(self, step, batch=None):
         if step == 7:
             raise KeyboardInterrupt
-        return real_loss(self, step)
+        return real_loss(self, step, batch)
 
     run2 = tmp_path / "run2"
-    args2 = [a if a != str(run) else str(run2) for a in args]
+    args2 = [a if a != str(run) else str(run2) for a in args] + ["--workers", "1"]  # workers draw the same batches
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Trainer, "loss", dying_loss)
         with pytest.raises(KeyboardInterrupt):
@@ -186,3 +194,31 @@ def test_learning_rate_phases():
     two = TrainConfig(run_dir=Path("x"), steps=1500, lr=5e-4, warmup=100, phases=((1000, 1e-3), (1500, 5e-4)))
     assert [lr_at(s, two) for s in (0, 500, 999)] == [lr_at(s, one) for s in (0, 500, 999)]
     assert lr_at(1049, two) == pytest.approx(5e-4) and lr_at(1499, two) == pytest.approx(5e-5, rel=1e-2)
+
+
+def test_t5_tokenizer_spells_every_word_letter_by_letter():
+    from amo_engine.glyph.model import build_t5_letter_tokenizer
+
+    tok = build_t5_letter_tokenizer()
+    assert tok.tokenize(prompt_for("HAPPY", "dark")) == ["▁a", "▁dark", "▁sign", "▁that", "▁says", "▁'",
+                                                          "H", "A", "P", "P", "Y", "'"]
+    for word in TRAIN_WORDS + HELD_OUT_WORDS:  # no unknown pieces, one per letter
+        pieces = tok.tokenize(prompt_for(word, "light"))[6:-1]
+        assert pieces == list(word) and tok.unk_token_id not in tok.convert_tokens_to_ids(pieces)
+
+
+def test_render_blends_letters_as_pil_draws_them():
+    """The cached-coverage compositing equals PIL drawing the letters straight onto the sign."""
+    from PIL import Image, ImageDraw
+
+    from amo_engine.glyph.render import CELL, TONE_LEVELS, _font
+
+    for word, tone in (("ZEBRA", "dark"), ("JAZZ", "light")):
+        image, box = render(word, tone)
+        ground, sign, ink = TONE_LEVELS[tone]
+        direct = Image.new("L", image.shape[::-1], ground)
+        draw = ImageDraw.Draw(direct)
+        draw.rectangle((box.left, box.top, box.right - 1, box.bottom - 1), fill=sign)
+        for i, letter in enumerate(word):
+            draw.text((box.left + (i + 1.5) * CELL, (box.top + box.bottom) / 2), letter, fill=ink, font=_font(), anchor="mm")
+        assert np.abs(image.astype(int) - np.asarray(direct).astype(int)).max() <= 1

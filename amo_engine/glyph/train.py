@@ -42,6 +42,8 @@ class TrainConfig:
     empty_prompt_prob: float = 0.1
     seed: int = 0
     threads: int | None = None  # torch threads (default: torch's choice)
+    workers: int = 0  # processes that render batches ahead of the optimiser (0: render in the training loop)
+    device: str = "cpu"  # cpu | cuda[:N]: batches are drawn on the CPU either way, so a run is the same data on both
     checkpoint_every: int = 500
     check_every: int = 500  # OCR check of sampled images (0: never)
     check_images: int = 16
@@ -57,6 +59,8 @@ class TrainConfig:
             raise ValueError("--lr must be in (0, 1)")
         if not 0 <= self.empty_prompt_prob < 1:
             raise ValueError("--empty-prompt-prob must be in [0, 1)")
+        if self.device != "cpu" and not (self.device.startswith("cuda") and torch.cuda.is_available()):
+            raise ValueError(f"--device {self.device}: no CUDA device here; use --device cpu")
 
 
 def sample_batch(seed: int, step: int, batch: int, empty_prob: float):
@@ -68,6 +72,16 @@ def sample_batch(seed: int, step: int, batch: int, empty_prob: float):
     empty = rng.random(batch) < empty_prob
     prompts = ["" if e else prompt_for(w, t) for w, t, e in zip(words, tones, empty)]
     return prompts, pixels
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Batch ``step`` of a run, for a DataLoader whose workers render ahead of the optimiser."""
+
+    def __init__(self, cfg: "TrainConfig"):
+        self.seed, self.batch, self.empty_prob = cfg.seed, cfg.batch, cfg.empty_prompt_prob
+
+    def __getitem__(self, step: int):
+        return sample_batch(self.seed, step, self.batch, self.empty_prob)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -92,13 +106,14 @@ class Trainer:
 
         self.cfg = cfg
         cfg.phases = cfg.phases or ((cfg.steps, cfg.lr),)
-        self.pipe = build_glyph_pipeline(cfg.seed)
+        self.device = torch.device(cfg.device)
+        self.pipe = build_glyph_pipeline(cfg.seed).to(self.device)
         for name in ("text_encoder", "text_encoder_2", "vae"):
             getattr(self.pipe, name).requires_grad_(False)
         self.trained = {"transformer": self.pipe.transformer, "text_encoder_3": self.pipe.text_encoder_3}
         self.ema = {k: copy.deepcopy(m).requires_grad_(False) for k, m in self.trained.items()}
         params = [p for m in self.trained.values() for p in m.parameters()]
-        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, fused=self.device.type == "cuda")
         self.step = 0
 
     # ---------------------------------------------------------------- state
@@ -148,7 +163,7 @@ class Trainer:
             raise ValueError(f"{run} was trained to {last_end} steps at lr {last_lr:g}: pass --steps {last_end} "
                              f"--lr {last_lr:g} to resume, or --extend --steps N (N > {last_end}) to train on")
         self.cfg.phases = phases
-        state = load_file(str(run / CHECKPOINT))
+        state = load_file(str(run / CHECKPOINT), device=str(self.device))
         for prefix, modules in (("model", self.trained), ("ema", self.ema)):
             for k, m in modules.items():
                 head = f"{prefix}.{k}."
@@ -162,25 +177,28 @@ class Trainer:
             head = f"opt.{i}."
             entries = {n[len(head):]: t for n, t in state.items() if n.startswith(head)}
             if entries:
-                entries["step"] = entries["step"].reshape(())
+                fused = self.opt.defaults.get("fused")  # fused AdamW keeps its step count on the device, plain on the CPU
+                entries["step"] = entries["step"].reshape(()).to(self.device if fused else "cpu")
                 self.opt.state[p] = entries
         self.step = int(meta["step"])
         return True
 
     # ---------------------------------------------------------------- training
 
-    def loss(self, step: int) -> torch.Tensor:
+    def loss(self, step: int, batch=None) -> torch.Tensor:
+        """The loss of batch ``step`` (``batch``: that batch, already drawn by a worker)."""
         cfg, pipe = self.cfg, self.pipe
-        prompts, pixels = sample_batch(cfg.seed, step, cfg.batch, cfg.empty_prompt_prob)
+        prompts, pixels = batch or sample_batch(cfg.seed, step, cfg.batch, cfg.empty_prompt_prob)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         vae = pipe.vae
+        pixels = pixels.to(self.device)
         x0 = (vae.encode(pixels).latent_dist.mode() - vae.config.shift_factor) * vae.config.scaling_factor  # [B, 16, h, w]
-        noise = torch.randn(x0.shape, generator=gen)
-        sigma = torch.sigmoid(torch.randn(x0.shape[0], generator=gen))  # [B] logit-normal
+        noise = torch.randn(x0.shape, generator=gen).to(self.device)  # drawn on the CPU: the same on every device
+        sigma = torch.sigmoid(torch.randn(x0.shape[0], generator=gen)).to(self.device)  # [B] logit-normal
         s = sigma[:, None, None, None]
         x_t = (1 - s) * x0 + s * noise
         embeds, _, pooled, _ = pipe.encode_prompt(
-            prompt=prompts, prompt_2=None, prompt_3=None, device=torch.device("cpu"),
+            prompt=prompts, prompt_2=None, prompt_3=None, device=self.device,
             do_classifier_free_guidance=False, max_sequence_length=TEXT_LENGTH,
         )
         pred = pipe.transformer(hidden_states=x_t, encoder_hidden_states=embeds, pooled_projections=pooled,
@@ -191,8 +209,7 @@ class Trainer:
         decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
         with torch.no_grad():
             for k, m in self.trained.items():
-                for pe, p in zip(self.ema[k].parameters(), m.parameters()):
-                    pe.lerp_(p, 1 - decay)
+                torch._foreach_lerp_(list(self.ema[k].parameters()), list(m.parameters()), 1 - decay)
 
     def ema_pipeline(self):
         """A pipeline over the EMA weights (shares the frozen parts)."""
@@ -237,10 +254,12 @@ class Trainer:
         running, start = None, time.time()
         for m in self.trained.values():
             m.train()
+        batches = iter(torch.utils.data.DataLoader(StepBatches(cfg), batch_size=None, num_workers=cfg.workers,
+                                                   sampler=range(self.step, cfg.steps), prefetch_factor=4 if cfg.workers else None))
         while self.step < cfg.steps:
             for group in self.opt.param_groups:
                 group["lr"] = lr_at(self.step, cfg)
-            loss = self.loss(self.step)
+            loss = self.loss(self.step, next(batches))
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]], 1.0)

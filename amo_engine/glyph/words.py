@@ -1,8 +1,8 @@
 """The glyph model's vocabulary: the words it was trained to render, and held-out words it never saw.
 
 Upper-case English words of 3 to 6 letters, so that every word fits the canvas's cells. The
-held-out list exists for honesty about generalisation: each held-out word is one token too, but
-only with its spelled init (no gradient reaches it), so it is not expected to render well.
+held-out list exists for honesty about generalisation: the tokenizer spells every word letter by
+letter, so a held-out word is a new sequence of letters the model has drawn in every cell.
 """
 
 from __future__ import annotations
