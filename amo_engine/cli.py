@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 from . import __version__
+from .backends import BACKENDS
 from .bench import CONFIGS as BENCH_CONFIGS
 
 EPILOG = """\
@@ -73,8 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "the engine's)")
     g.add_argument("--max-span-tokens", type=int, default=None,
                    help="span rows the score branch reads (default 64; with --engine: the engine's)")
-    g.add_argument("--backend", default="eager", choices=["eager", "ort", "trt"], help="where the transformer runs")
-    g.add_argument("--engine", type=Path, default=None, help="engine folder for --backend ort/trt")
+    g.add_argument("--backend", default="eager", choices=BACKENDS, help="where the transformer runs")
+    g.add_argument("--engine", type=Path, default=None, help="engine folder for --backend ort/aoti/trt")
+    g.add_argument("--cuda-graph", action="store_true",
+                   help="aoti/trt on CUDA: capture the transformer call in a CUDA graph and replay it")
     g.add_argument("--out", type=Path, default=Path("out.png"),
                    help="output PNG; a batch writes out.png, out_1.png, ... (default out.png)")
     g.add_argument("--save-attn", type=Path, default=None, help="also save AMO's span map as a heat-map overlay PNG")
@@ -96,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-fold", action="store_true", help="skip constant folding")
     e.add_argument("--blocks", type=_blocks, default=None, help="blocks with the score branch (default: all)")
     e.add_argument("--max-span-tokens", type=int, default=64, help="span rows the score branch reads (default 64)")
+    e.add_argument("--aoti", action="store_true",
+                   help="also compile an AOTInductor package (model.pt2) for --backend aoti, for --device")
+    e.add_argument("--aoti-weights", default="embedded", choices=["embedded", "model"],
+                   help="embedded: the package holds the weights; model: code only, weights taken from the model at "
+                        "load (released sizes: no second copy on disk or in memory)")
 
     b = sub.add_parser("build", help="build a TensorRT engine (model.plan) for an exported folder (NVIDIA GPU)")
     b.add_argument("engine", type=Path, help="engine folder written by amo-engine export")
@@ -107,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="manifest, I/O table, op census, TensorRT compatibility; --verify runs parity")
     i.add_argument("engine", type=Path, help="engine folder")
     i.add_argument("--verify", action="store_true", help="run the engine and eager on the same random feeds")
-    i.add_argument("--backend", default="ort", choices=["ort", "trt"], help="runtime for --verify (default ort)")
+    i.add_argument("--backend", default="ort", choices=[b for b in BACKENDS if b != "eager"],
+                   help="runtime for --verify (default ort)")
     i.add_argument("--model", default=None, help="model for --verify (default: the one in the manifest)")
     i.add_argument("--device", default="cpu", help="device for --verify")
     i.add_argument("--cache-dir", type=Path, default=None, help="preset cache (see generate)")
@@ -140,8 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model's)")
     ev.add_argument("--batch", type=int, default=16, help="prompts per call (default 16; an ORT engine must match)")
     ev.add_argument("--ocr", default="rapidocr", choices=["rapidocr", "tesseract"], help="OCR engine (default rapidocr)")
-    ev.add_argument("--backend", default="eager", choices=["eager", "ort", "trt"], help="where the transformer runs")
-    ev.add_argument("--engine", type=Path, default=None, help="engine folder for --backend ort/trt")
+    ev.add_argument("--backend", default="eager", choices=BACKENDS, help="where the transformer runs")
+    ev.add_argument("--engine", type=Path, default=None, help="engine folder for --backend ort/aoti/trt")
     ev.add_argument("--device", default="cpu", help="torch device (default cpu)")
     ev.add_argument("--cache-dir", type=Path, default=None, help="preset cache (tiny presets)")
     ev.add_argument("--report-only", action="store_true", help="only rebuild the report from rows.jsonl")
@@ -222,7 +231,9 @@ def check_generate_args(args: argparse.Namespace) -> None:
 
         check_available(args.ocr)
     if args.backend == "eager" and args.engine is not None:
-        raise ValueError("--engine needs --backend ort or trt (eager runs the model itself): add --backend ort")
+        raise ValueError("--engine needs --backend ort, aoti or trt (eager runs the model itself): add --backend ort")
+    if args.cuda_graph and (args.backend not in ("aoti", "trt") or not args.device.startswith("cuda")):
+        raise ValueError("--cuda-graph needs --backend aoti or trt on --device cuda")
     factor = size_factor(args.model, args.cache_dir)
     for name in ("height", "width"):
         value = getattr(args, name)
@@ -259,7 +270,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:
         span = {} if args.max_span_tokens is None else {"max_span_tokens": args.max_span_tokens}
         score = ScoreConfig(hooked_blocks=args.blocks, **span)
-    with open_backend(args.backend, engine, model, score, device=args.device) as backend:
+    options = {"cuda_graph": True} if args.cuda_graph else {}
+    with open_backend(args.backend, engine, model, score, device=args.device, **options) as backend:
         result = AmoPipeline(model, score, backend)(_generate_config(args))
     _write_generated(args, model, result)
     return 0
@@ -317,7 +329,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     cfg = ExportConfig(
         out=args.out, batch=args.batch, height=args.height, width=args.width, cfg_rows=not args.no_cfg,
         max_sequence_length=args.max_sequence_length, opset=args.opset, exporter=args.exporter,
-        dynamic_batch=args.dynamic_batch, fold_constants=not args.no_fold,
+        dynamic_batch=args.dynamic_batch, fold_constants=not args.no_fold, aoti=args.aoti,
+        aoti_weights=args.aoti_weights,
     )
     export_engine(model, cfg, ScoreConfig(args.blocks, args.max_span_tokens))
     return 0

@@ -2,8 +2,9 @@
 export locks.
 
 An engine folder holds ``manifest.json`` and one or more artifacts, each described by its own
-manifest section: ``onnx`` (``model.onnx``, + ``model.onnx.data`` for > 2 GB models) and, after
-``amo-engine build`` on an NVIDIA GPU, ``trt`` (``model.plan``). ``open_engine`` reads the manifest,
+manifest section: ``onnx`` (``model.onnx``, + ``model.onnx.data`` for > 2 GB models), ``aoti``
+(``model.pt2``, an AOTInductor package, with ``export --aoti``) and, after ``amo-engine build`` on
+an NVIDIA GPU, ``trt`` (``model.plan``). ``open_engine`` reads the manifest,
 checks every file's size and sha256 once, checks the model it will run with, and returns an
 ``Engine`` that backends take: no backend reads metadata again. Folders are written under a temp
 name and renamed into place, so a reader never sees half an engine.
@@ -27,9 +28,11 @@ from .spec import IOSpec
 MANIFEST = "manifest.json"
 ONNX_FILE = "model.onnx"
 PLAN_FILE = "model.plan"
+PT2_FILE = "model.pt2"
 FORMAT_VERSION = 1
-ARTIFACTS = ("onnx", "trt")  # manifest sections, one per artifact format an engine folder can hold
-RUNTIME_ARTIFACT = {"ort": "onnx", "trt": "trt"}  # the artifact each runtime runs
+ARTIFACT_FILES = {"onnx": ONNX_FILE, "trt": PLAN_FILE, "aoti": PT2_FILE}  # manifest section -> default file
+ARTIFACTS = tuple(ARTIFACT_FILES)  # manifest sections, one per artifact format an engine folder can hold
+RUNTIME_ARTIFACT = {"ort": "onnx", "trt": "trt", "aoti": "aoti"}  # the artifact each runtime runs
 
 
 class EngineError(ValueError):
@@ -155,12 +158,12 @@ class Engine:
         return ScoreConfig(tuple(self.manifest["hooked_blocks"]), self.manifest["max_span_tokens"])
 
     def artifact(self, section: str) -> Path:
-        """The file of artifact ``section`` (``onnx`` or ``trt``), refusing folders without it."""
+        """The file of artifact ``section`` (``onnx``, ``aoti`` or ``trt``), refusing folders without it."""
         if section not in self.manifest:
-            hint = f"build it: amo-engine build {self.folder}" if section == "trt" else "re-export the engine"
+            hint = {"trt": f"build it: amo-engine build {self.folder}",
+                    "aoti": "re-export the engine with --aoti"}.get(section, "re-export the engine")
             raise EngineError(f"{self.folder} holds no {section} artifact (it has {self.artifacts}); {hint}")
-        default = {"onnx": ONNX_FILE, "trt": PLAN_FILE}[section]
-        return self.folder / self.manifest[section].get("file", default)
+        return self.folder / self.manifest[section].get("file", ARTIFACT_FILES[section])
 
     @property
     def artifacts(self) -> list[str]:
@@ -221,15 +224,27 @@ def recover_interrupted(out: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def check_runtime(manifest: Mapping, kind: str, runtime_version: str | None, max_opset: int | None = None) -> None:
+def check_runtime(manifest: Mapping, kind: str, runtime_version: str | None, max_opset: int | None = None,
+                  device: str | None = None) -> None:
     """Refuse an engine this runtime cannot run faithfully: no artifact for it, an unknown exporter,
-    an opset above what the installed ONNX Runtime implements, or a TensorRT plan built by another
-    TensorRT version."""
+    an opset above what the installed ONNX Runtime implements, a TensorRT plan built by another
+    TensorRT version, or an AOTInductor package compiled for another torch or device kind."""
     section = RUNTIME_ARTIFACT[kind]
     if section not in manifest:
         if kind == "trt":
             raise EngineError("the engine has no TensorRT plan; build it: amo-engine build ENGINE")
-        raise EngineError(f"the engine holds no {section} artifact for the {kind} runtime; re-export it with amo-engine export")
+        extra = " --aoti" if kind == "aoti" else ""
+        raise EngineError(f"the engine holds no {section} artifact for the {kind} runtime; re-export it with "
+                          f"amo-engine export{extra}")
+    if kind == "aoti":
+        built, where = manifest["aoti"].get("torch"), manifest["aoti"].get("device")
+        if built != runtime_version:
+            raise EngineError(f"the AOTInductor package was compiled by torch {built}, this is torch {runtime_version}; "
+                              "packages are version-specific: re-export with amo-engine export --aoti")
+        if device is not None and where != torch_device_type(device):
+            raise EngineError(f"the AOTInductor package was compiled for {where}, not {device}: run it with --device "
+                              f"{where}, or re-export with --aoti --device {torch_device_type(device)}")
+        return
     if kind == "trt":
         built = manifest["trt"].get("version")
         if built != runtime_version:
@@ -243,6 +258,11 @@ def check_runtime(manifest: Mapping, kind: str, runtime_version: str | None, max
     if max_opset is not None and opset > max_opset:
         raise EngineError(f"the engine uses ONNX opset {opset} but onnxruntime {runtime_version} implements up to "
                           f"{max_opset}; upgrade onnxruntime or re-export with --opset {max_opset}")
+
+
+def torch_device_type(device: str) -> str:
+    """'cuda' for 'cuda:1', 'cpu' for 'cpu'."""
+    return str(device).split(":")[0]
 
 
 @contextlib.contextmanager

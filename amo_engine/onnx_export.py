@@ -20,6 +20,7 @@ from .engine import (
     EngineError,
     MANIFEST,
     ONNX_FILE,
+    PT2_FILE,
     export_lock,
     file_records,
     staging_dir,
@@ -44,6 +45,8 @@ class ExportConfig:
     exporter: str = "dynamo"
     dynamic_batch: bool = False
     fold_constants: bool = True
+    aoti: bool = False  # also compile an AOTInductor package (model.pt2) on the model's device
+    aoti_weights: str = "embedded"  # embedded in the package | "model": taken from the model at load
     log: bool = True
 
 
@@ -204,6 +207,10 @@ def export_engine(model, cfg: ExportConfig, score: ScoreConfig = ScoreConfig()) 
         raise ValueError(f"opset {cfg.opset} unsupported; use 17-20 (TensorRT 10 parses up to 20)")
     if cfg.batch < 1:
         raise ValueError("batch must be >= 1")
+    if cfg.aoti_weights not in ("embedded", "model"):
+        raise ValueError(f"unknown --aoti-weights {cfg.aoti_weights!r}; choose embedded or model")
+    if cfg.aoti and cfg.dynamic_batch:
+        raise ValueError("--aoti compiles the engine's fixed shapes: drop --dynamic-batch")
     if cfg.dynamic_batch and cfg.exporter != "dynamo":
         raise ValueError("--dynamic-batch needs --exporter dynamo (the TorchScript export bakes the batch into reshapes)")
     out = Path(cfg.out)
@@ -219,10 +226,11 @@ def export_engine(model, cfg: ExportConfig, score: ScoreConfig = ScoreConfig()) 
     spec = backbone.io_spec(rows, height, width, text_len, dtype)
     feeds = sample_feeds(spec, pipe.transformer.device)
     timings: dict[str, float] = {}
+    steps = 5 if cfg.aoti else 4
 
     with export_lock(out), staging_dir(out) as tmp:
         onnx_path = tmp / ONNX_FILE
-        _say(cfg, f"[1/4] exporting {family.name} backbone ({cfg.exporter}, opset {cfg.opset}, rows {rows}, "
+        _say(cfg, f"[1/{steps}] exporting {family.name} backbone ({cfg.exporter}, opset {cfg.opset}, rows {rows}, "
                   f"{height}x{width}, text {text_len}) ...")
         start = time.perf_counter()
         with torch.no_grad():
@@ -231,21 +239,33 @@ def export_engine(model, cfg: ExportConfig, score: ScoreConfig = ScoreConfig()) 
 
         large = needs_external_data(backbone)  # weights live beside the graph: fold nothing in memory
         if cfg.fold_constants and not large:
-            _say(cfg, "[2/4] folding constants and cleaning up (onnx-graphsurgeon) ...")
+            _say(cfg, f"[2/{steps}] folding constants and cleaning up (onnx-graphsurgeon) ...")
             start = time.perf_counter()
             _cleanup(onnx_path)
             timings["cleanup_s"] = time.perf_counter() - start
         else:
-            _say(cfg, "[2/4] constant folding skipped" + (" (external data)" if large else ""))
+            _say(cfg, f"[2/{steps}] constant folding skipped" + (" (external data)" if large else ""))
 
-        _say(cfg, "[3/4] checking the graph (onnx checker, op census, TensorRT support, softmax fusion) ...")
+        _say(cfg, f"[3/{steps}] checking the graph (onnx checker, op census, TensorRT support, softmax fusion) ...")
         onnx.checker.check_model(str(onnx_path))
         report = check_graph(onnx.load(str(onnx_path), load_external_data=False))
         if not report.fusion_ok:
             raise EngineError(f"the exported graph breaks attention fusion: {report.problems()}")
         _ort_loads(onnx_path)
 
-        _say(cfg, "[4/4] writing manifest ...")
+        aoti = None
+        if cfg.aoti:
+            from .aoti import compile_package
+
+            device = pipe.transformer.device
+            _say(cfg, f"[4/{steps}] compiling the AOTInductor package for {device.type} "
+                      f"(weights {cfg.aoti_weights}) ...")
+            start = time.perf_counter()
+            compile_package(backbone, feeds, tmp / PT2_FILE, embed_weights=cfg.aoti_weights == "embedded")
+            timings["aoti_compile_s"] = time.perf_counter() - start
+            aoti = {"file": PT2_FILE, "device": device.type, "weights": cfg.aoti_weights, "torch": torch.__version__}
+
+        _say(cfg, f"[{steps}/{steps}] writing manifest ...")
         manifest = {
             "format": FORMAT_VERSION,
             "family": family.name,
@@ -263,6 +283,7 @@ def export_engine(model, cfg: ExportConfig, score: ScoreConfig = ScoreConfig()) 
             "max_span_tokens": score.max_span_tokens,
             "onnx": {"file": ONNX_FILE, "opset": cfg.opset, "exporter": cfg.exporter,
                      "dynamic_batch": cfg.dynamic_batch, "folded": cfg.fold_constants and not large},
+            **({"aoti": aoti} if aoti else {}),
             "graph": report.to_json(),
             "versions": _versions(),
             "timings": timings,

@@ -4,11 +4,18 @@ backbone call next to the stock transformer and the reference-style (explicit fu
 
     python bench/gpu_scale.py --out results.json      # needs a CUDA GPU with ~40 GB free
     python bench/gpu_scale.py --device cpu --scale medium --size 128 --calls 2   # smoke run on a CPU
+    python bench/gpu_scale.py --compiled --steps 28 --out results.json   # + torch.compile and AOTInductor arms
 
 Architectures (``amo_engine.bench.zoo``, the shapes of SD3-medium and FLUX.1-dev; weights random,
 bf16): SD3-medium 1024x1024 with CFG rows (B=2, 4096 image + 333 text tokens); FLUX.1-dev
 1024x1024 (B=1, 4096 image + 512 text tokens). Arms run interleaved by the same harness as the CPU
 bench, timed to a device sync; loops use each family's own sigma grid and timestep rule.
+
+``--compiled`` adds the compiled arms: ``compile-stock`` (torch.compile of the stock transformer,
+the public anchor), ``aoti-hook`` (the AOTInductor package of the hooked backbone, what ``--backend
+aoti`` runs) and ``aoti-hook-graph`` (that package replayed from a CUDA graph on static buffers),
+and the loops ``compile-euler`` (stock compiled, Euler), ``aoti-graph-euler`` and ``aoti-graph-amo``
+(the graphed package, Euler ignoring its map / AMO using it). Compile times are recorded.
 """
 
 from __future__ import annotations
@@ -16,6 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 import torch
 
@@ -33,7 +43,7 @@ def ms(timed: harness.Timed) -> dict:
 
 
 def measure(name: str, calls: int, warmup: int, steps: int, scale: str = "released", size: int = 1024,
-            device: str = "cuda") -> dict:
+            device: str = "cuda", compiled: bool = False, reference_arm: bool = True) -> dict:
     family = family_named(name)
     cuda = device == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -65,9 +75,18 @@ def measure(name: str, calls: int, warmup: int, steps: int, scale: str = "releas
         sink.clear()
         return run_with(ref_procs, lambda: (model(**plain, return_dict=False)[0], torch.stack(sink).mean(0)))
 
-    arms = {"eager-stock": stock, "eager-hook-amo": hooked, "reference-amo": reference}
+    arms = {"eager-stock": stock, "eager-hook-amo": hooked}
+    if reference_arm:
+        arms["reference-amo"] = reference
+    loop_fns = loop_arms(family, backbone, model, stock_procs, feeds, plain, steps, spec.dims["image_tokens"], device)
+    compile_s = {}
+    if compiled:
+        compiled_arms, compiled_loops, compile_s = compiled_arms_of(family, backbone, model, stock_procs, feeds, plain,
+                                                                    steps, spec.dims["image_tokens"], device)
+        arms.update(compiled_arms)
+        loop_fns.update(compiled_loops)
     peak = {}
-    with torch.inference_mode():
+    with torch.no_grad():
         for arm, fn in arms.items():
             if cuda:
                 torch.cuda.synchronize()
@@ -77,8 +96,7 @@ def measure(name: str, calls: int, warmup: int, steps: int, scale: str = "releas
                 torch.cuda.synchronize()
             peak[arm] = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
         times = harness.interleaved(arms, calls, warmup=warmup, sync=sync)
-        loops = harness.interleaved(loop_arms(family, backbone, model, stock_procs, feeds, plain, steps,
-                                              spec.dims["image_tokens"], device), 3, warmup=1, sync=sync)
+        loops = harness.interleaved(loop_fns, 3, warmup=1, sync=sync)
     p50 = {k: ms(v)["p50"] for k, v in times.items()}
     loop_ms = {k: ms(v)["p50"] for k, v in loops.items()}
     return {
@@ -87,8 +105,11 @@ def measure(name: str, calls: int, warmup: int, steps: int, scale: str = "releas
         "device": torch.cuda.get_device_name() if cuda else harness.cpu_facts()["name"], "torch": torch.__version__,
         "p50_ms": p50, "samples_ms": {k: ms(v)["samples"] for k, v in times.items()}, "peak_gib": peak,
         "hook_over_stock": p50["eager-hook-amo"] / p50["eager-stock"],
-        "reference_over_hook": p50["reference-amo"] / p50["eager-hook-amo"],
-        "loop_steps": steps, "loop_ms": loop_ms, "amo_loop_over_euler_loop": loop_ms["hook-amo"] / loop_ms["stock-euler"],
+        "reference_over_hook": p50["reference-amo"] / p50["eager-hook-amo"] if reference_arm else None,
+        "loop_steps": steps, "loop_ms": loop_ms, "loop_samples_ms": {k: ms(v)["samples"] for k, v in loops.items()},
+        "amo_loop_over_euler_loop": loop_ms["hook-amo"] / loop_ms["stock-euler"],
+        "compile_s": compile_s,
+        "speedup_over_eager_stock": {k: p50["eager-stock"] / v for k, v in p50.items()},
     }
 
 
@@ -121,6 +142,65 @@ def loop_arms(family, backbone, model, stock_procs, feeds, plain, steps, image_t
     return {"stock-euler": euler_loop, "hook-amo": amo_loop}
 
 
+def compiled_arms_of(family, backbone, model, stock_procs, feeds, plain, steps, image_tokens, device):
+    """The compiled arms and loops (see the module doc), and each compilation's seconds."""
+    from amo_engine.aoti import CudaGraphCall, compile_package, load_package
+
+    cuda = device == "cuda"
+    seconds = {}
+    model.set_attn_processor(dict(stock_procs))
+    compiled_stock = torch.compile(model)
+    start = time.perf_counter()
+    with torch.no_grad():
+        compiled_stock(**plain, return_dict=False)
+    if cuda:
+        torch.cuda.synchronize()
+    seconds["compile-stock"] = time.perf_counter() - start
+    start = time.perf_counter()
+    # code alone in the package, weights read in place from the model: a released FLUX embedded in the
+    # package is 24 GB written and then unpacked again (a first GPU run filled the disk that way)
+    package = compile_package(backbone, feeds, Path(tempfile.mkdtemp()) / "backbone.pt2", embed_weights=False)
+    runner = load_package(package, weights_from=backbone)
+    seconds["aoti-hook"] = time.perf_counter() - start
+
+    def compiled_stock_call():
+        return compiled_stock(**plain, return_dict=False)[0]
+
+    arms = {"compile-stock": compiled_stock_call, "aoti-hook": lambda: runner(**feeds)}
+    graphed = None
+    if cuda:
+        start = time.perf_counter()
+        graphed = CudaGraphCall(runner, feeds)
+        seconds["aoti-hook-graph capture"] = time.perf_counter() - start
+        arms["aoti-hook-graph"] = graphed
+    engine = graphed or (lambda: runner(**feeds))
+    config = family.reference_scheduler
+    sigmas = family.sigmas(config, steps, image_tokens)
+    hidden, timestep = feeds["hidden_states"], feeds["timestep"]
+
+    def step_with(call):
+        def fn(x, sigma):
+            hidden.copy_(x)
+            timestep.fill_(family.timestep(sigma, config))
+            v, attn = call()
+            return StepOut(v, attn)
+        return fn
+
+    def compiled_stock_step(x, sigma):
+        hidden.copy_(x)
+        timestep.fill_(family.timestep(sigma, config))
+        return StepOut(compiled_stock_call())
+
+    patch = family.latent_patch(model.config)
+    loops = {
+        "compile-euler": lambda: sample_euler(compiled_stock_step, hidden.clone(), sigmas),
+        "aoti-graph-euler" if cuda else "aoti-euler": lambda: sample_euler(step_with(engine), hidden.clone(), sigmas),
+        "aoti-graph-amo" if cuda else "aoti-amo": lambda: sample_amo(step_with(engine), hidden.clone(), sigmas, 2.0,
+                                                                     torch.Generator(device).manual_seed(0), patch_size=patch),
+    }
+    return arms, loops, seconds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--families", default="sd3,flux")
@@ -131,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="architecture scale (medium: the CPU bench's ~70 M-param models)")
     parser.add_argument("--size", type=int, default=1024, help="image side in pixels")
     parser.add_argument("--device", default="cuda", help="cuda (bf16) or cpu (fp32: a smoke run of this script)")
+    parser.add_argument("--compiled", action="store_true", help="add the torch.compile and AOTInductor arms")
+    parser.add_argument("--no-reference", action="store_true", help="skip the reference (explicit softmax) AMO arm")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -139,18 +221,19 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     results = []
     for name in args.families.split(","):
-        r = measure(name, args.calls, args.warmup, args.steps, args.scale, args.size, args.device)
+        r = measure(name, args.calls, args.warmup, args.steps, args.scale, args.size, args.device, args.compiled,
+                    not args.no_reference)
         if args.device == "cuda":
             torch.cuda.empty_cache()
         results.append(r)
         print(f"{name}: {r['params_b']:.2f} B params on {r['device']}: " + ", ".join(
             f"{k} {v:.1f} ms (peak {r['peak_gib'][k]:.1f} GiB)" for k, v in r["p50_ms"].items())
-              + f"; hook/stock {r['hook_over_stock']:.3f}, reference/hook {r['reference_over_hook']:.2f}; "
-              f"{r['loop_steps']}-step loop: Euler {r['loop_ms']['stock-euler']:.0f} ms, AMO {r['loop_ms']['hook-amo']:.0f} ms "
-              f"(x{r['amo_loop_over_euler_loop']:.3f})", flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=2)
+              + f"; hook/stock {r['hook_over_stock']:.3f}; {r['loop_steps']}-step loops: "
+              + ", ".join(f"{k} {v:.0f} ms" for k, v in r["loop_ms"].items())
+              + (f"; compile s: {r['compile_s']}" if r["compile_s"] else ""), flush=True)
+        if args.out:  # after every family: a run cut short keeps what it measured
+            with open(args.out, "w") as f:
+                json.dump(results, f, indent=2)
     return 0
 
 

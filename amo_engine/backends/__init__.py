@@ -1,4 +1,5 @@
-"""Backends: one transformer evaluation over named tensors (eager torch, ONNX Runtime, TensorRT).
+"""Backends: one transformer evaluation over named tensors (eager torch, ONNX Runtime, AOTInductor,
+TensorRT).
 
 Contract::
 
@@ -8,18 +9,20 @@ Contract::
 
 Feeds stay on the device; returned tensors belong to the backend and are overwritten by the next
 call. Engine backends take an ``engine.Engine`` (opened and checked once) and never re-read its
-metadata. Heavy runtimes are imported lazily, only when their backend is asked for.
+metadata. Heavy runtimes are imported lazily, only when their backend is asked for; this module
+imports nothing heavy, so the command line can read ``BACKENDS`` before any runtime loads.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Protocol
+from typing import TYPE_CHECKING, Mapping, Protocol
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from ..spec import IOSpec
+    from ..spec import IOSpec
 
-BACKENDS = ("eager", "ort", "trt")
+BACKENDS = ("eager", "ort", "aoti", "trt")
 
 
 class BackendUnavailable(RuntimeError):
@@ -51,9 +54,9 @@ def open_backend(kind: str, engine=None, model=None, score=None, device: str = "
     """The backend ``kind`` for ``model`` (a LoadedModel).
 
     eager: the model's own transformer behind the score hook (``score``: a backbone.ScoreConfig);
-    no engine. ort / trt: ``engine``, an ``engine.Engine`` or an engine folder (opened here, checked
-    against ``model``); the score configuration is the engine's. ``options`` go to the backend (ORT:
-    opt_level, threads, spinning; TensorRT: cuda_graph).
+    no engine. ort / aoti / trt: ``engine``, an ``engine.Engine`` or an engine folder (opened here,
+    checked against ``model``); the score configuration is the engine's. ``options`` go to the
+    backend (ORT: opt_level, threads, spinning; AOTInductor and TensorRT: cuda_graph).
     """
     if kind not in BACKENDS:
         raise ValueError(f"unknown backend {kind!r}; choose one of {', '.join(BACKENDS)}")
@@ -78,6 +81,13 @@ def open_backend(kind: str, engine=None, model=None, score=None, device: str = "
 
         check_runtime(engine.manifest, "ort", onnxruntime.__version__, max_supported_opset())
         return OrtBackend(engine, device=device, **options)
+    if kind == "aoti":
+        import torch
+
+        from .aoti import AotiBackend
+
+        check_runtime(engine.manifest, "aoti", torch.__version__, device=device)
+        return AotiBackend(engine, model, device=device, **options)
     from .trt import TrtBackend, import_tensorrt
 
     check_runtime(engine.manifest, "trt", import_tensorrt().__version__)

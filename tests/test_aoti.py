@@ -1,0 +1,103 @@
+"""AOTInductor engines on the CPU: the package beside the ONNX graph in one engine folder, parity
+with eager under the float32 gates (weights embedded or taken from the model), the glyph model's
+main job through it, and the refusals (no package, another torch, another device, CUDA graphs
+without CUDA)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import pytest
+import torch
+
+from amo_engine.backends import BackendUnavailable, open_backend
+from amo_engine.engine import EngineError, check_runtime, open_engine
+from amo_engine.glyph.words import prompt_for
+from amo_engine.models import load_model
+from amo_engine.onnx_export import ExportConfig, export_engine
+from amo_engine.pipeline import AmoPipeline, GenerateConfig
+from amo_engine.verify import engine_parity, judge_parity
+
+
+@pytest.fixture(scope="module")
+def flux_aoti(models, tmp_path_factory):
+    """tiny-flux exported with an embedded-weights AOTInductor package beside its ONNX graph."""
+    folder = tmp_path_factory.mktemp("aoti") / "tiny-flux"
+    manifest = export_engine(models["flux"], ExportConfig(out=folder, aoti=True, log=False))
+    return folder, manifest
+
+
+@pytest.fixture(scope="module")
+def glyph():
+    return load_model("glyph")
+
+
+@pytest.fixture(scope="module")
+def glyph_aoti(glyph, tmp_path_factory):
+    """The glyph model's engine through the command line, its package holding code alone."""
+    from amo_engine.cli import main
+
+    folder = tmp_path_factory.mktemp("aoti") / "glyph"
+    assert main(["export", "--model", "glyph", "--out", str(folder), "--aoti", "--aoti-weights", "model"]) == 0
+    return folder
+
+
+def test_package_sits_beside_the_graph_and_matches_eager(models, flux_aoti):
+    folder, manifest = flux_aoti
+    assert manifest["aoti"] == {"file": "model.pt2", "device": "cpu", "weights": "embedded", "torch": torch.__version__}
+    assert set(manifest["files"]) == {"model.onnx", "model.pt2"} and manifest["timings"]["aoti_compile_s"] > 0
+    assert open_engine(folder).artifacts == ["onnx", "aoti"]
+    p = engine_parity(models["flux"], folder, "aoti")
+    ok, detail = judge_parity(p, "float32")
+    assert ok, detail
+
+
+def test_package_without_weights_runs_on_the_models_own(glyph, glyph_aoti, capsys):
+    from amo_engine.cli import main
+
+    manifest = json.loads((glyph_aoti / "manifest.json").read_text())
+    assert manifest["aoti"]["weights"] == "model"
+    assert manifest["files"]["model.pt2"]["bytes"] < 4 * 1024**2  # code only: the weights are ~7 MB in fp16
+    assert main(["inspect", str(glyph_aoti), "--verify", "--backend", "aoti"]) == 0
+    assert "PASS" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="holds no weights: open it with the model"):
+        open_backend("aoti", open_engine(glyph_aoti))
+
+
+def test_main_job_through_the_aoti_engine_equals_ort(glyph, glyph_aoti):
+    """The README's main job (AMO, seed 0) through both runtimes of one engine folder."""
+    engine = open_engine(glyph_aoti, glyph)
+    config = GenerateConfig([prompt_for("HAPPY", "dark")], sampler="amo", seed=0)
+    results = {}
+    for kind in ("aoti", "ort"):
+        with warnings.catch_warnings(), open_backend(kind, engine, glyph) as backend:
+            warnings.simplefilter("ignore")
+            results[kind] = AmoPipeline(glyph, engine.score, backend)(config)
+    assert torch.allclose(results["aoti"].latents, results["ort"].latents, atol=1e-3)
+    assert torch.allclose(results["aoti"].attn_map, results["ort"].attn_map, atol=1e-4)
+
+
+def test_refusals(models, flux_aoti, tmp_path):
+    folder, manifest = flux_aoti
+    no_package = tmp_path / "onnx-only"
+    export_engine(models["flux"], ExportConfig(out=no_package, log=False))
+    with pytest.raises(EngineError, match="re-export it with amo-engine export --aoti"):
+        open_backend("aoti", no_package, models["flux"])
+    with pytest.raises(EngineError, match="compiled by torch 0.0.1.*re-export with amo-engine export --aoti"):
+        check_runtime({**manifest, "aoti": {**manifest["aoti"], "torch": "0.0.1"}}, "aoti", torch.__version__)
+    with pytest.raises(EngineError, match="compiled for cpu, not cuda: run it with --device cpu"):
+        check_runtime(manifest, "aoti", torch.__version__, device="cuda")
+    with pytest.raises(BackendUnavailable, match="--cuda-graph needs a CUDA device"):
+        open_backend("aoti", folder, models["flux"], cuda_graph=True)
+    with pytest.raises(ValueError, match="drop --dynamic-batch"):
+        export_engine(models["flux"], ExportConfig(out=tmp_path / "x", aoti=True, dynamic_batch=True, log=False))
+
+
+def test_cli_refuses_cuda_graph_without_cuda(capsys):
+    from amo_engine.cli import main
+
+    assert main(["generate", "--model", "glyph", "--prompt", "a sign", "--backend", "ort", "--engine", "engines/x",
+                 "--cuda-graph"]) == 2
+    assert "--cuda-graph needs --backend aoti or trt on --device cuda" in capsys.readouterr().err
