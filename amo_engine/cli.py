@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--ort-spinning", action="store_true",
                     help="let ORT's threads spin-wait between calls (faster alone, steals CPU from interleaved arms)")
     be.add_argument("--no-compile", action="store_true", help="skip the torch.compile arm")
+    be.add_argument("--no-aoti", action="store_true", help="skip the AOTInductor arm (its compile takes minutes)")
     be.add_argument("--out-dir", type=Path, default=None,
                     help="where JSON lines, table and plot go (default: ~/.cache/amo-engine/bench, outside the repo; "
                          "pass bench/results to update the committed tables)")
@@ -396,7 +397,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench.cpu import BenchConfig, default_out_dir, run_bench
 
     threads = {} if args.threads is None else {"threads": args.threads}
-    rows = run_bench(BenchConfig(args.config, args.calls, args.loops, args.steps, compile=not args.no_compile,
+    rows = run_bench(BenchConfig(args.config, args.calls, args.loops, args.steps, compile=not args.no_compile, aoti=not args.no_aoti,
                                  ort_spinning=args.ort_spinning, out_dir=args.out_dir, cache_dir=args.cache_dir, **threads))
     out = args.out_dir if args.out_dir is not None else default_out_dir()
     print(f"wrote {out / args.config}.jsonl, .md and .png")

@@ -12,10 +12,11 @@ from amo_engine.bench.cpu import BenchConfig, run_bench
 
 
 def test_bench_smoke_writes_jsonl_table_and_plot(tmp_path):
-    rows = run_bench(BenchConfig("tiny-flux", calls=2, loops=1, steps=2, warmup=1, compile=False, threads=1,
+    rows = run_bench(BenchConfig("tiny-flux", calls=2, loops=1, steps=2, warmup=1, compile=False, aoti=True, threads=1,
                                  out_dir=tmp_path, cache_dir=tmp_path / "cache"), log=lambda s: None)
     arms = [r["arm"] for r in rows]
-    assert arms == ["eager-stock-euler", "eager-hook-amo", "reference-amo", "ort-euler", "ort-amo", "ort-noattn-euler"]
+    assert arms == ["eager-stock-euler", "eager-hook-amo", "reference-amo", "ort-euler", "ort-amo", "ort-noattn-euler",
+                    "aoti-euler", "aoti-amo"]
     lines = (tmp_path / "tiny-flux.jsonl").read_text().splitlines()
     assert len(lines) == len(arms)
     first = json.loads(lines[0])
@@ -27,7 +28,8 @@ def test_bench_smoke_writes_jsonl_table_and_plot(tmp_path):
     assert by["ort-amo"]["call_s"] is None and by["ort-amo"]["call_same_as"] == "ort-euler"  # one call, timed once
     table = (tmp_path / "tiny-flux.md").read_text()
     assert "| ort-amo | same call as ort-euler" in table and "reference-style AMO" in table
-    assert "GEMM" in table and "harness check" in table
+    assert "GEMM" in table and "harness check" in table and "AOTInductor vs ORT" in table
+    assert by["aoti-amo"]["e2e_s"]["n"] == 1 and any("AOTInductor compile" in n for n in first["notes"])
     assert (tmp_path / "tiny-flux.png").stat().st_size > 1000
 
 

@@ -2,7 +2,10 @@
 
 Outputs are static torch buffers allocated once from the IOSpec and bound at construction;
 inputs are rebound only when a feed's pointer or shape changes. CPU here; the CUDA provider
-where onnxruntime-gpu and a GPU are present. ``threads`` sets ORT's intra-op pool; ``spinning``
+where onnxruntime-gpu and a GPU are present. On CUDA a call never waits on the host: ORT runs on a
+stream of ours with the run option that skips its end-of-run stream synchronisation, after the
+caller's stream (feeds ready), and the caller's stream then waits on ORT's (outputs ready), so work
+stays ordered on the device as with any torch kernel. ``threads`` sets ORT's intra-op pool; ``spinning``
 False stops its threads spin-waiting after a call (they would take CPU from other work in the
 process, such as torch, on a machine with few cores).
 """
@@ -17,6 +20,7 @@ from ..engine import Engine
 from . import BackendUnavailable, ClosingBackend
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
+NO_HOST_SYNC = "disable_synchronize_execution_providers"  # run option: Run returns without a stream sync
 
 
 def _element_type(dtype: torch.dtype):
@@ -68,7 +72,10 @@ class OrtBackend(ClosingBackend):
             providers = [("CUDAExecutionProvider", {"device_id": self.device.index or 0,
                                                     "user_compute_stream": str(self._stream.cuda_stream)})]
             self._ort_device = ("cuda", self.device.index or 0)
+            self.run_options = ort.RunOptions()
+            self.run_options.add_run_config_entry(NO_HOST_SYNC, "1")
         else:
+            self.run_options = None
             self._stream = None
             providers = ["CPUExecutionProvider"]
             self._ort_device = ("cpu", 0)
@@ -102,9 +109,13 @@ class OrtBackend(ClosingBackend):
                                      f"{self.spec.shape(name)}; export an engine for this shape")
                 self._bind("input", name, t)
                 self._bound[name] = key
-        if self._stream is not None:
-            self._stream.wait_stream(torch.cuda.current_stream(self.device))
-        self.session.run_with_iobinding(self.binding)  # returns once ORT's stream is done
+        if self._stream is None:
+            self.session.run_with_iobinding(self.binding)
+            return self.outputs
+        caller = torch.cuda.current_stream(self.device)
+        self._stream.wait_stream(caller)  # feeds written by torch are ready before ORT reads them
+        self.session.run_with_iobinding(self.binding, self.run_options)  # returns once queued
+        caller.wait_stream(self._stream)  # later work on the caller's stream sees the outputs
         return self.outputs
 
     def close(self) -> None:

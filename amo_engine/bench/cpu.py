@@ -12,6 +12,7 @@ contention verdict, and the harness check (an arm alone vs the same arm in the b
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -46,6 +47,8 @@ LOOP_ARMS = (
     LoopArm("ort-euler", "ort", "euler"),
     LoopArm("ort-amo", "ort", "amo"),
     LoopArm("ort-noattn-euler", "ort-noattn", "euler"),
+    LoopArm("aoti-euler", "aoti", "euler"),
+    LoopArm("aoti-amo", "aoti", "amo"),
 )
 BASELINE = "eager-stock-euler"
 
@@ -65,6 +68,7 @@ class BenchConfig:
     steps: int = 8
     warmup: int = 2
     compile: bool = True
+    aoti: bool = True  # the AOTInductor package of the same engine (compiling it adds minutes)
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     ort_spinning: bool = False
     out_dir: Path | None = None  # default: default_out_dir()
@@ -113,14 +117,19 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> list[dict
     calls["reference"] = _no_grad(reference_amo(copy.deepcopy(pipe.transformer), family, backbone.hooked_blocks))
 
     with tempfile.TemporaryDirectory() as tmp:
-        t = time.perf_counter()
-        export_engine(model, ExportConfig(out=Path(tmp) / "amo", height=height, width=width, log=False))
-        notes.append(f"ONNX export {time.perf_counter() - t:.1f} s")
+        manifest = export_engine(model, ExportConfig(out=Path(tmp) / "amo", height=height, width=width, aoti=cfg.aoti,
+                                                     log=False))
+        notes.append(f"ONNX export {manifest['timings']['export_s']:.1f} s"
+                     + (f", AOTInductor compile {manifest['timings']['aoti_compile_s']:.1f} s" if cfg.aoti else ""))
         _export_stock_engine(stock, spec, Path(tmp) / "stock")
         ort_options = dict(threads=cfg.threads, spinning=cfg.ort_spinning)
-        with open_backend("ort", open_engine(Path(tmp) / "amo", model), model, **ort_options) as ort_amo, \
-                open_backend("ort", open_engine(Path(tmp) / "stock"), **ort_options) as ort_stock:
+        engine = open_engine(Path(tmp) / "amo", model)
+        with open_backend("ort", engine, model, **ort_options) as ort_amo, \
+                open_backend("ort", open_engine(Path(tmp) / "stock"), **ort_options) as ort_stock, \
+                (open_backend("aoti", engine, model) if cfg.aoti else contextlib.nullcontext()) as aoti:
             calls["ort"], calls["ort-noattn"] = _backend_call(ort_amo), _backend_call(ort_stock)
+            if aoti is not None:
+                calls["aoti"] = _backend_call(aoti)
             notes.append(_trt_note())
             loop_arms = [a for a in LOOP_ARMS if a.call in calls]
             call_times = harness.interleaved({k: (lambda c=c: c(feeds)) for k, c in calls.items()}, cfg.calls,
@@ -129,7 +138,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> list[dict
             memory = harness.memory_pass({k: (lambda c=c: c(feeds)) for k, c in calls.items()})
             loop_times = harness.interleaved({a.name: _loop(a, calls[a.call], feeds, spec, model, cfg.steps)
                                               for a in loop_arms}, cfg.loops, watch, warmup=1)
-            e2e_times = harness.interleaved(_end_to_end_runs(model, stock, compiled, ort_amo, cfg.steps), cfg.loops,
+            engines = {"ort": ort_amo, **({"aoti": aoti} if aoti is not None else {})}
+            e2e_times = harness.interleaved(_end_to_end_runs(model, stock, compiled, engines, cfg.steps), cfg.loops,
                                             watch, warmup=1)
     verdict = watch.verdict()
     contended = set(verdict["contended_rounds"])
@@ -226,9 +236,10 @@ def _loop(arm: LoopArm, call, feeds, spec, model, steps: int) -> Callable[[], ob
     return run
 
 
-def _end_to_end_runs(model, stock, compiled, ort_backend, steps: int) -> dict[str, Callable[[], object]]:
+def _end_to_end_runs(model, stock, compiled, engines: dict, steps: int) -> dict[str, Callable[[], object]]:
     """Encode + loop + decode: the diffusers pipeline as users run it today (stock transformer,
-    Euler; optionally compiled) and our pipeline (eager AMO; ORT engine Euler / AMO)."""
+    Euler; optionally compiled) and our pipeline (eager AMO; each engine backend, ``engines`` by
+    kind, with Euler and AMO)."""
     from ..pipeline import AmoPipeline, GenerateConfig
 
     pipe = model.pipe
@@ -256,7 +267,9 @@ def _end_to_end_runs(model, stock, compiled, ort_backend, steps: int) -> dict[st
     runs = {BASELINE: diffusers_run(stock)}
     if compiled is not None:
         runs["eager-compile-euler"] = diffusers_run(compiled)
-    runs.update({"eager-hook-amo": ours("amo"), "ort-euler": ours("euler", ort_backend), "ort-amo": ours("amo", ort_backend)})
+    runs["eager-hook-amo"] = ours("amo")
+    for kind, backend in engines.items():
+        runs[f"{kind}-euler"], runs[f"{kind}-amo"] = ours("euler", backend), ours("amo", backend)
     return runs
 
 
@@ -368,6 +381,10 @@ def markdown_table(rows: list[dict], steps: int, call_s: dict) -> str:
               "- ORT vs torch.compile (call, > 1: ORT faster): "
               + (f"{call_s['eager-compile']['p50'] / call_s['ort']['p50']:.2f}" if "eager-compile" in call_s
                  else "n/a (no torch.compile arm)"),
+              "- AOTInductor vs ORT / vs torch.compile (call, > 1: AOTI faster): "
+              + (f"{call_s['ort']['p50'] / call_s['aoti']['p50']:.2f} / "
+                 + (f"{call_s['eager-compile']['p50'] / call_s['aoti']['p50']:.2f}" if "eager-compile" in call_s else "n/a")
+                 if "aoti" in call_s else "n/a (no AOTInductor arm)"),
               f"- harness check: eager-stock alone p50 {1000 * h['alone_p50_s']:.1f} ms, in the bench "
               f"{1000 * h['in_bench_p50_s']:.1f} ms (x{h['in_bench_over_alone']:.2f})",
               f"- forward {first['gflop_per_call']:.1f} GFLOP per call; util = GFLOP / call p50 / GEMM rate",
