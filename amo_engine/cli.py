@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the engine's)")
     g.add_argument("--max-span-tokens", type=int, default=None,
                    help="span rows the score branch reads (default 64; with --engine: the engine's)")
-    g.add_argument("--backend", default="eager", choices=BACKENDS, help="where the transformer runs")
+    g.add_argument("--backend", default="eager", choices=(*BACKENDS, "auto"),
+                   help="where the transformer runs (auto: the engine's measured default CPU engine, ort or aoti)")
     g.add_argument("--engine", type=Path, default=None, help="engine folder for --backend ort/aoti/trt")
     g.add_argument("--cuda-graph", action="store_true",
                    help="aoti/trt on CUDA: capture the transformer call in a CUDA graph and replay it")
@@ -268,6 +269,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
         engine = open_engine(args.engine, model)
         score = _engine_score(args, engine)
+        if args.backend == "auto":
+            from . import default_backend
+
+            args.backend, note = default_backend.resolve(engine.manifest)
+            if note:
+                warnings.warn(note)
     else:
         span = {} if args.max_span_tokens is None else {"max_span_tokens": args.max_span_tokens}
         score = ScoreConfig(hooked_blocks=args.blocks, **span)

@@ -67,7 +67,7 @@ def test_package_without_weights_runs_on_the_models_own(glyph, glyph_aoti, capsy
 
 
 def test_main_job_through_the_aoti_engine_equals_ort(glyph, glyph_aoti):
-    """The README's main job (AMO, seed 0) through both runtimes of one engine folder."""
+    """The README's main job (AMO, seed 0) through both runtimes of one engine folder; OCR reads it."""
     engine = open_engine(glyph_aoti, glyph)
     config = GenerateConfig([prompt_for("HAPPY", "dark")], sampler="amo", seed=0)
     results = {}
@@ -77,6 +77,9 @@ def test_main_job_through_the_aoti_engine_equals_ort(glyph, glyph_aoti):
             results[kind] = AmoPipeline(glyph, engine.score, backend)(config)
     assert torch.allclose(results["aoti"].latents, results["ort"].latents, atol=1e-3)
     assert torch.allclose(results["aoti"].attn_map, results["ort"].attn_map, atol=1e-4)
+    from amo_engine.ocr import Reader
+
+    assert Reader("rapidocr")(results["ort"].images) == ["HAPPY"]  # the README's demo reads right
 
 
 def test_refusals(models, flux_aoti, tmp_path):
@@ -101,3 +104,24 @@ def test_cli_refuses_cuda_graph_without_cuda(capsys):
     assert main(["generate", "--model", "glyph", "--prompt", "a sign", "--backend", "ort", "--engine", "engines/x",
                  "--cuda-graph"]) == 2
     assert "--cuda-graph needs --backend aoti or trt on --device cuda" in capsys.readouterr().err
+
+
+def test_default_cpu_engine_is_measured_at_export_and_picked_by_auto(flux_aoti, glyph_aoti, tmp_path, recwarn):
+    from amo_engine import default_backend
+    from amo_engine.cli import main
+
+    _, manifest = flux_aoti
+    record = manifest["default_backend"]
+    assert record["backend"] in ("ort", "aoti") and record["machine"] == default_backend.machine()
+    assert set(record["p50_ms"]) == {"ort", "aoti"} and min(record["p50_ms"].values()) > 0
+    assert record["p50_ms"][record["backend"]] == min(record["p50_ms"].values())
+    assert default_backend.resolve(manifest) == (record["backend"], None)
+    elsewhere = {**manifest, "default_backend": {**record, "backend": "aoti", "machine": "another CPU"}}
+    backend, note = default_backend.resolve(elsewhere)
+    assert backend == "ort" and "measured on another CPU, not this CPU" in note
+    backend, note = default_backend.resolve({k: v for k, v in manifest.items() if k != "default_backend"})
+    assert backend == "ort" and "holds no measured default" in note
+    out = tmp_path / "auto.png"
+    assert main(["generate", "--model", "glyph", "--backend", "auto", "--engine", str(glyph_aoti), "--prompt",
+                 prompt_for("CAR", "light"), "--steps", "4", "--out", str(out), "--quiet"]) == 0
+    assert out.is_file()
