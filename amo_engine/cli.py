@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--engine", type=Path, default=None, help="engine folder for --backend ort/aoti/trt")
     g.add_argument("--cuda-graph", action="store_true",
                    help="aoti/trt on CUDA: capture the transformer call in a CUDA graph and replay it")
+    g.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch and, with --backend ort, ONNX Runtime (default: their own choice)")
+    g.add_argument("--ort-opt-level", default="all", choices=["disable", "basic", "extended", "all"],
+                   help="ONNX Runtime graph optimisation level for --backend ort (default all)")
     g.add_argument("--out", type=Path, default=Path("out.png"),
                    help="output PNG; a batch writes out.png, out_1.png, ... (default out.png)")
     g.add_argument("--save-attn", type=Path, default=None, help="also save AMO's span map as a heat-map overlay PNG")
@@ -236,6 +240,10 @@ def check_generate_args(args: argparse.Namespace) -> None:
         raise ValueError("--engine needs --backend ort, aoti or trt (eager runs the model itself): add --backend ort")
     if args.cuda_graph and (args.backend not in ("aoti", "trt") or not args.device.startswith("cuda")):
         raise ValueError("--cuda-graph needs --backend aoti or trt on --device cuda")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.ort_opt_level != "all" and args.backend != "ort":
+        raise ValueError("--ort-opt-level applies to --backend ort: add --backend ort --engine DIR, or drop it")
     factor = size_factor(args.model, args.cache_dir)
     for name in ("height", "width"):
         value = getattr(args, name)
@@ -278,11 +286,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:
         span = {} if args.max_span_tokens is None else {"max_span_tokens": args.max_span_tokens}
         score = ScoreConfig(hooked_blocks=args.blocks, **span)
-    options = {"cuda_graph": True} if args.cuda_graph else {}
+    options = backend_options(args)
     with open_backend(args.backend, engine, model, score, device=args.device, **options) as backend:
         result = AmoPipeline(model, score, backend)(_generate_config(args))
     _write_generated(args, model, result)
     return 0
+
+
+def backend_options(args: argparse.Namespace) -> dict:
+    """What generate's flags ask of the chosen backend (and torch's thread count, set here)."""
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.backend == "ort":
+        return {"opt_level": args.ort_opt_level, "threads": args.threads}
+    return {"cuda_graph": True} if args.cuda_graph else {}
 
 
 def _generate_config(args: argparse.Namespace):

@@ -260,3 +260,31 @@ def test_ort_accepts_the_no_host_sync_run_option(models, engines):
         options.add_run_config_entry(NO_HOST_SYNC, "1")
         backend.session.run_with_iobinding(backend.binding, options)
         assert all(torch.equal(plain[k], backend.outputs[k]) for k in plain)
+
+
+def test_cli_ort_threads_and_optimisation_level_reach_the_session(engines, preset_cache, tmp_path, monkeypatch,
+                                                                  capsys):
+    import onnxruntime as ort
+
+    from amo_engine.backends.ort import OrtBackend
+
+    seen = []
+    real_init = OrtBackend.__init__
+
+    def spying_init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        options = self.session.get_session_options()
+        seen.append((options.intra_op_num_threads, options.graph_optimization_level))
+
+    monkeypatch.setattr(OrtBackend, "__init__", spying_init)
+    threads = torch.get_num_threads()
+    try:
+        assert main(["generate", "--model", "tiny-flux", "--cache-dir", str(preset_cache), "--backend", "ort",
+                     "--engine", str(engines["flux", "dynamo"]), "--prompt", PROMPT, "--steps", "2", "--threads", "1",
+                     "--ort-opt-level", "basic", "--out", str(tmp_path / "o.png"), "--quiet"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [(1, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)]
+    assert main(["generate", "--model", "tiny-flux", "--prompt", PROMPT, "--ort-opt-level", "basic"]) == 2
+    assert "--ort-opt-level applies to --backend ort" in capsys.readouterr().err
