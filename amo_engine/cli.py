@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-fold", action="store_true", help="skip constant folding")
     e.add_argument("--blocks", type=_blocks, default=None, help="blocks with the score branch (default: all)")
     e.add_argument("--max-span-tokens", type=int, default=64, help="span rows the score branch reads (default 64)")
+    e.add_argument("--stages", action="store_true",
+                   help="also export the prompt encoders and the VAE decoder as ONNX graphs beside the backbone")
     e.add_argument("--aoti", action="store_true",
                    help="also compile an AOTInductor package (model.pt2) for --backend aoti, for --device")
     e.add_argument("--aoti-weights", default="embedded", choices=["embedded", "model"],
@@ -270,12 +272,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .models import load_model
     from .pipeline import AmoPipeline
 
-    model = load_model(args.model, args.dtype, args.device, args.cache_dir)
     engine = None
     if args.backend != "eager":
         from .engine import open_engine
 
-        engine = open_engine(args.engine, model)
+        engine = open_engine(args.engine, model_name=args.model)
         score = _engine_score(args, engine)
         if args.backend == "auto":
             from . import default_backend
@@ -286,11 +287,27 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:
         span = {} if args.max_span_tokens is None else {"max_span_tokens": args.max_span_tokens}
         score = ScoreConfig(hooked_blocks=args.blocks, **span)
+    if engine is not None and runs_on_stages(args.backend, engine):
+        from .engine_pipeline import load_engine_model
+
+        model = load_engine_model(args.model, engine, args.device, args.cache_dir)  # no model class is loaded
+    else:
+        model = load_model(args.model, args.dtype, args.device, args.cache_dir)
+        if engine is not None:
+            engine.check_model(model)
     options = backend_options(args)
     with open_backend(args.backend, engine, model, score, device=args.device, **options) as backend:
         result = AmoPipeline(model, score, backend)(_generate_config(args))
     _write_generated(args, model, result)
     return 0
+
+
+def runs_on_stages(backend: str, engine) -> bool:
+    """Whether ``generate`` runs prompt encoding and decoding on the engine's exported stages: an
+    ORT or AOTInductor backbone (AOTI with its weights inside) and an engine exported with --stages."""
+    if not engine.stages or backend not in ("ort", "aoti"):
+        return False
+    return backend == "ort" or engine.manifest.get("aoti", {}).get("weights") == "embedded"
 
 
 def backend_options(args: argparse.Namespace) -> dict:
@@ -357,7 +374,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         out=args.out, batch=args.batch, height=args.height, width=args.width, cfg_rows=not args.no_cfg,
         max_sequence_length=args.max_sequence_length, opset=args.opset, exporter=args.exporter,
         dynamic_batch=args.dynamic_batch, fold_constants=not args.no_fold, aoti=args.aoti,
-        aoti_weights=args.aoti_weights,
+        aoti_weights=args.aoti_weights, stages=args.stages,
     )
     export_engine(model, cfg, ScoreConfig(args.blocks, args.max_span_tokens))
     return 0
@@ -406,6 +423,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
           f"{g['score_softmax']} score-branch softmax)")
     if "trt" in manifest:
         print(f"TensorRT plan: {manifest['trt']}")
+    for name in engine.stages:
+        st, stage_spec = manifest["stages"][name], engine.stage_spec(name)
+        io = "; ".join(f"{t.name} {list(stage_spec.shape(t.name))}" for t in stage_spec.inputs + stage_spec.outputs)
+        trt = "compatible" if st["trt_ok"] else f"NOT compatible (unsupported {st['unsupported_ops']})"
+        print(f"stage {name} ({st['kind']}): {io}; TensorRT parser: {trt}")
     if not args.verify:
         return 0
     from .models import load_model
@@ -416,6 +438,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     p = engine_parity(model, engine, args.backend, args.device)
     ok, detail = judge_parity(p, manifest["dtype"])
     print(f"\nverify ({args.backend} vs eager, {manifest['dtype']} gates): {detail}: {'PASS' if ok else 'FAIL'}")
+    if engine.stages and args.backend == "ort" and args.device == "cpu":
+        from .verify import STAGE_MAX_ABS, stage_parity
+
+        gate = STAGE_MAX_ABS.get(manifest["dtype"])
+        for name, err in stage_parity(model, engine).items():
+            good = gate is None or err <= gate
+            ok &= good
+            verdict = f"(<= {gate:g}): {'PASS' if good else 'FAIL'}" if gate is not None else "(not gated)"
+            print(f"verify stage {name} (ort vs eager, {manifest['dtype']}): max abs {err:.3g} {verdict}")
     return 0 if ok else 1
 
 
@@ -423,8 +454,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench.cpu import BenchConfig, default_out_dir, run_bench
 
     threads = {} if args.threads is None else {"threads": args.threads}
-    rows = run_bench(BenchConfig(args.config, args.calls, args.loops, args.steps, compile=not args.no_compile, aoti=not args.no_aoti,
-                                 ort_spinning=args.ort_spinning, out_dir=args.out_dir, cache_dir=args.cache_dir, **threads))
+    rows = run_bench(BenchConfig(args.config, args.calls, args.loops, args.steps, compile=not args.no_compile,
+                                 aoti=not args.no_aoti, ort_spinning=args.ort_spinning, out_dir=args.out_dir, cache_dir=args.cache_dir, **threads))
     out = args.out_dir if args.out_dir is not None else default_out_dir()
     print(f"wrote {out / args.config}.jsonl, .md and .png")
     return 2 if rows[0]["contention"]["contended"] else 0

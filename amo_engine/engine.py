@@ -147,6 +147,26 @@ class Engine:
         return manifest_spec(self.manifest)
 
     @property
+    def stages(self) -> list[str]:
+        """The other stages exported beside the backbone (prompt encoders, VAE decoder), by component name."""
+        return list(self.manifest.get("stages", {}))
+
+    def stage_spec(self, stage: str) -> IOSpec:
+        return IOSpec.from_json(self._stage(stage)["io"])
+
+    def stage_artifact(self, stage: str, section: str = "onnx") -> Path:
+        record = self._stage(stage)
+        if section not in record:
+            raise EngineError(f"{self.folder}: stage {stage} has no {section} artifact; re-export the engine")
+        return self.folder / record[section]["file"]
+
+    def _stage(self, stage: str) -> Mapping:
+        if stage not in self.manifest.get("stages", {}):
+            raise EngineError(f"{self.folder} holds no {stage} stage (it has {self.stages or 'none'}); "
+                              "re-export it with amo-engine export --stages")
+        return self.manifest["stages"][stage]
+
+    @property
     def family(self) -> str:
         return self.manifest["family"]
 

@@ -47,6 +47,7 @@ class ExportConfig:
     fold_constants: bool = True
     aoti: bool = False  # also compile an AOTInductor package (model.pt2) on the model's device
     aoti_weights: str = "embedded"  # embedded in the package | "model": taken from the model at load
+    stages: bool = False  # also export the prompt encoders and the VAE decoder (stages.py), ONNX
     log: bool = True
 
 
@@ -174,6 +175,7 @@ def _ort_loads(path: Path) -> None:
         return
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3  # a load check: errors only
     try:
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime's own exception types
@@ -195,6 +197,35 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _export_stages(model, cfg: ExportConfig, folder: Path, height: int, width: int, max_seq: int, label: str) -> dict:
+    """Export every prompt encoder and the VAE decoder of ``model`` into ``folder`` as
+    ``<component>.onnx`` (fixed shapes, ``cfg.batch`` prompts or images per call), each checked by
+    the onnx checker and an ONNX Runtime load; returns the manifest's ``stages`` section."""
+    import numpy as np
+    import onnx
+
+    from .graph_checks import check_graph
+    from .stages import pipeline_stages
+
+    stages = pipeline_stages(model.pipe, cfg.batch, height, width, max_seq)
+    _say(cfg, f"{label} exporting the other stages ({', '.join(stages)}) ...")
+    section = {}
+    for name, (module, spec) in stages.items():
+        path = folder / f"{name}.onnx"
+        # T5's relative-position buckets take log(0) on the diagonal and mask it out with a where();
+        # constant folding evaluates both branches in numpy, which warns about the masked one
+        with torch.no_grad(), np.errstate(divide="ignore", invalid="ignore"):
+            _export_onnx(module, spec, path, cfg, sample_feeds(spec, next(module.parameters(), torch.empty(0)).device))
+            if cfg.fold_constants and not needs_external_data(module):
+                _cleanup(path)
+        onnx.checker.check_model(str(path))
+        _ort_loads(path)
+        report = check_graph(onnx.load(str(path), load_external_data=False))
+        section[name] = {"kind": module.kind, "io": spec.to_json(), "onnx": {"file": path.name},
+                         "trt_ok": report.trt_ok, "unsupported_ops": report.to_json()["unsupported_ops"]}
+    return section
+
+
 def export_engine(model, cfg: ExportConfig, score: ScoreConfig = ScoreConfig()) -> dict:
     """Export ``model`` (a LoadedModel) into engine folder ``cfg.out``; returns the manifest."""
     import onnx
@@ -209,6 +240,8 @@ def export_engine(model, cfg: ExportConfig, score: ScoreConfig = ScoreConfig()) 
         raise ValueError("batch must be >= 1")
     if cfg.aoti_weights not in ("embedded", "model"):
         raise ValueError(f"unknown --aoti-weights {cfg.aoti_weights!r}; choose embedded or model")
+    if cfg.stages and cfg.dynamic_batch:
+        raise ValueError("--stages exports the engine's fixed shapes: drop --dynamic-batch")
     if cfg.aoti and cfg.dynamic_batch:
         raise ValueError("--aoti compiles the engine's fixed shapes: drop --dynamic-batch")
     if cfg.dynamic_batch and cfg.exporter != "dynamo":
@@ -226,7 +259,7 @@ def export_engine(model, cfg: ExportConfig, score: ScoreConfig = ScoreConfig()) 
     spec = backbone.io_spec(rows, height, width, text_len, dtype)
     feeds = sample_feeds(spec, pipe.transformer.device)
     timings: dict[str, float] = {}
-    steps = 5 if cfg.aoti else 4
+    steps = 4 + cfg.aoti + cfg.stages
 
     with export_lock(out), staging_dir(out) as tmp:
         onnx_path = tmp / ONNX_FILE
@@ -265,6 +298,12 @@ def export_engine(model, cfg: ExportConfig, score: ScoreConfig = ScoreConfig()) 
             timings["aoti_compile_s"] = time.perf_counter() - start
             aoti = {"file": PT2_FILE, "device": device.type, "weights": cfg.aoti_weights, "torch": torch.__version__}
 
+        stages = None
+        if cfg.stages:
+            start = time.perf_counter()
+            stages = _export_stages(model, cfg, tmp, height, width, max_seq, f"[{steps - 1}/{steps}]")
+            timings["stages_s"] = time.perf_counter() - start
+
         _say(cfg, f"[{steps}/{steps}] writing manifest ...")
         manifest = {
             "format": FORMAT_VERSION,
@@ -284,6 +323,7 @@ def export_engine(model, cfg: ExportConfig, score: ScoreConfig = ScoreConfig()) 
             "onnx": {"file": ONNX_FILE, "opset": cfg.opset, "exporter": cfg.exporter,
                      "dynamic_batch": cfg.dynamic_batch, "folded": cfg.fold_constants and not large},
             **({"aoti": aoti} if aoti else {}),
+            **({"stages": stages} if stages else {}),
             "graph": report.to_json(),
             "versions": _versions(),
             "timings": timings,

@@ -111,6 +111,8 @@ def sample_feeds(spec: IOSpec, device: torch.device | str = "cpu", seed: int = 0
             v = torch.rand(shape, generator=g) * (1000.0 if "img_ids" not in spec.input_names else 1.0)
         elif t.name == "guidance":
             v = torch.full(shape, 3.5)
+        elif t.name == "input_ids":  # token ids inside the stage's vocabulary
+            v = torch.randint(0, spec.dims.get("vocab", 2), shape, generator=g)
         elif t.name in ("img_ids", "txt_ids"):
             v = torch.randint(0, 16, shape, generator=g).float()
         else:

@@ -5,8 +5,9 @@ What a serverless replica pays on every scale-up: interpreter and imports, loadi
 (tokenizers, text encoders, VAE; the transformer too unless the engine holds it), creating the
 ONNX Runtime session or loading the AOTInductor package, and one generation. Each arm is a fresh
 ``amo-engine generate`` process; arms are interleaved round-robin, and ``imports`` (a process that
-only imports the command line and torch) is the floor every arm pays. The engine folder is made
-once beforehand (``export --aoti``) and is not part of the cold start.
+only imports the command line and torch) is the floor every arm pays. ``ort-stages`` runs an engine
+exported with ``--stages``: prompt encoders and VAE decoder on ONNX Runtime too, no model class
+loaded. The engine folders are made once beforehand and are not part of the cold start.
 
     python bench/cold_start.py --rounds 5 --out bench/results    # glyph, eager / ort / aoti
 """
@@ -25,13 +26,14 @@ from pathlib import Path
 PROMPT = "a dark sign that says 'HAPPY'"
 
 
-def arms(engine: Path, out: Path, model: str, sampler: str) -> dict[str, list[str]]:
+def arms(engine: Path, stages: Path, out: Path, model: str, sampler: str) -> dict[str, list[str]]:
     generate = [sys.executable, "-m", "amo_engine.cli", "generate", "--model", model, "--prompt", PROMPT,
                 "--sampler", sampler, "--seed", "0", "--quiet"]
     found = {"imports": [sys.executable, "-c", "import torch, amo_engine.cli"]}
     for backend in ("eager", "ort", "aoti"):
         engine_args = [] if backend == "eager" else ["--backend", backend, "--engine", str(engine)]
         found[backend] = generate + engine_args + ["--out", str(out / f"{backend}.png")]
+    found["ort-stages"] = generate + ["--backend", "ort", "--engine", str(stages), "--out", str(out / "stages.png")]
     return found
 
 
@@ -41,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sampler", default="amo")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--engine", type=Path, default=None, help="an engine folder with onnx and aoti (default: export one)")
+    parser.add_argument("--stages-engine", type=Path, default=None,
+                        help="an engine folder exported with --stages (default: export one)")
     parser.add_argument("--out", type=Path, default=None, help="folder for cold_start-MODEL.json/.md (default: print only)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -50,7 +54,12 @@ def main(argv: list[str] | None = None) -> int:
             engine = tmp / "engine"
             subprocess.run([sys.executable, "-m", "amo_engine.cli", "export", "--model", args.model, "--out", str(engine),
                             "--aoti"], check=True, stdout=subprocess.DEVNULL)
-        commands = arms(engine, tmp, args.model, args.sampler)
+        stages = args.stages_engine
+        if stages is None:
+            stages = tmp / "stages"
+            subprocess.run([sys.executable, "-m", "amo_engine.cli", "export", "--model", args.model, "--out", str(stages),
+                            "--stages"], check=True, stdout=subprocess.DEVNULL)
+        commands = arms(engine, stages, tmp, args.model, args.sampler)
         samples: dict[str, list[float]] = {k: [] for k in commands}
         for r in range(args.rounds):
             for name, cmd in commands.items():

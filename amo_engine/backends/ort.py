@@ -43,11 +43,13 @@ class OrtBackend(ClosingBackend):
     kind = "ort"
 
     def __init__(self, engine: Engine, device: str = "cpu", opt_level: str = "all", threads: int | None = None,
-                 spinning: bool = True):
+                 spinning: bool = True, stage: str | None = None):
+        """``stage``: run that exported stage of the engine (a prompt encoder or the VAE decoder)
+        instead of the backbone."""
         import onnxruntime as ort
 
         self.engine = engine
-        self.spec = engine.spec
+        self.spec = engine.spec if stage is None else engine.stage_spec(stage)
         self.device = torch.device(device)
         if opt_level not in OPT_LEVELS:
             raise ValueError(f"unknown ORT optimisation level {opt_level!r}; choose one of {', '.join(OPT_LEVELS)}")
@@ -79,7 +81,7 @@ class OrtBackend(ClosingBackend):
             self._stream = None
             providers = ["CPUExecutionProvider"]
             self._ort_device = ("cpu", 0)
-        graph = engine.artifact("onnx")
+        graph = engine.artifact("onnx") if stage is None else engine.stage_artifact(stage)
         try:
             self.session = ort.InferenceSession(str(graph), options, providers=providers)
         except Exception as err:  # onnxruntime raises its own exception types

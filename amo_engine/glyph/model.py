@@ -61,7 +61,8 @@ def _t5_encoder(vocab_size: int):
 
     return T5EncoderModel(T5Config(
         vocab_size=vocab_size, d_model=T5_DIM, d_ff=2 * T5_DIM, d_kv=T5_DIM // 4, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=RELATIVE_BUCKETS, relative_attention_max_distance=16, feed_forward_proj="gated-gelu", dropout_rate=0.0, is_encoder_decoder=False,
+        relative_attention_num_buckets=RELATIVE_BUCKETS,
+        relative_attention_max_distance=16, feed_forward_proj="gated-gelu", dropout_rate=0.0, is_encoder_decoder=False,
     ))
 
 

@@ -1,0 +1,92 @@
+"""Prompt encoders and the VAE decoder exported beside the backbone: one manifest lists every graph
+with its IOSpec, each graph matches its eager module under ONNX Runtime, and the refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from amo_engine.engine import EngineError, open_engine
+from amo_engine.onnx_export import ExportConfig, export_engine
+from amo_engine.verify import STAGE_MAX_ABS, stage_parity
+
+
+@pytest.mark.parametrize("name,components", [
+    ("sd3", {"text_encoder": "clip", "text_encoder_2": "clip", "text_encoder_3": "t5", "vae": "vae_decoder"}),
+    ("flux", {"text_encoder": "clip", "text_encoder_2": "t5", "vae": "vae_decoder"}),
+])
+def test_every_stage_is_exported_listed_and_matches_eager(models, tmp_path, name, components):
+    model = models[name]
+    folder = tmp_path / name
+    manifest = export_engine(model, ExportConfig(out=folder, stages=True, log=False))
+    assert {k: v["kind"] for k, v in manifest["stages"].items()} == components
+    assert set(manifest["files"]) == {"model.onnx"} | {f"{k}.onnx" for k in components}
+    engine = open_engine(folder, model)
+    assert engine.stages == list(components)
+    vae = engine.stage_spec("vae")
+    assert vae.shape("image") == (1, 3, *model.default_size)
+    errors = stage_parity(model, engine)
+    assert set(errors) == set(components) and max(errors.values()) <= STAGE_MAX_ABS["float32"], errors
+
+
+def test_stage_refusals(models, tmp_path):
+    folder = tmp_path / "backbone-only"
+    export_engine(models["flux"], ExportConfig(out=folder, log=False))
+    engine = open_engine(folder)
+    assert engine.stages == []
+    with pytest.raises(EngineError, match="holds no vae stage .*re-export it with amo-engine export --stages"):
+        engine.stage_spec("vae")
+    with pytest.raises(ValueError, match="--stages exports the engine's fixed shapes: drop --dynamic-batch"):
+        export_engine(models["flux"], ExportConfig(out=tmp_path / "x", stages=True, dynamic_batch=True, log=False))
+
+
+def test_inspect_lists_and_verifies_the_stages(models, preset_cache, tmp_path, capsys):
+    from amo_engine.cli import main
+
+    folder = tmp_path / "tiny-flux"
+    assert main(["export", "--model", "tiny-flux", "--cache-dir", str(preset_cache), "--out", str(folder),
+                 "--stages"]) == 0
+    assert main(["inspect", str(folder), "--verify", "--cache-dir", str(preset_cache)]) == 0
+    out = capsys.readouterr().out
+    assert "stage text_encoder_2 (t5): input_ids [1, 64]" in out
+    assert "verify stage vae (ort vs eager, float32): max abs" in out and "FAIL" not in out
+
+
+def test_generate_on_a_whole_pipeline_engine_loads_no_model_class(tmp_path, monkeypatch):
+    """generate --backend ort on an engine exported with --stages runs tokenizers and engine graphs
+    only: no diffusers or transformers model is constructed, and the image equals the one made with
+    the eager encoders and VAE (the README's main job: OCR reads HAPPY)."""
+    import diffusers.models.modeling_utils as diffusers_models
+    import numpy as np
+    import transformers.modeling_utils as transformers_models
+    from PIL import Image
+
+    from amo_engine.cli import main
+    from amo_engine.ocr import Reader
+
+    engine = tmp_path / "glyph"
+    assert main(["export", "--model", "glyph", "--out", str(engine), "--stages"]) == 0
+    args = ["generate", "--model", "glyph", "--backend", "ort", "--engine", str(engine), "--prompt",
+            "a dark sign that says 'HAPPY'", "--sampler", "amo", "--seed", "0", "--quiet"]
+    made = []
+    for module, cls in ((diffusers_models, "ModelMixin"), (transformers_models, "PreTrainedModel")):
+        real = getattr(module, cls).__init__
+
+        def spy(self, *a, _real=real, **k):
+            made.append(type(self).__name__)
+            return _real(self, *a, **k)
+
+        monkeypatch.setattr(getattr(module, cls), "__init__", spy)
+    assert main(args + ["--out", str(tmp_path / "stages.png")]) == 0
+    assert made == []
+    monkeypatch.undo()
+    from amo_engine.cli import runs_on_stages
+    from amo_engine.engine import open_engine
+
+    opened = open_engine(engine)
+    assert runs_on_stages("ort", opened) and not runs_on_stages("trt", opened)
+    plain = tmp_path / "plain"
+    assert main(["export", "--model", "glyph", "--out", str(plain)]) == 0
+    assert main(args[:6] + [str(plain)] + args[7:] + ["--out", str(tmp_path / "eager.png")]) == 0
+    a, b = (np.asarray(Image.open(tmp_path / f"{n}.png"), dtype=int) for n in ("stages", "eager"))
+    assert np.abs(a - b).max() <= 2
+    assert Reader("rapidocr")([Image.open(tmp_path / "stages.png")]) == ["HAPPY"]
