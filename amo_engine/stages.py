@@ -17,6 +17,12 @@ from torch import nn
 from .spec import IOSpec, TensorSpec, dtype_name
 
 
+def _encoder_spec(outputs: tuple[TensorSpec, ...], batch: int, tokens: int, vocab: int) -> IOSpec:
+    """A prompt encoder's IOSpec: token ids [batch, tokens] in, ``outputs`` out."""
+    return IOSpec(inputs=(TensorSpec("input_ids", "int64", ("batch", "tokens")),), outputs=outputs,
+                  dims={"batch": batch, "tokens": tokens, "vocab": vocab})
+
+
 class ClipStage(nn.Module):
     """input_ids [B, L] -> pooled [B, P], penultimate hidden states [B, L, D]."""
 
@@ -34,12 +40,9 @@ class ClipStage(nn.Module):
     def io_spec(self, batch: int, tokens: int) -> IOSpec:
         cfg, dt = self.encoder.config, dtype_name(self.encoder.dtype)
         pooled = getattr(cfg, "projection_dim", None) if hasattr(self.encoder, "text_projection") else None
-        return IOSpec(
-            inputs=(TensorSpec("input_ids", "int64", ("batch", "tokens")),),
-            outputs=(TensorSpec("pooled", dt, ("batch", pooled or cfg.hidden_size)),
-                     TensorSpec("hidden", dt, ("batch", "tokens", cfg.hidden_size))),
-            dims={"batch": batch, "tokens": tokens, "vocab": cfg.vocab_size},
-        )
+        outputs = (TensorSpec("pooled", dt, ("batch", pooled or cfg.hidden_size)),
+                   TensorSpec("hidden", dt, ("batch", "tokens", cfg.hidden_size)))
+        return _encoder_spec(outputs, batch, tokens, cfg.vocab_size)
 
 
 class T5Stage(nn.Module):
@@ -56,11 +59,8 @@ class T5Stage(nn.Module):
 
     def io_spec(self, batch: int, tokens: int) -> IOSpec:
         cfg = self.encoder.config
-        return IOSpec(
-            inputs=(TensorSpec("input_ids", "int64", ("batch", "tokens")),),
-            outputs=(TensorSpec("hidden", dtype_name(self.encoder.dtype), ("batch", "tokens", cfg.d_model)),),
-            dims={"batch": batch, "tokens": tokens, "vocab": cfg.vocab_size},
-        )
+        hidden = TensorSpec("hidden", dtype_name(self.encoder.dtype), ("batch", "tokens", cfg.d_model))
+        return _encoder_spec((hidden,), batch, tokens, cfg.vocab_size)
 
 
 class VaeDecoderStage(nn.Module):
