@@ -7,10 +7,21 @@ GPUs of the kind it was built on) and with the torch version that built it.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Mapping
 
 import torch
+
+
+NO_COMPILER = "AOTInductor compiles C++ and finds no compiler: apt-get install -y g++ (or set CXX)"
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler AOTInductor will call (``$CXX``, else g++), or None when there is none."""
+    import os
+
+    return shutil.which(os.environ.get("CXX", "g++"))
 
 
 def compile_package(backbone: torch.nn.Module, feeds: Mapping[str, torch.Tensor], path: Path | str,
@@ -19,6 +30,10 @@ def compile_package(backbone: torch.nn.Module, feeds: Mapping[str, torch.Tensor]
     to ``path``; the device is the one ``backbone`` and ``feeds`` are on. ``embed_weights`` False
     leaves the weights out (a package of code alone): ``load_package`` then takes them from the
     model, so a released-size model is not copied onto disk and into memory a second time."""
+    if cpp_compiler() is None:
+        from .backends import BackendUnavailable
+
+        raise BackendUnavailable(NO_COMPILER)
     with torch.no_grad():
         program = torch.export.export(backbone, args=(), kwargs=dict(feeds), strict=False)
     options = {"aot_inductor.package_constants_in_so": embed_weights}

@@ -369,6 +369,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .models import load_model
     from .onnx_export import ExportConfig, export_engine
 
+    if args.aoti:
+        from .aoti import NO_COMPILER, cpp_compiler
+        from .backends import BackendUnavailable
+
+        if cpp_compiler() is None:  # before any export work
+            raise BackendUnavailable(NO_COMPILER)
     model = load_model(args.model, args.dtype, args.device, args.cache_dir)
     cfg = ExportConfig(
         out=args.out, batch=args.batch, height=args.height, width=args.width, cfg_rows=not args.no_cfg,

@@ -12,6 +12,7 @@ import warnings
 import pytest
 import torch
 
+from amo_engine.aoti import cpp_compiler
 from amo_engine.backends import BackendUnavailable, open_backend
 from amo_engine.engine import EngineError, check_runtime, open_engine
 from amo_engine.glyph.words import prompt_for
@@ -19,6 +20,8 @@ from amo_engine.models import load_model
 from amo_engine.onnx_export import ExportConfig, export_engine
 from amo_engine.pipeline import AmoPipeline, GenerateConfig
 from amo_engine.verify import engine_parity, judge_parity
+
+pytestmark = pytest.mark.skipif(cpp_compiler() is None, reason="AOTInductor needs a C++ compiler (apt-get install g++)")
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,14 @@ from amo_engine.bench.cpu import BenchConfig, run_bench
 
 
 def test_bench_smoke_writes_jsonl_table_and_plot(tmp_path):
-    rows = run_bench(BenchConfig("tiny-flux", calls=2, loops=1, steps=2, warmup=1, compile=False, aoti=True, threads=1,
+    from amo_engine.aoti import cpp_compiler
+
+    have_aoti = cpp_compiler() is not None
+    rows = run_bench(BenchConfig("tiny-flux", calls=2, loops=1, steps=2, warmup=1, compile=False, aoti=have_aoti, threads=1,
                                  out_dir=tmp_path, cache_dir=tmp_path / "cache"), log=lambda s: None)
     arms = [r["arm"] for r in rows]
     assert arms == ["eager-stock-euler", "eager-hook-amo", "reference-amo", "ort-euler", "ort-amo", "ort-noattn-euler",
-                    "aoti-euler", "aoti-amo"]
+                    *(["aoti-euler", "aoti-amo"] if have_aoti else [])]
     lines = (tmp_path / "tiny-flux.jsonl").read_text().splitlines()
     assert len(lines) == len(arms)
     first = json.loads(lines[0])
@@ -29,7 +32,8 @@ def test_bench_smoke_writes_jsonl_table_and_plot(tmp_path):
     table = (tmp_path / "tiny-flux.md").read_text()
     assert "| ort-amo | same call as ort-euler" in table and "reference-style AMO" in table
     assert "GEMM" in table and "harness check" in table and "AOTInductor vs ORT" in table
-    assert by["aoti-amo"]["e2e_s"]["n"] == 1 and any("AOTInductor compile" in n for n in first["notes"])
+    if have_aoti:  # the AOTInductor arm needs a C++ compiler
+        assert by["aoti-amo"]["e2e_s"]["n"] == 1 and any("AOTInductor compile" in n for n in first["notes"])
     assert (tmp_path / "tiny-flux.png").stat().st_size > 1000
 
 

@@ -288,3 +288,10 @@ def test_cli_ort_threads_and_optimisation_level_reach_the_session(engines, prese
     assert seen == [(1, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)]
     assert main(["generate", "--model", "tiny-flux", "--prompt", PROMPT, "--ort-opt-level", "basic"]) == 2
     assert "--ort-opt-level applies to --backend ort" in capsys.readouterr().err
+
+
+def test_export_aoti_without_a_cpp_compiler_says_so_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("amo_engine.aoti.cpp_compiler", lambda: None)  # a machine without g++
+    assert main(["export", "--model", "glyph", "--out", str(tmp_path / "e"), "--aoti"]) == 2
+    assert "finds no compiler: apt-get install -y g++" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
