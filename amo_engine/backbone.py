@@ -86,14 +86,11 @@ class _Backbone(nn.Module):
         self.vae_scale_factor = vae_scale_factor  # pixels per latent pixel (the pipeline's VAE)
         # joint (SD3) / double-stream (FLUX) blocks, from the config: the IOSpec needs no weights
         self.hooked_blocks = resolve_blocks(transformer.config.num_layers, score.hooked_blocks)
-
-    def _call_rope(self) -> nn.Module | None:
-        """The positional embedding our calls install in place of the model's (FLUX: fp32 RoPE)."""
-        return None
+        self._rope: nn.Module | None = None  # FLUX: fp32 RoPE used inside our calls
 
     def _run(self, span_mask: torch.Tensor, **inputs) -> tuple[torch.Tensor, torch.Tensor]:
         ctx = ScoreContext.for_call(span_mask, self.score.max_span_tokens, self.hooked_blocks)
-        with hooked(self.transformer, self.processor, ctx, self._call_rope()):
+        with hooked(self.transformer, self.processor, ctx, self._rope):
             velocity = self.transformer(**inputs, return_dict=False)[0]
         return velocity, ctx.finish()
 
@@ -169,9 +166,6 @@ class FluxBackbone(_Backbone):
         super().__init__(transformer, score, vae_scale_factor)
         pe = getattr(transformer, "pos_embed", None)  # none on a config-only stand-in (IOSpec only)
         self._rope = pe if pe is None or isinstance(pe, Fp32FluxPosEmbed) else Fp32FluxPosEmbed(pe.theta, pe.axes_dim)
-
-    def _call_rope(self) -> nn.Module | None:
-        return self._rope
 
     @property
     def has_guidance(self) -> bool:

@@ -287,9 +287,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:
         span = {} if args.max_span_tokens is None else {"max_span_tokens": args.max_span_tokens}
         score = ScoreConfig(hooked_blocks=args.blocks, **span)
-    if engine is not None and runs_on_stages(args.backend, engine):
-        from .engine_pipeline import load_engine_model
+    from .engine_pipeline import load_engine_model, runs_on_stages
 
+    if engine is not None and runs_on_stages(args.backend, engine):
         model = load_engine_model(args.model, engine, args.device, args.cache_dir)  # no model class is loaded
     else:
         model = load_model(args.model, args.dtype, args.device, args.cache_dir)
@@ -300,14 +300,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
         result = AmoPipeline(model, score, backend)(_generate_config(args))
     _write_generated(args, model, result)
     return 0
-
-
-def runs_on_stages(backend: str, engine) -> bool:
-    """Whether ``generate`` runs prompt encoding and decoding on the engine's exported stages: an
-    ORT or AOTInductor backbone (AOTI with its weights inside) and an engine exported with --stages."""
-    if not engine.stages or backend not in ("ort", "aoti"):
-        return False
-    return backend == "ort" or engine.manifest.get("aoti", {}).get("weights") == "embedded"
 
 
 def backend_options(args: argparse.Namespace) -> dict:

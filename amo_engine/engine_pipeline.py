@@ -20,8 +20,15 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-CLIP_KINDS = ("clip",)
+from .stages import ClipStage
 
+
+def runs_on_stages(backend: str, engine) -> bool:
+    """Whether ``generate`` runs prompt encoding and decoding on the engine's exported stages: an
+    ORT or AOTInductor backbone (AOTI with its weights inside) and an engine exported with --stages."""
+    if not engine.stages or backend not in ("ort", "aoti"):
+        return False
+    return backend == "ort" or engine.manifest.get("aoti", {}).get("weights") == "embedded"
 
 def _config(folder: Path, component: str) -> SimpleNamespace:
     return SimpleNamespace(**json.loads((folder / component / "config.json").read_text()))
@@ -80,7 +87,7 @@ class EncoderStandIn(_StandIn):
 
     def forward(self, input_ids: torch.Tensor, output_hidden_states: bool = False, **_):
         out = _run_chunked(self.backend, {"input_ids": input_ids.to(torch.int64)})
-        if self.kind in CLIP_KINDS:
+        if self.kind == ClipStage.kind:
             return _ClipOutput(out["pooled"], out["hidden"])
         return (out["hidden"],)
 
@@ -123,12 +130,12 @@ def load_engine_model(model: str, engine, device: str = "cpu", cache_dir=None, *
     device = torch.device(device)
     components = {}
     for name, entry in index.items():
-        if not isinstance(entry, list) or not entry[0]:
-            if isinstance(entry, list):
-                components[name] = None
+        if not isinstance(entry, list):  # _class_name, _diffusers_version
             continue
-        library, class_name = entry
-        if name.startswith("tokenizer"):
+        class_name = entry[1]
+        if entry[0] is None:
+            components[name] = None
+        elif name.startswith("tokenizer"):
             components[name] = getattr(transformers, class_name).from_pretrained(folder / name)
         elif name == "scheduler":
             components[name] = getattr(diffusers, class_name).from_pretrained(folder / name)

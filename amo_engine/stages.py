@@ -23,14 +23,18 @@ def _encoder_spec(outputs: tuple[TensorSpec, ...], batch: int, tokens: int, voca
                   dims={"batch": batch, "tokens": tokens, "vocab": vocab})
 
 
-class ClipStage(nn.Module):
-    """input_ids [B, L] -> pooled [B, P], penultimate hidden states [B, L, D]."""
-
-    kind = "clip"
+class _EncoderStage(nn.Module):
+    kind: str
 
     def __init__(self, encoder: nn.Module):
         super().__init__()
         self.encoder = encoder
+
+
+class ClipStage(_EncoderStage):
+    """input_ids [B, L] -> pooled [B, P], penultimate hidden states [B, L, D]."""
+
+    kind = "clip"
 
     def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.encoder(input_ids, output_hidden_states=True)
@@ -45,14 +49,10 @@ class ClipStage(nn.Module):
         return _encoder_spec(outputs, batch, tokens, cfg.vocab_size)
 
 
-class T5Stage(nn.Module):
+class T5Stage(_EncoderStage):
     """input_ids [B, L] -> last hidden states [B, L, D]."""
 
     kind = "t5"
-
-    def __init__(self, encoder: nn.Module):
-        super().__init__()
-        self.encoder = encoder
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.encoder(input_ids)[0]

@@ -113,33 +113,41 @@ def measure(name: str, calls: int, warmup: int, steps: int, scale: str = "releas
     }
 
 
-def loop_arms(family, backbone, model, stock_procs, feeds, plain, steps, image_tokens, device) -> dict:
-    """Whole denoise loops: stock transformer + Euler vs hooked backbone + AMO (c = 2), on the
-    family's sigma grid and timestep rule."""
+def loop_runners(family, feeds, steps, image_tokens, device, patch):
+    """(euler, amo): whole denoise loops on the family's sigma grid and timestep rule over a call
+    that reads the static ``feeds``; each step writes x and the timestep into them first.
+    ``call() -> velocity`` or ``(velocity, attn)``; AMO uses c = 2."""
     config = family.reference_scheduler
     sigmas = family.sigmas(config, steps, image_tokens)
     hidden, timestep = feeds["hidden_states"], feeds["timestep"]
 
-    def stock_fn(x, sigma):
-        hidden.copy_(x)
-        timestep.fill_(family.timestep(sigma, config))
-        return StepOut(model(**plain, return_dict=False)[0])
+    def step_fn(call):
+        def fn(x, sigma):
+            hidden.copy_(x)
+            timestep.fill_(family.timestep(sigma, config))
+            out = call()
+            return StepOut(*out) if isinstance(out, (tuple, list)) else StepOut(out)
+        return fn
 
-    def amo_fn(x, sigma):
-        hidden.copy_(x)
-        timestep.fill_(family.timestep(sigma, config))
-        v, attn = backbone(**feeds)
-        return StepOut(v, attn)
+    def euler(call):
+        return sample_euler(step_fn(call), hidden.clone(), sigmas)
+
+    def amo(call):
+        return sample_amo(step_fn(call), hidden.clone(), sigmas, 2.0, torch.Generator(device).manual_seed(0),
+                          patch_size=patch)
+
+    return euler, amo
+
+
+def loop_arms(family, backbone, model, stock_procs, feeds, plain, steps, image_tokens, device) -> dict:
+    """Whole denoise loops: stock transformer + Euler vs hooked backbone + AMO."""
+    euler, amo = loop_runners(family, feeds, steps, image_tokens, device, family.latent_patch(model.config))
 
     def euler_loop():
         model.set_attn_processor(dict(stock_procs))
-        return sample_euler(stock_fn, hidden.clone(), sigmas)
+        return euler(lambda: model(**plain, return_dict=False)[0])
 
-    def amo_loop():
-        return sample_amo(amo_fn, hidden.clone(), sigmas, 2.0, torch.Generator(device).manual_seed(0),
-                          patch_size=family.latent_patch(model.config))
-
-    return {"stock-euler": euler_loop, "hook-amo": amo_loop}
+    return {"stock-euler": euler_loop, "hook-amo": lambda: amo(lambda: backbone(**feeds))}
 
 
 def compiled_arms_of(family, backbone, model, stock_procs, feeds, plain, steps, image_tokens, device):
@@ -167,36 +175,17 @@ def compiled_arms_of(family, backbone, model, stock_procs, feeds, plain, steps, 
         return compiled_stock(**plain, return_dict=False)[0]
 
     arms = {"compile-stock": compiled_stock_call, "aoti-hook": lambda: runner(**feeds)}
-    graphed = None
+    engine = arms["aoti-hook"]
     if cuda:
         start = time.perf_counter()
-        graphed = CudaGraphCall(runner, feeds)
+        engine = arms["aoti-hook-graph"] = CudaGraphCall(runner, feeds)
         seconds["aoti-hook-graph capture"] = time.perf_counter() - start
-        arms["aoti-hook-graph"] = graphed
-    engine = graphed or (lambda: runner(**feeds))
-    config = family.reference_scheduler
-    sigmas = family.sigmas(config, steps, image_tokens)
-    hidden, timestep = feeds["hidden_states"], feeds["timestep"]
-
-    def step_with(call):
-        def fn(x, sigma):
-            hidden.copy_(x)
-            timestep.fill_(family.timestep(sigma, config))
-            v, attn = call()
-            return StepOut(v, attn)
-        return fn
-
-    def compiled_stock_step(x, sigma):
-        hidden.copy_(x)
-        timestep.fill_(family.timestep(sigma, config))
-        return StepOut(compiled_stock_call())
-
-    patch = family.latent_patch(model.config)
+    euler, amo = loop_runners(family, feeds, steps, image_tokens, device, family.latent_patch(model.config))
+    engine_name = "aoti-graph" if cuda else "aoti"
     loops = {
-        "compile-euler": lambda: sample_euler(compiled_stock_step, hidden.clone(), sigmas),
-        "aoti-graph-euler" if cuda else "aoti-euler": lambda: sample_euler(step_with(engine), hidden.clone(), sigmas),
-        "aoti-graph-amo" if cuda else "aoti-amo": lambda: sample_amo(step_with(engine), hidden.clone(), sigmas, 2.0,
-                                                                     torch.Generator(device).manual_seed(0), patch_size=patch),
+        "compile-euler": lambda: euler(compiled_stock_call),
+        f"{engine_name}-euler": lambda: euler(engine),
+        f"{engine_name}-amo": lambda: amo(engine),
     }
     return arms, loops, seconds
 

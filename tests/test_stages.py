@@ -79,7 +79,7 @@ def test_generate_on_a_whole_pipeline_engine_loads_no_model_class(tmp_path, monk
     assert main(args + ["--out", str(tmp_path / "stages.png")]) == 0
     assert made == []
     monkeypatch.undo()
-    from amo_engine.cli import runs_on_stages
+    from amo_engine.engine_pipeline import runs_on_stages
     from amo_engine.engine import open_engine
 
     opened = open_engine(engine)
