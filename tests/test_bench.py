@@ -19,7 +19,7 @@ def test_bench_smoke_writes_jsonl_table_and_plot(tmp_path):
                                  out_dir=tmp_path, cache_dir=tmp_path / "cache"), log=lambda s: None)
     arms = [r["arm"] for r in rows]
     assert arms == ["eager-stock-euler", "eager-hook-amo", "reference-amo", "ort-euler", "ort-amo", "ort-noattn-euler",
-                    *(["aoti-euler", "aoti-amo"] if have_aoti else [])]
+                    *(["aoti-euler", "aoti-amo"] if have_aoti else []), "ort-stages-amo"]
     lines = (tmp_path / "tiny-flux.jsonl").read_text().splitlines()
     assert len(lines) == len(arms)
     first = json.loads(lines[0])
@@ -32,6 +32,9 @@ def test_bench_smoke_writes_jsonl_table_and_plot(tmp_path):
     table = (tmp_path / "tiny-flux.md").read_text()
     assert "| ort-amo | same call as ort-euler" in table and "reference-style AMO" in table
     assert "GEMM" in table and "harness check" in table and "AOTInductor vs ORT" in table
+    stages = by["ort-stages-amo"]  # the whole pipeline on engines: end-to-end only
+    assert stages["e2e_s"]["n"] == 1 and stages["loop_s"] is None and stages["speedup_e2e_vs_eager"] > 0
+    assert "| ort-stages-amo | same call as ort-euler | | | | — |" in table
     if have_aoti:  # the AOTInductor arm needs a C++ compiler
         assert by["aoti-amo"]["e2e_s"]["n"] == 1 and any("AOTInductor compile" in n for n in first["notes"])
     assert (tmp_path / "tiny-flux.png").stat().st_size > 1000

@@ -51,6 +51,7 @@ LOOP_ARMS = (
     LoopArm("aoti-amo", "aoti", "amo"),
 )
 BASELINE = "eager-stock-euler"
+STAGES_ARM = "ort-stages-amo"  # end-to-end only: encoders, loop and VAE all on ONNX Runtime (export --stages)
 
 
 def default_out_dir() -> Path:
@@ -85,6 +86,7 @@ class BenchConfig:
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> list[dict]:
     from ..backends import open_backend
     from ..engine import open_engine
+    from ..engine_pipeline import load_engine_model
     from ..onnx_export import ExportConfig, export_engine
     from ..spec import sample_feeds
 
@@ -92,7 +94,9 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> list[dict
     harness.set_threads(cfg.threads)
     watch = harness.ContentionWatch(cfg.threads)
     watch.sample_before()
-    model = bench_model(cfg.config, cfg.cache_dir)
+    tmp_dir = tempfile.TemporaryDirectory()
+    tmp = Path(tmp_dir.name)
+    model = bench_model(cfg.config, cfg.cache_dir, tmp / "model")  # a folder: the stage engine loads from it
     family, pipe = model.family, model.pipe
     height, width = model.default_size
     rows = family.rows(1, family.uses_cfg_rows(model.default_guidance))  # one image's backbone rows
@@ -116,16 +120,17 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> list[dict
     calls["eager-hook"] = _backend_call(eager)
     calls["reference"] = _no_grad(reference_amo(copy.deepcopy(pipe.transformer), family, backbone.hooked_blocks))
 
-    with tempfile.TemporaryDirectory() as tmp:
-        manifest = export_engine(model, ExportConfig(out=Path(tmp) / "amo", height=height, width=width, aoti=cfg.aoti,
-                                                     log=False))
+    with tmp_dir:
+        manifest = export_engine(model, ExportConfig(out=tmp / "amo", height=height, width=width, aoti=cfg.aoti,
+                                                     stages=True, log=False))
         notes.append(f"ONNX export {manifest['timings']['export_s']:.1f} s"
                      + (f", AOTInductor compile {manifest['timings']['aoti_compile_s']:.1f} s" if cfg.aoti else ""))
-        _export_stock_engine(stock, spec, Path(tmp) / "stock")
+        _export_stock_engine(stock, spec, tmp / "stock")
         ort_options = dict(threads=cfg.threads, spinning=cfg.ort_spinning)
-        engine = open_engine(Path(tmp) / "amo", model)
+        engine = open_engine(tmp / "amo", model)
+        staged = load_engine_model(str(model.folder), engine, threads=cfg.threads, spinning=cfg.ort_spinning)
         with open_backend("ort", engine, model, **ort_options) as ort_amo, \
-                open_backend("ort", open_engine(Path(tmp) / "stock"), **ort_options) as ort_stock, \
+                open_backend("ort", open_engine(tmp / "stock"), **ort_options) as ort_stock, \
                 (open_backend("aoti", engine, model) if cfg.aoti else contextlib.nullcontext()) as aoti:
             calls["ort"], calls["ort-noattn"] = _backend_call(ort_amo), _backend_call(ort_stock)
             if aoti is not None:
@@ -139,8 +144,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> list[dict
             loop_times = harness.interleaved({a.name: _loop(a, calls[a.call], feeds, spec, model, cfg.steps)
                                               for a in loop_arms}, cfg.loops, watch, warmup=1)
             engines = {"ort": ort_amo, **({"aoti": aoti} if aoti is not None else {})}
-            e2e_times = harness.interleaved(_end_to_end_runs(model, stock, compiled, engines, cfg.steps), cfg.loops,
-                                            watch, warmup=1)
+            e2e_times = harness.interleaved(_end_to_end_runs(model, stock, compiled, engines, staged, cfg.steps),
+                                            cfg.loops, watch, warmup=1)
     verdict = watch.verdict()
     contended = set(verdict["contended_rounds"])
     call_s = {k: v.summary(contended) for k, v in call_times.items()}
@@ -166,9 +171,16 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> list[dict
                         "in_bench_over_alone": call_s["eager-stock"]["p50"] / alone["p50"]},
             "contention": verdict, "notes": notes,
         })
+    out.append({**{k: out[0][k] for k in ("env", "steps", "rows", "gflop_per_call", "process_peak_rss_mb",
+                                          "harness", "contention", "notes")},
+                "arm": STAGES_ARM, "call": "ort", "sampler": "amo", "call_s": None, "call_same_as": "ort-euler",
+                "loop_s": None, "e2e_s": e2e_s[STAGES_ARM], "speedup_call_vs_eager": None,
+                "speedup_loop_vs_eager": None, "speedup_e2e_vs_eager": e2e_s[BASELINE]["p50"] / e2e_s[STAGES_ARM]["p50"],
+                "utilisation": None, "peak_rss_delta_mb": None})
     for r in out:
         call = r["call_s"] or call_s[r["call"]]
-        log(f"  {r['arm']:20s} call p50 {1000 * call['p50']:8.1f} ms   loop p50 {r['loop_s']['p50']:7.2f} s"
+        loop = f"{r['loop_s']['p50']:7.2f} s" if r["loop_s"] else "      — "
+        log(f"  {r['arm']:20s} call p50 {1000 * call['p50']:8.1f} ms   loop p50 {loop}"
             + (f"   e2e p50 {r['e2e_s']['p50']:6.2f} s" if r["e2e_s"] else ""))
     if verdict["contended"]:
         log("  CONTENDED: " + "; ".join(verdict["reasons"]))
@@ -236,10 +248,11 @@ def _loop(arm: LoopArm, call, feeds, spec, model, steps: int) -> Callable[[], ob
     return run
 
 
-def _end_to_end_runs(model, stock, compiled, engines: dict, steps: int) -> dict[str, Callable[[], object]]:
+def _end_to_end_runs(model, stock, compiled, engines: dict, staged, steps: int) -> dict[str, Callable[[], object]]:
     """Encode + loop + decode: the diffusers pipeline as users run it today (stock transformer,
     Euler; optionally compiled) and our pipeline (eager AMO; each engine backend, ``engines`` by
-    kind, with Euler and AMO)."""
+    kind, with Euler and AMO; and ``staged``, the model whose encoders and VAE are the engine's ONNX
+    stages, around the ORT backbone)."""
     from ..pipeline import AmoPipeline, GenerateConfig
 
     pipe = model.pipe
@@ -260,8 +273,8 @@ def _end_to_end_runs(model, stock, compiled, engines: dict, steps: int) -> dict[
                 pipe.transformer = hooked
         return run
 
-    def ours(sampler, backend=None):
-        amo = AmoPipeline(model, ScoreConfig(), backend)
+    def ours(sampler, backend=None, on=model):
+        amo = AmoPipeline(on, ScoreConfig(), backend)
         return lambda: amo(GenerateConfig([prompt], steps=steps, sampler=sampler, guidance=guidance))
 
     runs = {BASELINE: diffusers_run(stock)}
@@ -270,6 +283,7 @@ def _end_to_end_runs(model, stock, compiled, engines: dict, steps: int) -> dict[
     runs["eager-hook-amo"] = ours("amo")
     for kind, backend in engines.items():
         runs[f"{kind}-euler"], runs[f"{kind}-amo"] = ours("euler", backend), ours("amo", backend)
+    runs[STAGES_ARM] = ours("amo", engines["ort"], staged)
     return runs
 
 
@@ -368,13 +382,16 @@ def markdown_table(rows: list[dict], steps: int, call_s: dict) -> str:
             call_cols = f"{1000 * c['p50']:.1f} | {1000 * c['p90']:.1f} | {1000 * c['min']:.1f} | {c['cpu_per_wall']:.2f}"
         else:
             call_cols = f"same call as {r['call_same_as']} | | |"
-        e2e_p50 = f"{e2e['p50']:.2f}" if e2e else "—"
-        e2e_x = f"{r['speedup_e2e_vs_eager']:.2f}" if e2e else "—"
+        def num(value, fmt):
+            return "—" if value is None else format(value, fmt)
+
+        e2e_p50 = num(e2e and e2e["p50"], ".2f")
         flags = _flags(c) + [f"loop: {f}" for f in _flags(r["loop_s"])] + [f"e2e: {f}" for f in _flags(e2e)]
-        lines.append(f"| {r['arm']} | {call_cols} | {r['loop_s']['p50']:.2f} | {e2e_p50} | "
-                     f"{r['speedup_call_vs_eager']:.2f} | {r['speedup_loop_vs_eager']:.2f} | {e2e_x} | "
-                     f"{r['utilisation']:.2f} | {r['peak_rss_delta_mb']:.0f} | {', '.join(flags) or '—'} |")
-    loop = {r["arm"]: r["loop_s"]["p50"] for r in rows}
+        lines.append(f"| {r['arm']} | {call_cols} | {num(r['loop_s'] and r['loop_s']['p50'], '.2f')} | {e2e_p50} | "
+                     f"{num(r['speedup_call_vs_eager'], '.2f')} | {num(r['speedup_loop_vs_eager'], '.2f')} | "
+                     f"{num(r['speedup_e2e_vs_eager'], '.2f')} | {num(r['utilisation'], '.2f')} | "
+                     f"{num(r['peak_rss_delta_mb'], '.0f')} | {', '.join(flags) or '—'} |")
+    loop = {r["arm"]: r["loop_s"]["p50"] for r in rows if r["loop_s"]}
     lines += ["", _goal("ORT AMO loop / ORT Euler loop", loop["ort-amo"] / loop["ort-euler"]),
               _goal("ORT call with attn / without", call_s["ort"]["p50"] / call_s["ort-noattn"]["p50"]),
               f"- reference-style AMO / our eager AMO (call): {call_s['reference']['p50'] / call_s['eager-hook']['p50']:.2f}",
@@ -389,7 +406,9 @@ def markdown_table(rows: list[dict], steps: int, call_s: dict) -> str:
               f"{1000 * h['in_bench_p50_s']:.1f} ms (x{h['in_bench_over_alone']:.2f})",
               f"- forward {first['gflop_per_call']:.1f} GFLOP per call; util = GFLOP / call p50 / GEMM rate",
               f"- rows per call: {first['rows']}; end-to-end = encode + {steps} steps + VAE decode, baseline = the stock "
-              "diffusers pipeline; CPU/wall = process CPU seconds per wall second during the call",
+              f"diffusers pipeline; {STAGES_ARM}: the whole pipeline on engines (prompt encoders and VAE decoder "
+              "exported with --stages, run on ONNX Runtime; no diffusers model code); CPU/wall = process CPU "
+              "seconds per wall second during the call",
               f"- peak RSS +MB: resident memory above the level at the call's start, one untimed call per arm; "
               f"process peak {first['process_peak_rss_mb']:.0f} MB",
               f"- flags: wide = (p90 - min) / p50 > {harness.WIDE_SPREAD}; contended = samples from rounds the "

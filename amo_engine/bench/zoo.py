@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from ..families import Family, family_named
@@ -50,10 +52,14 @@ def build_transformer(family: Family, scale: str, device: str = "cpu", dtype: to
         torch.set_default_dtype(default)
 
 
-def bench_model(config: str, cache_dir=None):
-    """The LoadedModel a bench config (``tiny-sd3`` ... ``medium-flux``) runs."""
+def bench_model(config: str, cache_dir=None, folder=None):
+    """The LoadedModel a bench config (``tiny-sd3`` ... ``medium-flux``) runs. A medium model is built
+    in memory, or, with ``folder``, saved there and loaded back like any model folder (so engines
+    exported from it can load their stages from it)."""
+    import json
+
     from ..models import LoadedModel, load_model
-    from ..presets import ModelSettings
+    from ..presets import SETTINGS_FILE, ModelSettings
 
     scale, name = config.split("-")
     model = load_model(f"tiny-{name}", cache_dir=cache_dir)
@@ -63,7 +69,11 @@ def bench_model(config: str, cache_dir=None):
     model.pipe.transformer = build_transformer(family_named(name), scale, joint_attention_dim=tiny.joint_attention_dim,
                                                pooled_projection_dim=tiny.pooled_projection_dim)
     settings = ModelSettings(model.settings.max_sequence_length, MEDIUM_SIZE, MEDIUM_SIZE)
-    return LoadedModel(model.pipe, model.family, config, None, settings)
+    if folder is None:
+        return LoadedModel(model.pipe, model.family, config, None, settings)
+    model.pipe.save_pretrained(folder, safe_serialization=True)
+    (Path(folder) / SETTINGS_FILE).write_text(json.dumps(settings.to_json(), indent=2))
+    return load_model(str(folder))
 
 
 class ReferenceScoreProcessor:
