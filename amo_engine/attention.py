@@ -1,11 +1,21 @@
-"""The attention hook: joint-attention processors that keep the block's own fused attention and
-add a cheap side branch with AMO's span scores.
+"""The attention hook, as stages: project -> edits -> the block's own fused attention -> taps.
 
-For the S selected text-span query rows only, the side branch computes
-``softmax(Q_span K_all^T / sqrt(d))`` ([B, H, S, L], S << L), keeps the image-key columns, sums
-over span rows (weighted by the span mask) and averages over heads -> [B, N_img]. The block's
-own softmax is never exposed, so runtimes can still fuse the main attention. No L x L tensor is
-created by the side branch.
+One processor serves SD3's joint blocks and FLUX's double-stream blocks; the families differ only
+in the joint order ([image ; text] for SD3, [text ; image] for FLUX) and FLUX's RoPE.
+
+* **project**: image and text Q/K/V after their norms (and RoPE), heads first [B, H, L, D].
+* **edits**: change what the block attends with. ``swap_text_kv`` (Paper A): a row's text keys and
+  values move towards its donor row's, ``K_txt <- K_txt + gate * (K_txt[donor] - K_txt)`` (same
+  for V); image Q/K/V and text queries stay the row's own. Identity when the gate is 0.
+* **attention**: the block's own ``scaled_dot_product_attention``; its softmax is never exposed,
+  so runtimes can still fuse it.
+* **taps**: read the block without changing it. ``span_image_scores`` (AMO): for the S selected
+  span query rows only, ``softmax(Q_span K_all^T / sqrt(d))`` ([B, H, S, L], S << L), image-key
+  columns, summed over span rows and averaged over heads -> [B, N_img]. No L x L tensor.
+
+All per-call inputs travel in a ``CallContext`` passed as ``joint_attention_kwargs={"amo": ctx}``;
+processors hold only their block index and the family's order, and a processor given no context
+computes exactly what the stock diffusers processor does.
 """
 
 from __future__ import annotations
@@ -15,16 +25,16 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+CONTEXT_KEY = "amo"  # the joint_attention_kwargs key our processors read their CallContext from
+
+
+# ---------------------------------------------------------------- per-call context
+
 
 @dataclass
-class ScoreContext:
-    """The per-call state of one backbone forward: which span rows to read, which blocks are
-    active, and the maps they produce.
-
-    A backbone makes a fresh context for each call and hands it to processors it installs for that
-    call only (see ``backbone.hooked``), so nothing outlives the call on the user's model. Active
-    blocks append one [B, N_img] map each; the others behave exactly like the stock processor.
-    """
+class SpanTap:
+    """AMO's span scores for one call: which span rows to read, which blocks are active, and the
+    maps they produce (one [B, N_img] map per active block)."""
 
     span_index: torch.Tensor  # [B, S] int64 positions in the text sequence
     span_weight: torch.Tensor  # [B, S] float, 1 for span tokens, 0 for padding
@@ -32,7 +42,7 @@ class ScoreContext:
     maps: list[torch.Tensor] = field(default_factory=list)
 
     @classmethod
-    def for_call(cls, span_mask: torch.Tensor, max_span_tokens: int, active: tuple[int, ...]) -> "ScoreContext":
+    def for_call(cls, span_mask: torch.Tensor, max_span_tokens: int, active: tuple[int, ...]) -> "SpanTap":
         """The first ``max_span_tokens`` span tokens by position, from a [B, T] 0/1 mask.
 
         TopK of ``mask * (T - position)``: span tokens score T - t (all distinct, earliest highest),
@@ -47,15 +57,82 @@ class ScoreContext:
         weight = torch.gather(span_mask.float(), 1, index)  # [B, S]
         return cls(index, weight, frozenset(active))
 
-    def record(self, block: int, compute) -> None:
-        """Append ``compute()`` (a [B, N_img] map) when ``block`` is active in this call."""
-        if block in self.active:
-            self.maps.append(compute())
-
     def finish(self) -> torch.Tensor:
         if not self.maps:
             raise RuntimeError("no hooked attention block ran; check the hooked block indices")
         return torch.stack(self.maps, 0).mean(0)  # [B, N_img]
+
+
+@dataclass
+class KvSwap:
+    """Paper A's text K/V swap for one call: each row's donor row and a gate per joint block."""
+
+    donor_index: torch.Tensor  # [B] int64: the row whose text K/V this row takes (identity: arange(B))
+    gate: torch.Tensor  # [n_blocks] float: 0 off, 1 swap (values between interpolate)
+
+
+@dataclass
+class CallContext:
+    """Everything one backbone call asks of the hooked blocks; None parts are off."""
+
+    taps: SpanTap | None = None
+    kv_swap: KvSwap | None = None
+
+
+# ---------------------------------------------------------------- stages
+
+
+@dataclass
+class JointQKV:
+    """Q/K/V of one joint-attention call, heads first [B, H, L, D], after norms and RoPE."""
+
+    img_q: torch.Tensor
+    img_k: torch.Tensor
+    img_v: torch.Tensor
+    txt_q: torch.Tensor
+    txt_k: torch.Tensor
+    txt_v: torch.Tensor
+
+
+def project(attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, image_rotary_emb=None,
+            image_first: bool = True) -> JointQKV:
+    """The block's image and text projections, their norms, and (FLUX) RoPE, whose positions are in
+    the joint order: cos/sin rows for the text part first when ``image_first`` is False."""
+
+    def heads(layer, x, norm):  # [B, L, H*D] -> [B, L, H, D], normed per head
+        y = layer(x).unflatten(-1, (attn.heads, -1))
+        return norm(y) if norm is not None else y
+
+    img_q, img_k = heads(attn.to_q, hidden_states, attn.norm_q), heads(attn.to_k, hidden_states, attn.norm_k)
+    img_v = heads(attn.to_v, hidden_states, None)
+    txt_q = heads(attn.add_q_proj, encoder_hidden_states, attn.norm_added_q)
+    txt_k = heads(attn.add_k_proj, encoder_hidden_states, attn.norm_added_k)
+    txt_v = heads(attn.add_v_proj, encoder_hidden_states, None)
+    if image_rotary_emb is not None:
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        n_first = (hidden_states if image_first else encoder_hidden_states).shape[1]
+        cos, sin = image_rotary_emb  # [L, D] each, joint order
+        first, second = (cos[:n_first], sin[:n_first]), (cos[n_first:], sin[n_first:])
+        img_rope, txt_rope = (first, second) if image_first else (second, first)
+        img_q, img_k = (apply_rotary_emb(t, img_rope, sequence_dim=1) for t in (img_q, img_k))
+        txt_q, txt_k = (apply_rotary_emb(t, txt_rope, sequence_dim=1) for t in (txt_q, txt_k))
+    return JointQKV(*(t.transpose(1, 2) for t in (img_q, img_k, img_v, txt_q, txt_k, txt_v)))
+
+
+def swap_text_kv(qkv: JointQKV, swap: KvSwap, block: int) -> JointQKV:
+    """Edit: text K and V move towards the donor row's by this block's gate (0: unchanged)."""
+    gate = swap.gate[block].to(qkv.txt_k.dtype)  # [] this block's gate
+
+    def towards_donor(t):  # [B, H, T, D]
+        return t + gate * (t.index_select(0, swap.donor_index) - t)
+
+    return JointQKV(qkv.img_q, qkv.img_k, qkv.img_v, qkv.txt_q, towards_donor(qkv.txt_k), towards_donor(qkv.txt_v))
+
+
+def joint(image: torch.Tensor, text: torch.Tensor, image_first: bool) -> torch.Tensor:
+    """[B, H, N_img, D] and [B, H, T, D] in the family's joint order along the sequence."""
+    return torch.cat([image, text] if image_first else [text, image], dim=2)
 
 
 def span_image_scores(
@@ -66,7 +143,7 @@ def span_image_scores(
     image_start: int,
     n_image: int,
 ) -> torch.Tensor:
-    """Attention mass that span query rows put on image keys, averaged over heads.
+    """Tap: attention mass that span query rows put on image keys, averaged over heads.
 
     query_text [B, H, T, D] (text queries), key [B, H, L, D] (all keys, after norm and RoPE),
     span_index / span_weight [B, S]. Returns [B, N_img] in float32.
@@ -82,103 +159,53 @@ def span_image_scores(
     return mass.mean(dim=1)  # [B, N_img]
 
 
-class SD3ScoreAttnProcessor:
-    """SD3 joint attention (as diffusers' JointAttnProcessor2_0) plus the span-score side branch.
+# ---------------------------------------------------------------- processors
 
-    Joint sequence order is [image ; text].
-    """
 
-    def __init__(self, ctx: ScoreContext, block: int):
-        self.ctx = ctx
+class JointAttnProcessor:
+    """A joint-attention block (SD3 joint / FLUX double-stream) as the four stages; with no
+    context it is the stock processor (diffusers' JointAttnProcessor2_0 / FluxAttnProcessor)."""
+
+    def __init__(self, block: int, image_first: bool):
         self.block = block
+        self.image_first = image_first
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None,
+                 amo: CallContext | None = None):
         if encoder_hidden_states is None:
-            raise ValueError("SD3ScoreAttnProcessor hooks joint blocks only (encoder_hidden_states is None)")
-        b, n_img = hidden_states.shape[0], hidden_states.shape[1]
-        heads = attn.heads
-
-        def heads_first(t):  # [B, L, H*D] -> [B, H, L, D]
-            return t.view(b, -1, heads, t.shape[-1] // heads).transpose(1, 2)
-
-        query = heads_first(attn.to_q(hidden_states))
-        key = heads_first(attn.to_k(hidden_states))
-        value = heads_first(attn.to_v(hidden_states))
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-        txt_q = heads_first(attn.add_q_proj(encoder_hidden_states))
-        txt_k = heads_first(attn.add_k_proj(encoder_hidden_states))
-        txt_v = heads_first(attn.add_v_proj(encoder_hidden_states))
-        if attn.norm_added_q is not None:
-            txt_q = attn.norm_added_q(txt_q)
-        if attn.norm_added_k is not None:
-            txt_k = attn.norm_added_k(txt_k)
-
-        query = torch.cat([query, txt_q], dim=2)  # [B, H, L, D]
-        key = torch.cat([key, txt_k], dim=2)
-        value = torch.cat([value, txt_v], dim=2)
-
-        ctx = self.ctx
-        ctx.record(self.block, lambda: span_image_scores(txt_q, key, ctx.span_index, ctx.span_weight, 0, n_img))
-
-        out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)  # [B, H, L, D]
-        out = out.transpose(1, 2).reshape(b, -1, heads * out.shape[-1]).to(query.dtype)  # [B, L, C]
-        img_out, txt_out = out[:, :n_img], out[:, n_img:]
-        if not attn.context_pre_only:
-            txt_out = attn.to_add_out(txt_out)
-        img_out = attn.to_out[1](attn.to_out[0](img_out))
-        return img_out, txt_out
-
-
-class FluxScoreAttnProcessor:
-    """FLUX double-stream attention (as diffusers' FluxAttnProcessor) plus the span-score side branch.
-
-    Joint sequence order is [text ; image].
-    """
-
-    def __init__(self, ctx: ScoreContext, block: int):
-        self.ctx = ctx
-        self.block = block
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
-        from diffusers.models.attention_dispatch import dispatch_attention_fn
-        from diffusers.models.embeddings import apply_rotary_emb
-
-        if encoder_hidden_states is None:
-            raise ValueError("FluxScoreAttnProcessor hooks double-stream blocks only (encoder_hidden_states is None)")
-        n_txt = encoder_hidden_states.shape[1]
-        n_img = hidden_states.shape[1]
-
-        def split_heads(t):  # [B, L, H*D] -> [B, L, H, D]
-            return t.unflatten(-1, (-1, attn.head_dim))
-
-        query = attn.norm_q(split_heads(attn.to_q(hidden_states)))
-        key = attn.norm_k(split_heads(attn.to_k(hidden_states)))
-        value = split_heads(attn.to_v(hidden_states))
-        txt_q = attn.norm_added_q(split_heads(attn.add_q_proj(encoder_hidden_states)))
-        txt_k = attn.norm_added_k(split_heads(attn.add_k_proj(encoder_hidden_states)))
-        txt_v = split_heads(attn.add_v_proj(encoder_hidden_states))
-
-        query = torch.cat([txt_q, query], dim=1)  # [B, L, H, D]
-        key = torch.cat([txt_k, key], dim=1)
-        value = torch.cat([txt_v, value], dim=1)
-        if image_rotary_emb is not None:
-            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-
-        ctx = self.ctx
-        ctx.record(
-            self.block,
-            lambda: span_image_scores(
-                query[:, :n_txt].transpose(1, 2), key.transpose(1, 2), ctx.span_index, ctx.span_weight, n_txt, n_img
-            ),
-        )
-
-        out = dispatch_attention_fn(query, key, value, attn_mask=attention_mask)  # [B, L, H, D]
-        out = out.flatten(2, 3).to(query.dtype)  # [B, L, C]
-        txt_out, img_out = out[:, :n_txt], out[:, n_txt:]
+            raise ValueError("JointAttnProcessor hooks joint blocks only (encoder_hidden_states is None)")
+        b, n_img, n_txt = hidden_states.shape[0], hidden_states.shape[1], encoder_hidden_states.shape[1]
+        qkv = self.edit(project(attn, hidden_states, encoder_hidden_states, image_rotary_emb, self.image_first), amo)
+        key = joint(qkv.img_k, qkv.txt_k, self.image_first)  # [B, H, L, D]
+        out = F.scaled_dot_product_attention(joint(qkv.img_q, qkv.txt_q, self.image_first), key,
+                                             joint(qkv.img_v, qkv.txt_v, self.image_first), attn_mask=attention_mask,
+                                             dropout_p=0.0, is_causal=False)  # [B, H, L, D]
+        taps = amo.taps if amo is not None else None
+        if taps is not None and self.block in taps.active:
+            image_start = 0 if self.image_first else n_txt
+            taps.maps.append(span_image_scores(qkv.txt_q, key, taps.span_index, taps.span_weight, image_start, n_img))
+        out = out.transpose(1, 2).reshape(b, n_img + n_txt, -1).to(qkv.img_q.dtype)  # [B, L, C]
+        img_out, txt_out = (out[:, :n_img], out[:, n_img:]) if self.image_first else (out[:, n_txt:], out[:, :n_txt])
         img_out = attn.to_out[1](attn.to_out[0](img_out.contiguous()))
-        txt_out = attn.to_add_out(txt_out.contiguous())
+        if not getattr(attn, "context_pre_only", False):  # the last SD3 block keeps no text stream
+            txt_out = attn.to_add_out(txt_out.contiguous())
         return img_out, txt_out
+
+    def edit(self, qkv: JointQKV, amo: CallContext | None) -> JointQKV:
+        """The edits stage, in order (the K/V swap now); identity without a context."""
+        if amo is not None and amo.kv_swap is not None:
+            qkv = swap_text_kv(qkv, amo.kv_swap, self.block)
+        return qkv
+
+
+class ContextFreeProcessor:
+    """Wraps a block's own processor for blocks we do not hook (FLUX single-stream blocks), which
+    diffusers hands the same ``joint_attention_kwargs``: takes our context and drops it."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None,
+                 amo: CallContext | None = None):
+        return self.processor(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
+                              attention_mask=attention_mask, image_rotary_emb=image_rotary_emb)

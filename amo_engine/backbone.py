@@ -1,5 +1,10 @@
 """Backbone modules: a diffusers transformer behind a flat, tensor-only forward in IOSpec names,
 returning (velocity, attn). The same module runs eagerly and is what gets exported.
+
+``HookConfig`` says what the hook adds to the graph: the AMO score tap (always; ``hooked_blocks``
+and ``max_span_tokens``) and, with ``kv_swap``, Paper A's text K/V swap inputs ``kv_donor_index``
+[B] int64 and ``kv_swap_gate`` [n_blocks] float, whose identity values (arange(B), zeros)
+reproduce the plain backbone.
 """
 
 from __future__ import annotations
@@ -11,19 +16,24 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .attention import FluxScoreAttnProcessor, ScoreContext, SD3ScoreAttnProcessor
+from .attention import CONTEXT_KEY, CallContext, ContextFreeProcessor, JointAttnProcessor, KvSwap, SpanTap
 from .families import Family, of_transformer
 from .families.flux import FLUX
 from .families.sd3 import SD3
 from .spec import IOSpec, TensorSpec, dtype_name
 
 
+KV_SWAP_INPUTS = ("kv_donor_index", "kv_swap_gate")
+
+
 @dataclass(frozen=True)
-class ScoreConfig:
-    """Which blocks carry the score side branch and how many span rows it reads."""
+class HookConfig:
+    """What the attention hook adds: which blocks carry the score tap and how many span rows it
+    reads, and whether the graph takes the text K/V swap inputs (every joint block, gated)."""
 
     hooked_blocks: tuple[int, ...] | None = None  # None: every joint (SD3) / double-stream (FLUX) block
     max_span_tokens: int = 64  # fixed S of the side branch; longer spans are cut (pipeline warns)
+    kv_swap: bool = False  # graph inputs kv_donor_index [B] and kv_swap_gate [n_blocks]
 
 
 def resolve_blocks(n_blocks: int, hooked: Sequence[int] | None) -> tuple[int, ...]:
@@ -55,21 +65,24 @@ class Fp32FluxPosEmbed(nn.Module):
 
 
 @contextmanager
-def hooked(transformer: nn.Module, processor: type, ctx: ScoreContext, rope: nn.Module | None = None):
-    """Run the transformer with score processors bound to ``ctx`` (and FLUX's fp32 RoPE) for the
-    duration of one call, then put back exactly what the user's model had: our hook never changes
-    what the model does outside our calls."""
-    attns = [block.attn for block in transformer.transformer_blocks]
-    saved = [attn.processor for attn in attns]
+def hooked(transformer: nn.Module, processors: Sequence[JointAttnProcessor], rope: nn.Module | None = None):
+    """Run the transformer with our processors on its joint blocks (its other blocks' own processors
+    wrapped to drop our context) and FLUX's fp32 RoPE for the duration of one call, then put back
+    exactly what the user's model had: our hook never changes what the model does outside our calls."""
+    joint_attns = [block.attn for block in transformer.transformer_blocks]
+    other_attns = [block.attn for block in getattr(transformer, "single_transformer_blocks", ())]
+    saved = [attn.processor for attn in joint_attns + other_attns]
     saved_rope = getattr(transformer, "pos_embed", None)
     try:
-        for i, attn in enumerate(attns):
-            attn.processor = processor(ctx, i)
+        for attn, proc in zip(joint_attns, processors):
+            attn.processor = proc
+        for attn in other_attns:
+            attn.processor = ContextFreeProcessor(attn.processor)
         if rope is not None:
             transformer.pos_embed = rope
-        yield ctx
+        yield
     finally:
-        for attn, proc in zip(attns, saved):
+        for attn, proc in zip(joint_attns + other_attns, saved):
             attn.processor = proc
         if rope is not None:
             transformer.pos_embed = saved_rope
@@ -77,22 +90,36 @@ def hooked(transformer: nn.Module, processor: type, ctx: ScoreContext, rope: nn.
 
 class _Backbone(nn.Module):
     family: Family
-    processor: type  # the score attention processor of the family's joint blocks
 
-    def __init__(self, transformer: nn.Module, score: ScoreConfig = ScoreConfig(), vae_scale_factor: int = 8):
+    def __init__(self, transformer: nn.Module, hook: HookConfig = HookConfig(), vae_scale_factor: int = 8):
         super().__init__()
         self.transformer = transformer
-        self.score = score
+        self.hook = hook
         self.vae_scale_factor = vae_scale_factor  # pixels per latent pixel (the pipeline's VAE)
         # joint (SD3) / double-stream (FLUX) blocks, from the config: the IOSpec needs no weights
-        self.hooked_blocks = resolve_blocks(transformer.config.num_layers, score.hooked_blocks)
+        self.n_joint_blocks = transformer.config.num_layers
+        self.hooked_blocks = resolve_blocks(self.n_joint_blocks, hook.hooked_blocks)
+        self._processors = [JointAttnProcessor(i, self.family.image_first) for i in range(self.n_joint_blocks)]
         self._rope: nn.Module | None = None  # FLUX: fp32 RoPE used inside our calls
 
-    def _run(self, span_mask: torch.Tensor, **inputs) -> tuple[torch.Tensor, torch.Tensor]:
-        ctx = ScoreContext.for_call(span_mask, self.score.max_span_tokens, self.hooked_blocks)
-        with hooked(self.transformer, self.processor, ctx, self._rope):
-            velocity = self.transformer(**inputs, return_dict=False)[0]
-        return velocity, ctx.finish()
+    def _run(self, span_mask: torch.Tensor, kv_donor_index: torch.Tensor | None, kv_swap_gate: torch.Tensor | None,
+             **inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        if (kv_donor_index is None) != (kv_swap_gate is None):
+            raise ValueError("kv_donor_index and kv_swap_gate go together: give both or neither")
+        if kv_swap_gate is not None and tuple(kv_swap_gate.shape) != (self.n_joint_blocks,):
+            raise ValueError(f"kv_swap_gate has shape {tuple(kv_swap_gate.shape)}; this model takes one gate per joint "
+                             f"block: ({self.n_joint_blocks},)")
+        ctx = CallContext(SpanTap.for_call(span_mask, self.hook.max_span_tokens, self.hooked_blocks),
+                          KvSwap(kv_donor_index, kv_swap_gate) if kv_donor_index is not None else None)
+        with hooked(self.transformer, self._processors, self._rope):
+            velocity = self.transformer(**inputs, joint_attention_kwargs={CONTEXT_KEY: ctx}, return_dict=False)[0]
+        return velocity, ctx.taps.finish()
+
+    def _kv_swap_specs(self) -> list[TensorSpec]:
+        if not self.hook.kv_swap:
+            return []
+        return [TensorSpec("kv_donor_index", "int64", ("batch",)),
+                TensorSpec("kv_swap_gate", "float32", (self.n_joint_blocks,))]
 
     @property
     def config(self):
@@ -109,7 +136,6 @@ class SD3Backbone(_Backbone):
     """SD3 MMDiT: latents [B, C, H, W], text [B, T, D], joint order [image ; text]."""
 
     family = SD3
-    processor = SD3ScoreAttnProcessor
 
     def forward(
         self,
@@ -118,9 +144,13 @@ class SD3Backbone(_Backbone):
         pooled_projections: torch.Tensor,  # [B, P]
         timestep: torch.Tensor,  # [B] in the scheduler's 0..1000 scale
         span_mask: torch.Tensor,  # [B, T] 1 on quoted-text tokens
+        kv_donor_index: torch.Tensor | None = None,  # [B] int64 (HookConfig.kv_swap)
+        kv_swap_gate: torch.Tensor | None = None,  # [n_blocks]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return self._run(
             span_mask,
+            kv_donor_index,
+            kv_swap_gate,
             hidden_states=hidden_states,
             encoder_hidden_states=encoder_hidden_states,
             pooled_projections=pooled_projections,
@@ -141,6 +171,7 @@ class SD3Backbone(_Backbone):
                 TensorSpec("pooled_projections", dt, ("batch", cfg.pooled_projection_dim)),
                 TensorSpec("timestep", dt, ("batch",)),
                 TensorSpec("span_mask", dt, ("batch", "text_len")),
+                *self._kv_swap_specs(),
             ),
             outputs=(
                 TensorSpec("velocity", dt, ("batch", cfg.out_channels, "latent_h", "latent_w")),
@@ -160,10 +191,9 @@ class FluxBackbone(_Backbone):
     """FLUX: packed latents [B, N, 64], text [B, T, D], joint order [text ; image], RoPE in fp32."""
 
     family = FLUX
-    processor = FluxScoreAttnProcessor
 
-    def __init__(self, transformer: nn.Module, score: ScoreConfig = ScoreConfig(), vae_scale_factor: int = 8):
-        super().__init__(transformer, score, vae_scale_factor)
+    def __init__(self, transformer: nn.Module, hook: HookConfig = HookConfig(), vae_scale_factor: int = 8):
+        super().__init__(transformer, hook, vae_scale_factor)
         pe = getattr(transformer, "pos_embed", None)  # none on a config-only stand-in (IOSpec only)
         self._rope = pe if pe is None or isinstance(pe, Fp32FluxPosEmbed) else Fp32FluxPosEmbed(pe.theta, pe.axes_dim)
 
@@ -181,9 +211,13 @@ class FluxBackbone(_Backbone):
         txt_ids: torch.Tensor,  # [T, 3]
         span_mask: torch.Tensor,  # [B, T]
         guidance: torch.Tensor | None = None,  # [B] (guidance-distilled models only)
+        kv_donor_index: torch.Tensor | None = None,  # [B] int64 (HookConfig.kv_swap)
+        kv_swap_gate: torch.Tensor | None = None,  # [n_blocks]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return self._run(
             span_mask,
+            kv_donor_index,
+            kv_swap_gate,
             hidden_states=hidden_states,
             encoder_hidden_states=encoder_hidden_states,
             pooled_projections=pooled_projections,
@@ -211,6 +245,7 @@ class FluxBackbone(_Backbone):
         ]
         if self.has_guidance:
             inputs.append(TensorSpec("guidance", dt, ("batch",)))
+        inputs += self._kv_swap_specs()
         return IOSpec(
             inputs=tuple(inputs),
             outputs=(
@@ -221,6 +256,6 @@ class FluxBackbone(_Backbone):
         )
 
 
-def make_backbone(transformer: nn.Module, score: ScoreConfig = ScoreConfig(), vae_scale_factor: int = 8) -> _Backbone:
-    """Wrap a diffusers SD3 or FLUX transformer (its hooked blocks get score processors)."""
-    return of_transformer(transformer).backbone(transformer, score, vae_scale_factor)
+def make_backbone(transformer: nn.Module, hook: HookConfig = HookConfig(), vae_scale_factor: int = 8) -> _Backbone:
+    """Wrap a diffusers SD3 or FLUX transformer (its joint blocks get our processors during calls)."""
+    return of_transformer(transformer).backbone(transformer, hook, vae_scale_factor)

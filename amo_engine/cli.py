@@ -254,20 +254,20 @@ def check_generate_args(args: argparse.Namespace) -> None:
                              f"(e.g. {max(factor, value - value % factor)})")
 
 
-def _engine_score(args: argparse.Namespace, engine):
-    """The engine's score configuration, with a note for each flag that disagrees with it."""
-    score = engine.score
-    if args.blocks is not None and tuple(sorted(set(args.blocks))) != score.hooked_blocks:
+def _engine_hook(args: argparse.Namespace, engine):
+    """The engine's hook configuration, with a note for each flag that disagrees with it."""
+    hook = engine.hook
+    if args.blocks is not None and tuple(sorted(set(args.blocks))) != hook.hooked_blocks:
         warnings.warn(f"--blocks {','.join(map(str, args.blocks))} is ignored: the engine computes the map from "
-                      f"blocks {','.join(map(str, score.hooked_blocks))} (re-export with --blocks to change it)")
-    if args.max_span_tokens is not None and args.max_span_tokens != score.max_span_tokens:
+                      f"blocks {','.join(map(str, hook.hooked_blocks))} (re-export with --blocks to change it)")
+    if args.max_span_tokens is not None and args.max_span_tokens != hook.max_span_tokens:
         warnings.warn(f"--max-span-tokens {args.max_span_tokens} is ignored: the engine reads "
-                      f"{score.max_span_tokens} span tokens (re-export with --max-span-tokens to change it)")
-    return score
+                      f"{hook.max_span_tokens} span tokens (re-export with --max-span-tokens to change it)")
+    return hook
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .backbone import ScoreConfig
+    from .backbone import HookConfig
     from .backends import open_backend
     from .models import load_model
     from .pipeline import AmoPipeline
@@ -277,7 +277,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         from .engine import open_engine
 
         engine = open_engine(args.engine, model_name=args.model)
-        score = _engine_score(args, engine)
+        hook = _engine_hook(args, engine)
         if args.backend == "auto":
             from . import default_backend
 
@@ -286,7 +286,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 warnings.warn(note)
     else:
         span = {} if args.max_span_tokens is None else {"max_span_tokens": args.max_span_tokens}
-        score = ScoreConfig(hooked_blocks=args.blocks, **span)
+        hook = HookConfig(hooked_blocks=args.blocks, **span)
     from .engine_pipeline import load_engine_model, runs_on_stages
 
     if engine is not None and runs_on_stages(args.backend, engine):
@@ -296,8 +296,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if engine is not None:
             engine.check_model(model)
     options = backend_options(args)
-    with open_backend(args.backend, engine, model, score, device=args.device, **options) as backend:
-        result = AmoPipeline(model, score, backend)(_generate_config(args))
+    with open_backend(args.backend, engine, model, hook, device=args.device, **options) as backend:
+        result = AmoPipeline(model, hook, backend)(_generate_config(args))
     _write_generated(args, model, result)
     return 0
 
@@ -357,7 +357,7 @@ def _write_generated(args: argparse.Namespace, model, result) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .backbone import ScoreConfig
+    from .backbone import HookConfig
     from .models import load_model
     from .onnx_export import ExportConfig, export_engine
 
@@ -374,7 +374,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         dynamic_batch=args.dynamic_batch, fold_constants=not args.no_fold, aoti=args.aoti,
         aoti_weights=args.aoti_weights, stages=args.stages,
     )
-    export_engine(model, cfg, ScoreConfig(args.blocks, args.max_span_tokens))
+    export_engine(model, cfg, HookConfig(args.blocks, args.max_span_tokens))
     return 0
 
 

@@ -171,11 +171,12 @@ class Engine:
         return self.manifest["family"]
 
     @property
-    def score(self):
-        """The ScoreConfig the graph was exported with (its hooked blocks and span rows)."""
-        from .backbone import ScoreConfig
+    def hook(self):
+        """The HookConfig the graph was exported with (its hooked blocks, span rows, K/V swap inputs)."""
+        from .backbone import HookConfig
 
-        return ScoreConfig(tuple(self.manifest["hooked_blocks"]), self.manifest["max_span_tokens"])
+        m = self.manifest
+        return HookConfig(tuple(m["hooked_blocks"]), m["max_span_tokens"], bool(m.get("kv_swap", False)))
 
     def artifact(self, section: str) -> Path:
         """The file of artifact ``section`` (``onnx``, ``aoti`` or ``trt``), refusing folders without it."""

@@ -14,7 +14,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .backbone import ScoreConfig
+from .backbone import HookConfig
 from .engine import (
     FORMAT_VERSION,
     EngineError,
@@ -86,6 +86,19 @@ def torchscript_compatible(module: nn.Module) -> Iterator[None]:
             setattr(parent, name, child)
 
 
+class InSpecOrder(nn.Module):
+    """The backbone called with its inputs positionally in IOSpec order (optional inputs such as
+    FLUX's guidance or the K/V swap pair come and go, so the forward's own order cannot be used)."""
+
+    def __init__(self, backbone: nn.Module, names: list[str]):
+        super().__init__()
+        self.backbone = backbone
+        self.names = list(names)
+
+    def forward(self, *args: torch.Tensor):
+        return self.backbone(**dict(zip(self.names, args)))
+
+
 def needs_external_data(module: nn.Module) -> bool:
     return sum(p.numel() * p.element_size() for p in module.parameters()) > EXTERNAL_DATA_BYTES
 
@@ -102,12 +115,11 @@ def _export_onnx(backbone, spec: IOSpec, path: Path, cfg: ExportConfig, feeds: d
         dynamic_shapes = None
         if dynamic:
             batch = torch.export.Dim("batch", min=1, max=64)
-            dynamic_shapes = {
-                t.name: ({i: batch for i, d in enumerate(t.shape) if d == "batch"} or None) for t in spec.inputs
-            }
+            dynamic_shapes = {"args": tuple({i: batch for i, d in enumerate(t.shape) if d == "batch"} or None
+                                            for t in spec.inputs)}
         with _quiet_exporter():
             program = torch.onnx.export(
-                backbone,
+                InSpecOrder(backbone, spec.input_names),
                 args,
                 input_names=spec.input_names,
                 output_names=spec.output_names,
@@ -124,7 +136,7 @@ def _export_onnx(backbone, spec: IOSpec, path: Path, cfg: ExportConfig, feeds: d
             # export is static-shape by design, and the parity check after it is the real test
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(
-                backbone,
+                InSpecOrder(backbone, spec.input_names),
                 args,
                 str(path),
                 input_names=spec.input_names,
@@ -226,7 +238,7 @@ def _export_stages(model, cfg: ExportConfig, folder: Path, height: int, width: i
     return section
 
 
-def export_engine(model, cfg: ExportConfig, score: ScoreConfig = ScoreConfig()) -> dict:
+def export_engine(model, cfg: ExportConfig, hook: HookConfig = HookConfig()) -> dict:
     """Export ``model`` (a LoadedModel) into engine folder ``cfg.out``; returns the manifest."""
     import onnx
 
@@ -254,7 +266,7 @@ def export_engine(model, cfg: ExportConfig, score: ScoreConfig = ScoreConfig()) 
     cfg_rows = family.batches_cfg and cfg.cfg_rows
     rows = family.rows(cfg.batch, cfg_rows)
 
-    backbone = family.backbone(pipe.transformer, score, pipe.vae_scale_factor).eval()
+    backbone = family.backbone(pipe.transformer, hook, pipe.vae_scale_factor).eval()
     dtype = pipe.transformer.dtype
     spec = backbone.io_spec(rows, height, width, text_len, dtype)
     feeds = sample_feeds(spec, pipe.transformer.device)
@@ -319,7 +331,8 @@ def export_engine(model, cfg: ExportConfig, score: ScoreConfig = ScoreConfig()) 
             "max_sequence_length": max_seq,
             "dtype": dtype_name(dtype),
             "hooked_blocks": list(backbone.hooked_blocks),
-            "max_span_tokens": score.max_span_tokens,
+            "max_span_tokens": hook.max_span_tokens,
+            "kv_swap": hook.kv_swap,
             "onnx": {"file": ONNX_FILE, "opset": cfg.opset, "exporter": cfg.exporter,
                      "dynamic_batch": cfg.dynamic_batch, "folded": cfg.fold_constants and not large},
             **({"aoti": aoti} if aoti else {}),

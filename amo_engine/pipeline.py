@@ -8,6 +8,7 @@ sync at the end.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -16,9 +17,10 @@ from typing import Sequence
 import torch
 
 from .atomic import atomic_path
-from .backbone import ScoreConfig
+from .backbone import HookConfig
 from .backends import Backend
 from .backends.eager import EagerBackend
+from .edits import TextSwap
 from .families import Denoise, DenoiseInputs
 from .models import LoadedModel
 from .prompts import TextLayout, find_quoted_spans
@@ -44,6 +46,7 @@ class GenerateConfig:
     max_sequence_length: int | None = None  # T5 tokens; default: the model's
     progress: bool = False
     latents: torch.Tensor | None = None  # initial noise in the family's latent layout (default: drawn from seed)
+    text_swap: TextSwap | None = None  # Paper A: images take other images' text K/V at some joint blocks
 
 
 @dataclass
@@ -73,6 +76,8 @@ def validate(cfg: GenerateConfig, patch_factor: int) -> None:
         raise ValueError(f"c must be >= 0, got {cfg.c}")
     if cfg.num_images_per_prompt < 1:
         raise ValueError("num_images_per_prompt must be >= 1")
+    if cfg.text_swap is not None and cfg.num_images_per_prompt != 1:
+        raise ValueError("a text swap pairs images one to one: use num_images_per_prompt=1")
     for name in ("height", "width"):
         value = getattr(cfg, name)
         if value is not None:
@@ -136,13 +141,14 @@ def vocabulary_notes(vocabulary: Sequence[str] | None, prompts: Sequence[str]) -
 class AmoPipeline:
     """Generate images with Euler / Overshoot / AMO around any Backend."""
 
-    def __init__(self, model: LoadedModel, score: ScoreConfig = ScoreConfig(), backend: Backend | None = None):
+    def __init__(self, model: LoadedModel, hook: HookConfig = HookConfig(), backend: Backend | None = None):
         self.model = model
         self.pipe = model.pipe
         self.family = model.family
-        self.score = score
+        self.hook = hook
         self._backend = backend
-        self._backbone = None
+        self._backbones: dict[bool, object] = {}  # eager backbones by kv_swap
+        self._eager: dict[bool, EagerBackend] = {}
 
     # ------------------------------------------------------------ model facts
 
@@ -154,22 +160,31 @@ class AmoPipeline:
     def patch_factor(self) -> int:
         return self.family.pixels_per_token(self.pipe.vae_scale_factor, self.pipe.transformer.config.patch_size)
 
-    def backbone(self):
-        if self._backbone is None:
-            self._backbone = self.family.backbone(self.pipe.transformer, self.score, self.pipe.vae_scale_factor)
-        return self._backbone
+    def backbone(self, kv_swap: bool = False):
+        """The eager backbone (with the K/V swap inputs when the engine or the request has them)."""
+        kv_swap = kv_swap or self.hook.kv_swap
+        if kv_swap not in self._backbones:
+            hook = dataclasses.replace(self.hook, kv_swap=kv_swap)
+            self._backbones[kv_swap] = self.family.backbone(self.pipe.transformer, hook, self.pipe.vae_scale_factor)
+        return self._backbones[kv_swap]
 
-    def _backend_for(self, height: int, width: int):
+    def _backend_for(self, height: int, width: int, kv_swap: bool):
         """``(rows, text_len) -> (IOSpec, backend)`` for one request: the eager backbone, or the
-        engine after checking that its fixed shapes fit."""
+        engine after checking that its fixed shapes and inputs fit."""
 
         def open_for(rows: int, text_len: int):
-            spec = self.backbone().io_spec(rows, height, width, text_len, self.pipe.transformer.dtype)
+            backbone = self.backbone(kv_swap)
+            spec = backbone.io_spec(rows, height, width, text_len, self.pipe.transformer.dtype)
             if self._backend is None:
-                self._backend = EagerBackend(self.backbone())
+                if kv_swap not in self._eager:
+                    self._eager[kv_swap] = EagerBackend(backbone)
+                return spec, self._eager[kv_swap]
             have = self._backend.spec
             if have is None:  # runs any shape
                 return spec, self._backend
+            if kv_swap and "kv_donor_index" not in have.input_names:
+                raise ValueError("this engine was exported without the text K/V swap inputs: re-export it with "
+                                 "amo-engine export --kv-swap (plus your other export flags)")
             mismatch = [n for n in spec.input_names if n not in have.input_names or have.shape(n) != spec.shape(n)]
             if mismatch:
                 detail = ", ".join(f"{n}: engine {have.shape(n) if n in have.input_names else 'missing'} vs needed "
@@ -191,21 +206,29 @@ class AmoPipeline:
         max_seq = cfg.max_sequence_length or self.model.max_sequence_length
         guidance = self.model.default_guidance if cfg.guidance is None else cfg.guidance
         prompts = [p for p in cfg.prompts for _ in range(cfg.num_images_per_prompt)]
+        swap = cfg.text_swap
+        if swap is not None:
+            swap.check(len(prompts), self.pipe.transformer.config.num_layers, cfg.steps)
 
         layout = self.family.text_layout(self.pipe, max_seq)
         span_mask = layout.span_mask(prompts)  # [B, T] on CPU
         sampler, notes = cfg.sampler, vocabulary_notes(self.model.settings.vocabulary, cfg.prompts)
         if sampler == "amo":
-            sampler, span_notes = amo_span_notes(layout, prompts, span_mask, self.score.max_span_tokens)
+            sampler, span_notes = amo_span_notes(layout, prompts, span_mask, self.hook.max_span_tokens)
             notes += span_notes
         for note in notes:
             warnings.warn(note, stacklevel=2)
 
-        generator = torch.Generator(self.device).manual_seed(cfg.seed)
+        if swap is None:
+            generator = torch.Generator(self.device).manual_seed(cfg.seed)
+        else:  # images joined by the swap draw the same noise: one generator per image, seeded by its group
+            generator = [torch.Generator(self.device).manual_seed(cfg.seed + g) for g in swap.groups(len(prompts))]
         inputs = DenoiseInputs(prompts, cfg.negative_prompt, span_mask, height, width, max_seq, guidance, generator,
                                cfg.latents)
-        loop = self.family.prepare(self.pipe, inputs, self._backend_for(height, width))
+        loop = self.family.prepare(self.pipe, inputs, self._backend_for(height, width, swap is not None))
         sigmas = self.family.sigmas(self.pipe.scheduler.config, cfg.steps, loop.image_tokens)
+        if swap is not None:
+            loop = _with_text_swap(loop, swap, len(prompts), sigmas)
         latents, loop_seconds = self._denoise(loop, sigmas, sampler, cfg, generator)
         images = self.family.decode(self.pipe, latents, height, width)
         side_h, side_w = height // self.patch_factor, width // self.patch_factor
@@ -250,6 +273,23 @@ class AmoPipeline:
                 "(try float32 or bfloat16 instead of float16, or fewer overshoot steps with a smaller c)"
             )
         return latents, loop_seconds
+
+
+def _with_text_swap(loop: Denoise, swap: TextSwap, images: int, sigmas: list[float]) -> Denoise:
+    """``loop`` with its donor rows set once and its swap gate switched on from ``swap.start_step``:
+    the gate buffer is rewritten on the device before each call (no host sync)."""
+    feeds = loop.feeds
+    donor, gate = feeds["kv_donor_index"], feeds["kv_swap_gate"]
+    donor.copy_(torch.tensor(swap.donor_rows(donor.shape[0], images)))
+    gate_on = torch.tensor(swap.gate(gate.shape[0]), dtype=gate.dtype, device=gate.device)  # [n_blocks]
+    gate_off = torch.zeros_like(gate_on)
+    switch_at = sigmas[swap.start_step]  # sigmas decrease: step i >= start exactly when sigma_i <= this
+
+    def step(x, sigma):
+        gate.copy_(gate_on if sigma <= switch_at else gate_off)
+        return loop.step(x, sigma)
+
+    return dataclasses.replace(loop, step=step)
 
 
 def save_png(image, path) -> None:

@@ -59,7 +59,12 @@ def _move(x: torch.Tensor, u: torch.Tensor, dt) -> torch.Tensor:
     return x.float() + dt * u.float()
 
 
-def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def _noise(x: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator] | None) -> torch.Tensor:
+    """Standard normal noise like ``x``: from one generator, or one generator per row (each row
+    then draws exactly what a batch of one would draw from it)."""
+    if isinstance(generator, (list, tuple)):
+        return torch.cat([torch.randn((1, *x.shape[1:]), generator=g, device=x.device, dtype=torch.float32)
+                          for g in generator])
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32)
 
 

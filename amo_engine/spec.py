@@ -80,9 +80,13 @@ class IOSpec:
         return axes
 
     def allocate(self, which: str, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-        """Zero-filled buffers for ``inputs`` or ``outputs`` at the resolved shapes."""
+        """Buffers for ``inputs`` or ``outputs`` at the resolved shapes: zeros, except inputs whose
+        identity value is not zero (``kv_donor_index``: each row its own donor)."""
         specs = self.inputs if which == "inputs" else self.outputs
-        return {t.name: torch.zeros(t.resolve(self.dims), dtype=t.torch_dtype, device=device) for t in specs}
+        buffers = {t.name: torch.zeros(t.resolve(self.dims), dtype=t.torch_dtype, device=device) for t in specs}
+        if which == "inputs" and "kv_donor_index" in buffers:
+            buffers["kv_donor_index"].copy_(torch.arange(buffers["kv_donor_index"].shape[0]))
+        return buffers
 
     def to_json(self) -> dict:
         def enc(ts: tuple[TensorSpec, ...]) -> list[dict]:
@@ -113,6 +117,10 @@ def sample_feeds(spec: IOSpec, device: torch.device | str = "cpu", seed: int = 0
             v = torch.full(shape, 3.5)
         elif t.name == "input_ids":  # token ids inside the stage's vocabulary
             v = torch.randint(0, spec.dims.get("vocab", 2), shape, generator=g)
+        elif t.name == "kv_donor_index":  # every row takes the next row's text K/V
+            v = torch.roll(torch.arange(shape[0]), -1)
+        elif t.name == "kv_swap_gate":  # off, on and in between across blocks
+            v = torch.tensor([(0.0, 1.0, 0.5)[i % 3] for i in range(shape[0])])
         elif t.name in ("img_ids", "txt_ids"):
             v = torch.randint(0, 16, shape, generator=g).float()
         else:

@@ -50,7 +50,7 @@ def engine_parity(model, engine: Engine | Path | str, kind: str = "ort", device:
     if not isinstance(engine, Engine):
         engine = open_engine(engine, model)
     with open_backend(kind, engine, model, device=device) as backend, \
-            open_backend("eager", model=model, score=engine.score) as eager:
+            open_backend("eager", model=model, hook=engine.hook) as eager:
         feeds = sample_feeds(engine.spec, device, seed)
         want = {k: v.clone() for k, v in eager(feeds).items()}
         got = backend(feeds)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from amo_engine.backbone import ScoreConfig
+from amo_engine.backbone import HookConfig
 from amo_engine.bench import harness
 from amo_engine.bench.zoo import ReferenceScoreProcessor, build_transformer, released_text_tokens, stock_feeds
 from amo_engine.families import family_named
@@ -49,7 +49,7 @@ def measure(name: str, calls: int, warmup: int, steps: int, scale: str = "releas
     dtype = torch.bfloat16 if cuda else torch.float32
     model = build_transformer(family, scale, device=device, dtype=dtype)
     stock_procs = dict(model.attn_processors)
-    backbone = family.backbone(model, ScoreConfig(), 8)
+    backbone = family.backbone(model, HookConfig(), 8)
     rows = family.rows(1, family.batches_cfg)
     text_tokens = released_text_tokens(family)
     spec = backbone.io_spec(rows, size, size, text_tokens, dtype)

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from amo_engine.backbone import ScoreConfig, make_backbone
+from amo_engine.backbone import HookConfig, make_backbone
 from amo_engine.presets import tiny_flux_transformer, tiny_sd3_transformer
 
 FAMILIES = ("sd3", "flux")
@@ -66,4 +66,4 @@ def backbone_and_stock(family):
     """(backbone with score hooks, untouched stock copy of the same transformer)."""
     model = tiny_transformer(family)
     stock = copy.deepcopy(model)
-    return make_backbone(model, ScoreConfig()), stock
+    return make_backbone(model, HookConfig()), stock

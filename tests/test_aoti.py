@@ -77,7 +77,7 @@ def test_main_job_through_the_aoti_engine_equals_ort(glyph, glyph_aoti):
     for kind in ("aoti", "ort"):
         with warnings.catch_warnings(), open_backend(kind, engine, glyph) as backend:
             warnings.simplefilter("ignore")
-            results[kind] = AmoPipeline(glyph, engine.score, backend)(config)
+            results[kind] = AmoPipeline(glyph, engine.hook, backend)(config)
     assert torch.allclose(results["aoti"].latents, results["ort"].latents, atol=1e-3)
     assert torch.allclose(results["aoti"].attn_map, results["ort"].attn_map, atol=1e-4)
     from amo_engine.ocr import Reader

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from amo_engine.backbone import ScoreConfig, make_backbone, resolve_blocks
+from amo_engine.attention import joint, project
+from amo_engine.backbone import HookConfig, make_backbone, resolve_blocks
 
 from conftest import TEXT_LEN, random_feeds, tiny_transformer
 
@@ -46,31 +47,16 @@ def explicit_reference_scores(backbone, stock, feeds) -> torch.Tensor:
         for h in hooks:
             h.remove()
     mask = feeds["span_mask"].bool()  # [B, T]
+    first_img = backbone.family.image_first
     maps = []
-    for attn, kw in captured:
-        img, txt = kw["hidden_states"], kw["encoder_hidden_states"]
-        b, n_img, n_txt, heads = img.shape[0], img.shape[1], txt.shape[1], attn.heads
-
-        def proj(layer, x, norm):
-            y = layer(x).view(b, x.shape[1], heads, -1)  # [B, L, H, D]
-            return norm(y) if norm is not None else y
-
-        q_img, k_img = proj(attn.to_q, img, attn.norm_q), proj(attn.to_k, img, attn.norm_k)
-        q_txt, k_txt = proj(attn.add_q_proj, txt, attn.norm_added_q), proj(attn.add_k_proj, txt, attn.norm_added_k)
-        if backbone.family.name == "sd3":
-            q, k = torch.cat([q_img, q_txt], 1), torch.cat([k_img, k_txt], 1)
-            txt_rows, img_cols = slice(n_img, None), slice(0, n_img)
-        else:
-            from diffusers.models.embeddings import apply_rotary_emb
-
-            q, k = torch.cat([q_txt, q_img], 1), torch.cat([k_txt, k_img], 1)
-            q = apply_rotary_emb(q, kw["image_rotary_emb"], sequence_dim=1)
-            k = apply_rotary_emb(k, kw["image_rotary_emb"], sequence_dim=1)
-            txt_rows, img_cols = slice(0, n_txt), slice(n_txt, None)
-        q, k = q.transpose(1, 2), k.transpose(1, 2)  # [B, H, L, D]
+    for attn, kw in captured:  # the hook's own projection step, then an explicit full softmax
+        qkv = project(attn, kw["hidden_states"], kw["encoder_hidden_states"], kw.get("image_rotary_emb"), first_img)
+        q, k = joint(qkv.img_q, qkv.txt_q, first_img), joint(qkv.img_k, qkv.txt_k, first_img)  # [B, H, L, D]
         probs = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)  # [B, H, L, L]
+        n_img, n_txt = qkv.img_q.shape[2], qkv.txt_q.shape[2]
+        txt_rows, img_cols = (slice(n_img, None), slice(0, n_img)) if first_img else (slice(0, n_txt), slice(n_txt, None))
         text_probs = probs[:, :, txt_rows, img_cols]  # [B, H, T, N_img]
-        rows = [text_probs[i][:, mask[i]].sum(1).mean(0) for i in range(b)]  # each [N_img]
+        rows = [text_probs[i][:, mask[i]].sum(1).mean(0) for i in range(q.shape[0])]  # each [N_img]
         maps.append(torch.stack(rows))
     return torch.stack(maps).mean(0)
 
@@ -89,7 +75,7 @@ def test_scores_equal_explicit_full_softmax_reference(backbone_and_stock):
 
 def test_hooked_block_subset_and_rows_independent(family):
     model = tiny_transformer(family)
-    backbone = make_backbone(model, ScoreConfig(hooked_blocks=(1,)))
+    backbone = make_backbone(model, HookConfig(hooked_blocks=(1,)))
     assert backbone.hooked_blocks == (1,)
     feeds = random_feeds(backbone, seed=4)
     with torch.no_grad():

@@ -68,7 +68,7 @@ def test_export_and_inspect_verify(engines, family, exporter, preset_cache, caps
 def _open(kind, model, engine, device):
     """The backend under test; eager is our hooked backbone behind the EagerBackend runner."""
     if kind == "eager":
-        return open_backend("eager", model=model, score=engine.score)
+        return open_backend("eager", model=model, hook=engine.hook)
     return open_backend(kind, engine, model, device=device)
 
 
@@ -85,15 +85,15 @@ def test_backend_conformance(models, engines, family, kind):
     stock = model.pipe.transformer
     cpu_feeds = {k: v.cpu() for k, v in feeds.items()}
     velocity_err = (out["velocity"] - stock_velocity(stock, cpu_feeds).float()).abs().max().item()
-    reference_backbone = make_backbone(stock, engine.score, model.pipe.vae_scale_factor)
+    reference_backbone = make_backbone(stock, engine.hook, model.pipe.vae_scale_factor)
     attn_err = (out["attn"] - explicit_reference_scores(reference_backbone, stock, cpu_feeds)).abs().max().item()
     print(f"{family} {kind}: velocity vs stock {velocity_err:.2e}, attn vs explicit softmax {attn_err:.2e}")
     assert velocity_err <= 1e-4 and attn_err <= 1e-6
     if kind == "eager":
         return
     cfg = GenerateConfig([PROMPT], steps=4, sampler="amo", seed=7)
-    reference = AmoPipeline(model, engine.score)(cfg)
-    result = AmoPipeline(model, engine.score, backend)(cfg)
+    reference = AmoPipeline(model, engine.hook)(cfg)
+    result = AmoPipeline(model, engine.hook, backend)(cfg)
     err = (result.latents - reference.latents).abs().max().item()
     print(f"{family} {kind}: 4-step AMO latents max abs diff vs eager {err:.2e}")
     assert torch.allclose(result.latents, reference.latents, rtol=0, atol=1e-4)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from amo_engine.attention import ScoreContext
+from amo_engine.attention import SpanTap
 from amo_engine.models import load_model
 from amo_engine.pipeline import AmoPipeline, GenerateConfig
 
@@ -45,9 +45,9 @@ def test_score_rows_are_the_first_span_tokens_by_position():
     mask = torch.zeros(2, 40)
     mask[0, [3, 5, 7, 20, 30, 31]] = 1.0
     mask[1, 10:40] = 1.0
-    ctx = ScoreContext.for_call(mask, max_span_tokens=4, active=(0,))
+    ctx = SpanTap.for_call(mask, max_span_tokens=4, active=(0,))
     assert ctx.span_index.tolist() == [[3, 5, 7, 20], [10, 11, 12, 13]]
     assert ctx.span_weight.tolist() == [[1.0] * 4, [1.0] * 4]
-    short = ScoreContext.for_call(mask[:1], max_span_tokens=8, active=(0,))
+    short = SpanTap.for_call(mask[:1], max_span_tokens=8, active=(0,))
     assert short.span_index[0, :6].tolist() == [3, 5, 7, 20, 30, 31]
     assert short.span_weight[0].tolist() == [1.0] * 6 + [0.0] * 2

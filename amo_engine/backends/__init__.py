@@ -50,12 +50,12 @@ class ClosingBackend:
         pass
 
 
-def open_backend(kind: str, engine=None, model=None, score=None, device: str = "cpu", **options) -> Backend:
+def open_backend(kind: str, engine=None, model=None, hook=None, device: str = "cpu", **options) -> Backend:
     """The backend ``kind`` for ``model`` (a LoadedModel).
 
-    eager: the model's own transformer behind the score hook (``score``: a backbone.ScoreConfig);
+    eager: the model's own transformer behind the attention hook (``hook``: a backbone.HookConfig);
     no engine. ort / aoti / trt: ``engine``, an ``engine.Engine`` or an engine folder (opened here,
-    checked against ``model``); the score configuration is the engine's. ``options`` go to the
+    checked against ``model``); the hook configuration is the engine's. ``options`` go to the
     backend (ORT: opt_level, threads, spinning; AOTInductor and TensorRT: cuda_graph).
     """
     if kind not in BACKENDS:
@@ -63,11 +63,11 @@ def open_backend(kind: str, engine=None, model=None, score=None, device: str = "
     if kind == "eager":
         if engine is not None:
             raise ValueError("the eager backend needs no engine: leave --backend at eager and drop --engine")
-        from ..backbone import ScoreConfig
+        from ..backbone import HookConfig
         from .eager import EagerBackend
 
         pipe = model.pipe
-        return EagerBackend(model.family.backbone(pipe.transformer, score or ScoreConfig(), pipe.vae_scale_factor))
+        return EagerBackend(model.family.backbone(pipe.transformer, hook or HookConfig(), pipe.vae_scale_factor))
     if engine is None:
         raise ValueError(f"the {kind} backend runs an engine: pass --engine DIR")
     from ..engine import Engine, check_runtime, open_engine

@@ -29,7 +29,7 @@ class AotiBackend(ClosingBackend):
                 raise ValueError(f"{engine.folder}'s AOTInductor package holds no weights: open it with the model it "
                                  "was exported from (--model)")
             pipe = model.pipe
-            weights_from = model.family.backbone(pipe.transformer, engine.score, pipe.vae_scale_factor)
+            weights_from = model.family.backbone(pipe.transformer, engine.hook, pipe.vae_scale_factor)
         self._weights_from = weights_from  # the package reads these parameters in place: keep them alive
         self.runner = load_package(engine.artifact("aoti"), weights_from)
         self._graph = None

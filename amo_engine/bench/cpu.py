@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from ..backbone import ScoreConfig
+from ..backbone import HookConfig
 from . import CONFIGS, harness
 from .zoo import bench_model, reference_amo, stock_feeds
 
@@ -102,7 +102,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> list[dict
     rows = family.rows(1, family.uses_cfg_rows(model.default_guidance))  # one image's backbone rows
     text_len = family.text_length(pipe.tokenizer_max_length, model.max_sequence_length)
     stock = copy.deepcopy(pipe.transformer)
-    backbone = family.backbone(pipe.transformer, ScoreConfig(), pipe.vae_scale_factor)
+    backbone = family.backbone(pipe.transformer, HookConfig(), pipe.vae_scale_factor)
     spec = backbone.io_spec(rows, height, width, text_len)
     feeds = sample_feeds(spec)
     env = harness.environment(cfg.threads)
@@ -274,7 +274,7 @@ def _end_to_end_runs(model, stock, compiled, engines: dict, staged, steps: int) 
         return run
 
     def ours(sampler, backend=None, on=model):
-        amo = AmoPipeline(on, ScoreConfig(), backend)
+        amo = AmoPipeline(on, HookConfig(), backend)
         return lambda: amo(GenerateConfig([prompt], steps=steps, sampler=sampler, guidance=guidance))
 
     runs = {BASELINE: diffusers_run(stock)}

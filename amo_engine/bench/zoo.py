@@ -84,32 +84,19 @@ class ReferenceScoreProcessor:
         self.family, self.sink, self.span_mask = family, sink, span_mask
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None, **kw):
-        from diffusers.models.embeddings import apply_rotary_emb
+        from ..attention import joint, project
 
-        n_img, n_txt = hidden_states.shape[1], encoder_hidden_states.shape[1]
-
-        def proj(layer, x, norm):
-            y = layer(x).unflatten(-1, (attn.heads, -1))  # [B, L, H, D]
-            return norm(y) if norm is not None else y
-
-        q_i, k_i, v_i = proj(attn.to_q, hidden_states, attn.norm_q), proj(attn.to_k, hidden_states, attn.norm_k), \
-            proj(attn.to_v, hidden_states, None)
-        q_t, k_t, v_t = proj(attn.add_q_proj, encoder_hidden_states, attn.norm_added_q), \
-            proj(attn.add_k_proj, encoder_hidden_states, attn.norm_added_k), proj(attn.add_v_proj, encoder_hidden_states, None)
-        first_img = self.family.image_first
-        q = torch.cat([q_i, q_t] if first_img else [q_t, q_i], 1)
-        k = torch.cat([k_i, k_t] if first_img else [k_t, k_i], 1)
-        v = torch.cat([v_i, v_t] if first_img else [v_t, v_i], 1)
-        if image_rotary_emb is not None:
-            q, k = apply_rotary_emb(q, image_rotary_emb, sequence_dim=1), apply_rotary_emb(k, image_rotary_emb, sequence_dim=1)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, L, D]
+        n_img, first_img = hidden_states.shape[1], self.family.image_first
+        qkv = project(attn, hidden_states, encoder_hidden_states, image_rotary_emb, first_img)
+        q, k = joint(qkv.img_q, qkv.txt_q, first_img), joint(qkv.img_k, qkv.txt_k, first_img)  # [B, H, L, D]
         probs = torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1)  # [B, H, L, L]
-        out = probs @ v
+        out = probs @ joint(qkv.img_v, qkv.txt_v, first_img)  # [B, H, L, D]
+        n_txt = encoder_hidden_states.shape[1]
         txt, img = (slice(n_img, None), slice(0, n_img)) if first_img else (slice(0, n_txt), slice(n_txt, None))
         quadrant = probs[:, :, txt, img]  # [B, H, T, N]
         self.sink.append((quadrant * self.span_mask[:, None, :, None]).sum(2).mean((0, 1)))  # one map per batch
-        out = out.transpose(1, 2).flatten(2)
-        t_out, i_out = (out[:, n_img:], out[:, :n_img]) if first_img else (out[:, :n_txt], out[:, n_txt:])
+        out = out.transpose(1, 2).flatten(2)  # [B, L, C]
+        t_out, i_out = out[:, txt], out[:, img]
         i_out = attn.to_out[1](attn.to_out[0](i_out))
         if getattr(attn, "context_pre_only", False):  # the last SD3 block keeps no text stream
             return i_out, t_out

@@ -90,7 +90,7 @@ def done_keys(path: Path) -> set[tuple]:
 
 def run_eval(cfg: EvalConfig) -> Path:
     """Generate, OCR and append rows; returns the rows file."""
-    from ..backbone import ScoreConfig
+    from ..backbone import HookConfig
     from ..backends import open_backend
     from ..engine import open_engine
     from ..models import load_model
@@ -108,9 +108,9 @@ def run_eval(cfg: EvalConfig) -> Path:
         print(f"amo-engine eval: note: {len(out_of_vocab)} of {len(words)} words are out of {cfg.model}'s vocabulary "
               f"(e.g. {', '.join(out_of_vocab[:5])}); they measure generalisation", flush=True)
     engine = None if cfg.backend == "eager" else open_engine(cfg.engine, model)
-    score = ScoreConfig() if engine is None else engine.score
-    with open_backend(cfg.backend, engine, model, score, device=cfg.device) as backend:
-        return _render_and_read(cfg, AmoPipeline(model, score, backend), reader, words, vocab)
+    hook = HookConfig() if engine is None else engine.hook
+    with open_backend(cfg.backend, engine, model, hook, device=cfg.device) as backend:
+        return _render_and_read(cfg, AmoPipeline(model, hook, backend), reader, words, vocab)
 
 
 def _render_and_read(cfg: EvalConfig, pipe, reader, words: list[str], vocab: set[str]) -> Path:

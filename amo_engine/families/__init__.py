@@ -28,7 +28,7 @@ class DenoiseInputs:
     width: int
     max_sequence_length: int
     guidance: float
-    generator: Any  # torch.Generator
+    generator: Any  # torch.Generator, or one per image
     latents: Any = None  # initial noise in the family's latent layout, or None to draw it
 
 
@@ -41,6 +41,7 @@ class Denoise:
     latents: Any  # torch.Tensor: initial latents in the family's layout
     image_tokens: int
     attn_sum: Any  # torch.Tensor [B, image_tokens]
+    feeds: dict  # the backbone's input buffers (rows segment-major: [segment 0 images ; segment 1 images ...])
 
 
 class Family:
@@ -106,7 +107,7 @@ class Family:
 
         return getattr(diffusers, self.transformer_prefix + "2DModel")
 
-    def backbone(self, transformer, score, vae_scale_factor: int):
+    def backbone(self, transformer, hook, vae_scale_factor: int):
         raise NotImplementedError
 
     def prepare(self, pipe, inputs: DenoiseInputs, backend_for: Callable) -> Denoise:

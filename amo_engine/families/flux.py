@@ -37,10 +37,10 @@ class FluxFamily(Family):
     def timestep(self, sigma, scheduler_config):
         return sigma
 
-    def backbone(self, transformer, score, vae_scale_factor):
+    def backbone(self, transformer, hook, vae_scale_factor):
         from ..backbone import FluxBackbone
 
-        return FluxBackbone(transformer, score, vae_scale_factor)
+        return FluxBackbone(transformer, hook, vae_scale_factor)
 
     def prepare(self, pipe, inputs: DenoiseInputs, backend_for) -> Denoise:
         import torch
@@ -77,7 +77,7 @@ class FluxFamily(Family):
             attn_sum.add_(out["attn"])
             return StepOut(out["velocity"], out["attn"])
 
-        return Denoise(step, latents, image_tokens, attn_sum)
+        return Denoise(step, latents, image_tokens, attn_sum, feeds)
 
     def decode(self, pipe, latents, height, width):
         latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)  # [B, 16, H/8, W/8]

@@ -36,10 +36,10 @@ class SD3Family(Family):
     def timestep(self, sigma, scheduler_config):
         return sigma * scheduler_config.get("num_train_timesteps", 1000)
 
-    def backbone(self, transformer, score, vae_scale_factor):
+    def backbone(self, transformer, hook, vae_scale_factor):
         from ..backbone import SD3Backbone
 
-        return SD3Backbone(transformer, score, vae_scale_factor)
+        return SD3Backbone(transformer, hook, vae_scale_factor)
 
     def prepare(self, pipe, inputs: DenoiseInputs, backend_for) -> Denoise:
         import torch
@@ -82,7 +82,7 @@ class SD3Family(Family):
             attn_sum.add_(attn)
             return StepOut(v, attn)
 
-        return Denoise(step, latents, image_tokens, attn_sum)
+        return Denoise(step, latents, image_tokens, attn_sum, feeds)
 
 
 SD3 = SD3Family()
