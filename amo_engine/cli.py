@@ -43,6 +43,49 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="where presets are built (default: $XDG_CACHE_HOME/amo-engine or ~/.cache/amo-engine)")
 
 
+def _add_generation_args(p: argparse.ArgumentParser) -> None:
+    """Sampling, size, runtime and output options shared by generate and edit."""
+    p.add_argument("--negative-prompt", default=None, help="negative prompt (SD3 classifier-free guidance)")
+    p.add_argument("--sampler", default="amo", choices=["euler", "overshoot", "amo"],
+                   help="euler: plain flow ODE; overshoot: step past the target and renoise back (strength --c); "
+                        "amo: overshoot scaled per image patch by the quoted text's attention (default)")
+    p.add_argument("--c", type=float, default=2.0, help="overshoot strength c >= 0 (0 = Euler; default 2.0)")
+    p.add_argument("--steps", type=int, default=28, help="denoising steps (default 28)")
+    p.add_argument("--seed", type=int, default=10, help="seed for the initial noise and the renoising (default 10)")
+    p.add_argument("--guidance", type=float, default=None, help="SD3: CFG scale (default 7.0); FLUX: guidance input (default 3.5)")
+    p.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's)")
+    p.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's)")
+    p.add_argument("--max-sequence-length", type=int, default=None, help="T5 tokens (default: SD3 256, FLUX 512; presets 64)")
+    p.add_argument("--blocks", type=_blocks, default=None,
+                   help="joint / double-stream blocks that feed AMO's map, e.g. 0,1,2 (default: all; with --engine: "
+                        "the engine's)")
+    p.add_argument("--max-span-tokens", type=int, default=None,
+                   help="span rows the score branch reads (default 64; with --engine: the engine's)")
+    p.add_argument("--backend", default="eager", choices=(*BACKENDS, "auto"),
+                   help="where the transformer runs (auto: the engine's measured default CPU engine, ort or aoti)")
+    p.add_argument("--engine", type=Path, default=None, help="engine folder for --backend ort/aoti/trt")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="aoti/trt on CUDA: capture the transformer call in a CUDA graph and replay it")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch and, with --backend ort, ONNX Runtime (default: their own choice)")
+    p.add_argument("--ort-opt-level", default="all", choices=["disable", "basic", "extended", "all"],
+                   help="ONNX Runtime graph optimisation level for --backend ort (default all)")
+    p.add_argument("--out", type=Path, default=Path("out.png"),
+                   help="output PNG; a batch writes out.png, out_1.png, ... (default out.png)")
+    p.add_argument("--save-attn", type=Path, default=None, help="also save AMO's span map as a heat-map overlay PNG")
+    p.add_argument("--ocr", default=None, choices=["rapidocr", "tesseract"],
+                   help="read each image back with this offline OCR and print what it reads")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_edit_block_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--edit-blocks", type=_blocks, default=None,
+                   help="joint blocks where the text K/V swap acts, e.g. 10 or 9,10 (default: the model's localized "
+                        "blocks: amo_engine.json, else SD3-medium's 10)")
+    p.add_argument("--edit-start", type=int, default=None,
+                   help="first step (0-based) with the swap on (default: the model's, else SD3's 2)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="amo-engine",
@@ -57,38 +100,45 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(g)
     g.add_argument("--prompt", action="append", required=True,
                    help="prompt; repeat for a batch. Quote the text to render: \"a sign 'OPEN'\"")
-    g.add_argument("--negative-prompt", default=None, help="negative prompt (SD3 classifier-free guidance)")
-    g.add_argument("--sampler", default="amo", choices=["euler", "overshoot", "amo"],
-                   help="euler: plain flow ODE; overshoot: step past the target and renoise back (strength --c); "
-                        "amo: overshoot scaled per image patch by the quoted text's attention (default)")
-    g.add_argument("--c", type=float, default=2.0, help="overshoot strength c >= 0 (0 = Euler; default 2.0)")
-    g.add_argument("--steps", type=int, default=28, help="denoising steps (default 28)")
-    g.add_argument("--seed", type=int, default=10, help="seed for the initial noise and the renoising (default 10)")
-    g.add_argument("--guidance", type=float, default=None, help="SD3: CFG scale (default 7.0); FLUX: guidance input (default 3.5)")
-    g.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's)")
-    g.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's)")
+    _add_generation_args(g)
     g.add_argument("--num-images", type=int, default=1, help="images per prompt (default 1)")
-    g.add_argument("--max-sequence-length", type=int, default=None, help="T5 tokens (default: SD3 256, FLUX 512; presets 64)")
-    g.add_argument("--blocks", type=_blocks, default=None,
-                   help="joint / double-stream blocks that feed AMO's map, e.g. 0,1,2 (default: all; with --engine: "
-                        "the engine's)")
-    g.add_argument("--max-span-tokens", type=int, default=None,
-                   help="span rows the score branch reads (default 64; with --engine: the engine's)")
-    g.add_argument("--backend", default="eager", choices=(*BACKENDS, "auto"),
-                   help="where the transformer runs (auto: the engine's measured default CPU engine, ort or aoti)")
-    g.add_argument("--engine", type=Path, default=None, help="engine folder for --backend ort/aoti/trt")
-    g.add_argument("--cuda-graph", action="store_true",
-                   help="aoti/trt on CUDA: capture the transformer call in a CUDA graph and replay it")
-    g.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch and, with --backend ort, ONNX Runtime (default: their own choice)")
-    g.add_argument("--ort-opt-level", default="all", choices=["disable", "basic", "extended", "all"],
-                   help="ONNX Runtime graph optimisation level for --backend ort (default all)")
-    g.add_argument("--out", type=Path, default=Path("out.png"),
-                   help="output PNG; a batch writes out.png, out_1.png, ... (default out.png)")
-    g.add_argument("--save-attn", type=Path, default=None, help="also save AMO's span map as a heat-map overlay PNG")
-    g.add_argument("--ocr", default=None, choices=["rapidocr", "tesseract"],
-                   help="read each image back with this offline OCR and print what it reads")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--safe-text", nargs="?", const="default", default=None, metavar="WORDS.txt",
+                   help="replace listed words inside quoted text by benign ones at the text-localized blocks only "
+                        "(scene and style stay): a file of WORD or WORD=SUBSTITUTE lines, or 'default' for the "
+                        "shipped list")
+    _add_edit_block_args(g)
+
+    ed = sub.add_parser("edit", help="edit the rendered text: A's image with B's text (Paper A's K/V swap, one loop)",
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EDIT_EPILOG)
+    _add_model_args(ed)
+    ed.add_argument("--prompt", required=True, help="prompt A, with the text to replace in quotes")
+    target = ed.add_mutually_exclusive_group(required=True)
+    target.add_argument("--target-text", default=None, help="the text B's image shows instead (replaces A's quoted text)")
+    target.add_argument("--target-prompt", default=None, help="prompt B in full (its quoted text is the new text)")
+    ed.add_argument("--keep-originals", action="store_true",
+                    help="also write the plain A (OUT_original.png) and B (OUT_target.png) images of the same seed")
+    _add_generation_args(ed)
+    _add_edit_block_args(ed)
+
+    lo = sub.add_parser("localize", help="find the joint blocks whose text K/V decide the rendered word (a sweep)",
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=LOCALIZE_EPILOG)
+    _add_model_args(lo)
+    lo.add_argument("--words", default="train",
+                    help="train | held-out (the model's lists) | a file, one word a line; consecutive words pair up")
+    lo.add_argument("--pairs", type=int, default=24, help="word pairs (A, B) to swap (default 24)")
+    lo.add_argument("--template", default=None,
+                    help="prompt template with {word} (default: the model's, else \"a sign that says '{word}'\")")
+    lo.add_argument("--steps", type=int, default=28, help="steps per image (default 28)")
+    lo.add_argument("--sampler", default="euler", choices=["euler", "overshoot", "amo"], help="sampler (default euler)")
+    lo.add_argument("--seed", type=int, default=0, help="seed of every pair (default 0)")
+    lo.add_argument("--batch", type=int, default=16, help="pairs per loop (default 16)")
+    lo.add_argument("--combine", type=int, default=3, help="also try the best 2..N blocks together (default 3)")
+    lo.add_argument("--start-steps", default="0,1,2,4,8", help="start steps tried with the best blocks (default 0,1,2,4,8)")
+    lo.add_argument("--ocr", default="rapidocr", choices=["rapidocr", "tesseract"], help="OCR engine (default rapidocr)")
+    lo.add_argument("--out-dir", type=Path, required=True, help="results.json, table.md, plot.png, grid.png")
+    lo.add_argument("--write-settings", action="store_true",
+                    help="write the found blocks and start step into the model folder's amo_engine.json")
+    lo.add_argument("--quiet", action="store_true", help="no progress bar")
 
     e = sub.add_parser("export", help="export the transformer (+ AMO score output) to an ONNX engine folder")
     _add_model_args(e)
@@ -104,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-fold", action="store_true", help="skip constant folding")
     e.add_argument("--blocks", type=_blocks, default=None, help="blocks with the score branch (default: all)")
     e.add_argument("--max-span-tokens", type=int, default=64, help="span rows the score branch reads (default 64)")
+    e.add_argument("--kv-swap", action="store_true",
+                   help="add the text K/V swap inputs (kv_donor_index, kv_swap_gate) that amo-engine edit and "
+                        "generate --safe-text need; export --batch 2 for edit (3 with --keep-originals)")
     e.add_argument("--stages", action="store_true",
                    help="also export the prompt encoders and the VAE decoder as ONNX graphs beside the backbone")
     e.add_argument("--aoti", action="store_true",
@@ -193,6 +246,26 @@ rate) and flags rows whose spread is wide or whose samples came from contended r
 run exit with status 2 and marks the table CONTENDED: rerun on an idle machine.
 """
 
+EDIT_EPILOG = """\
+examples:
+  amo-engine edit --prompt "a dark sign that says 'HAPPY'" --target-text SMILE --out edit.png --keep-originals \\
+      --ocr rapidocr
+  amo-engine edit --model /models/sd3-medium --prompt "a neon sign that reads 'OPEN'" --target-text CLOSED \\
+      --edit-blocks 10 --edit-start 2 --out closed.png
+Runs prompt A and prompt B as rows of one loop from the same noise; at the edit blocks, from the
+start step, A's rows attend to B's text keys and values: A's scene with B's words. On an engine:
+export it with --kv-swap --batch 2 (3 with --keep-originals).
+"""
+
+LOCALIZE_EPILOG = """\
+example (the README's table on the glyph model):
+  amo-engine localize --model glyph --out-dir eval/results/localize-glyph --pairs 24 --write-settings
+For each joint block alone, swaps B's text K/V into A from step 0 and reads the result: how often
+B's word appears (OCR exact match, normalised edit distance) and how much of A's image stays (PSNR
+and SSIM against the plain A, whole image and outside the text region = the patches AMO's span map
+marks). Then the best blocks together, then the start step.
+"""
+
 EVAL_EPILOG = """\
 example (the README's table):
   amo-engine eval --model glyph --out-dir eval/results/glyph --seeds 3 --c 2 --steps 28
@@ -246,12 +319,30 @@ def check_generate_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.ort_opt_level != "all" and args.backend != "ort":
         raise ValueError("--ort-opt-level applies to --backend ort: add --backend ort --engine DIR, or drop it")
+    if getattr(args, "safe_text", None) not in (None, "default"):
+        from .text_edit import read_word_list
+
+        read_word_list(args.safe_text)
+    if getattr(args, "safe_text", None) is not None and args.num_images != 1:
+        raise ValueError("--safe-text pairs each prompt with its twin: use --num-images 1 (repeat --prompt instead)")
+    if getattr(args, "edit_start", None) is not None and not 0 <= args.edit_start < args.steps:
+        raise ValueError(f"--edit-start {args.edit_start} must be a step index 0..{args.steps - 1}")
     factor = size_factor(args.model, args.cache_dir)
     for name in ("height", "width"):
         value = getattr(args, name)
         if value is not None and factor is not None and (value <= 0 or value % factor):
             raise ValueError(f"--{name} {value} must be a positive multiple of {factor} for this model "
                              f"(e.g. {max(factor, value - value % factor)})")
+
+
+def check_edit_args(args: argparse.Namespace) -> None:
+    """edit's options, judged before anything heavy: the generation flags, then the prompts."""
+    from .text_edit import edit_request, swap_target
+
+    args.num_images = 1
+    check_generate_args(args)
+    target = args.target_prompt or swap_target(args.prompt, args.target_text)
+    edit_request(args.prompt, target, (0,), 0)  # the prompts' quoted text (blocks are checked on the model)
 
 
 def _engine_hook(args: argparse.Namespace, engine):
@@ -266,7 +357,9 @@ def _engine_hook(args: argparse.Namespace, engine):
     return hook
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
+def _run_generation(args: argparse.Namespace, plan):
+    """Open the engine (if any), the model and the backend that generate's flags name; ``plan(model)``
+    gives the GenerateConfig (it may read the model's settings). Returns (model, config, result)."""
     from .backbone import HookConfig
     from .backends import open_backend
     from .models import load_model
@@ -295,11 +388,98 @@ def cmd_generate(args: argparse.Namespace) -> int:
         model = load_model(args.model, args.dtype, args.device, args.cache_dir)
         if engine is not None:
             engine.check_model(model)
+    config = plan(model)
     options = backend_options(args)
     with open_backend(args.backend, engine, model, hook, device=args.device, **options) as backend:
-        result = AmoPipeline(model, hook, backend)(_generate_config(args))
-    _write_generated(args, model, result)
+        result = AmoPipeline(model, hook, backend)(config)
+    return model, config, result
+
+
+def _edit_blocks(args: argparse.Namespace, model) -> tuple[tuple[int, ...], int]:
+    """--edit-blocks / --edit-start, else the model's localized blocks (text_edit.edit_defaults)."""
+    from .text_edit import edit_defaults
+
+    blocks, start = edit_defaults(model)
+    blocks = args.edit_blocks or blocks
+    if not blocks:
+        raise ValueError(f"{model.source} names no text-localized blocks: pass --edit-blocks (find them with "
+                         f"amo-engine localize --model {model.source} --out-dir localize)")
+    return tuple(blocks), (args.edit_start if args.edit_start is not None else start)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    if args.safe_text is None:
+        model, _, result = _run_generation(args, lambda model: _generate_config(args))
+        _write_generated(args, model, result)
+        return 0
+    import dataclasses
+
+    from .text_edit import read_word_list, safe_text_request
+
+    words = read_word_list(None if args.safe_text == "default" else args.safe_text)
+    request = None
+
+    def plan(model):
+        nonlocal request
+        blocks, start = _edit_blocks(args, model)
+        request = safe_text_request(args.prompt, words, blocks, start)
+        return dataclasses.replace(_generate_config(args), prompts=list(request.prompts), text_swap=request.swap)
+
+    model, config, result = _run_generation(args, plan)
+    for i, word, substitute in request.replaced:
+        print(f"safe text: prompt {i}: {word!r} -> {substitute!r} at joint blocks "
+              f"{','.join(map(str, config.text_swap.blocks))} from step {config.text_swap.start_step}")
+    if not request.replaced:
+        print("safe text: no listed word in the quoted text; nothing replaced")
+    _write_generated(args, model, _first_images(result, request.images))
     return 0
+
+
+def _first_images(result, n: int):
+    """``result`` cut to its first ``n`` images (the user's; the rest are donor rows)."""
+    import dataclasses
+
+    attn = result.attn_map[:n] if result.attn_map is not None else None
+    return dataclasses.replace(result, images=result.images[:n], latents=result.latents[:n], attn_map=attn)
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .text_edit import edit_request, swap_target
+
+    target_prompt = args.target_prompt or swap_target(args.prompt, args.target_text)
+    request = None
+
+    def plan(model):
+        nonlocal request
+        blocks, start = _edit_blocks(args, model)
+        request = edit_request(args.prompt, target_prompt, blocks, start, args.keep_originals)
+        return dataclasses.replace(_generate_config(args), prompts=list(request.prompts), text_swap=request.swap)
+
+    args.num_images = 1
+    model, config, result = _run_generation(args, plan)
+    outputs = {"edit": args.out, "target": _suffixed(args.out, "target"), "original": _suffixed(args.out, "original")}
+    written = [(outputs[role], image) for role, image in zip(request.roles, result.images)
+               if role == "edit" or args.keep_originals]
+    from .pipeline import save_png
+
+    for path, image in written:
+        save_png(image, path)
+    if args.ocr is not None:
+        from .ocr import Reader
+
+        for (path, _), read in zip(written, Reader(args.ocr)([image for _, image in written])):
+            print(f"OCR ({args.ocr}) reads {path}: {read or '(nothing)'}")
+    swap = config.text_swap
+    print(f"edit on {model.family.name} ({args.backend}, {result.sampler}, {result.steps} steps): {args.prompt!r} with "
+          f"the text of {target_prompt!r} at joint blocks {','.join(map(str, swap.blocks))} from step "
+          f"{swap.start_step} -> {', '.join(str(p) for p, _ in written)}")
+    return 0
+
+
+def _suffixed(path: Path, role: str) -> Path:
+    return path.with_name(f"{path.stem}_{role}{path.suffix}")
 
 
 def backend_options(args: argparse.Namespace) -> dict:
@@ -374,7 +554,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         dynamic_batch=args.dynamic_batch, fold_constants=not args.no_fold, aoti=args.aoti,
         aoti_weights=args.aoti_weights, stages=args.stages,
     )
-    export_engine(model, cfg, HookConfig(args.blocks, args.max_span_tokens))
+    export_engine(model, cfg, HookConfig(args.blocks, args.max_span_tokens, args.kv_swap))
     return 0
 
 
@@ -511,11 +691,40 @@ def cmd_train_glyph(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "export": cmd_export, "build": cmd_build, "inspect": cmd_inspect, "bench": cmd_bench,
+def _localize_config(args: argparse.Namespace):
+    from .localize import LocalizeConfig
+
+    try:
+        starts = tuple(int(s) for s in args.start_steps.split(",") if s.strip())
+    except ValueError:
+        raise ValueError(f"--start-steps takes comma-separated step indices, e.g. 0,2,4; got {args.start_steps!r}") from None
+    return LocalizeConfig(out_dir=args.out_dir, model=args.model, words=args.words, pairs=args.pairs,
+                          template=args.template, steps=args.steps, sampler=args.sampler, seed=args.seed,
+                          batch=args.batch, combine=args.combine, start_steps=starts, ocr=args.ocr,
+                          write_settings=args.write_settings, cache_dir=args.cache_dir, progress=not args.quiet)
+
+
+def check_localize_args(args: argparse.Namespace) -> None:
+    from .ocr import check_available
+
+    _localize_config(args).validate()
+    check_available(args.ocr)
+
+
+def cmd_localize(args: argparse.Namespace) -> int:
+    from .localize import run_localize
+
+    run_localize(_localize_config(args))
+    print(f"wrote {args.out_dir}/results.json, table.md, plot.png, grid.png")
+    return 0
+
+
+COMMANDS = {"generate": cmd_generate, "edit": cmd_edit, "localize": cmd_localize, "export": cmd_export, "build": cmd_build, "inspect": cmd_inspect, "bench": cmd_bench,
             "train-glyph": cmd_train_glyph, "eval": cmd_eval}
 
 
-PRECHECKS = {"generate": check_generate_args, "eval": check_eval_args}
+PRECHECKS = {"generate": check_generate_args, "edit": check_edit_args, "localize": check_localize_args,
+             "eval": check_eval_args}
 
 
 def _plain_warning(message, category, filename, lineno, file=None, line=None) -> str:

@@ -13,7 +13,6 @@ each image its noise stream (images in one group draw identical noise from the r
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 
 @dataclass(frozen=True)
@@ -53,18 +52,3 @@ class TextSwap:
 
     def groups(self, images: int) -> tuple[int, ...]:
         return self.noise_groups if self.noise_groups is not None else (0,) * images
-
-
-def parse_blocks(text: str) -> tuple[int, ...]:
-    """``"10"`` or ``"9,10,11"`` -> sorted unique block indices."""
-    try:
-        blocks = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
-    except ValueError:
-        raise ValueError(f"--edit-blocks {text!r}: give comma-separated block indices, e.g. --edit-blocks 9,10") from None
-    if not blocks:
-        raise ValueError("--edit-blocks is empty: give block indices, e.g. --edit-blocks 10")
-    return blocks
-
-
-def identity(images: int) -> Sequence[int]:
-    return tuple(range(images))

@@ -279,6 +279,8 @@ class ModelSettings:
     held_out: tuple[str, ...] | None = None  # words kept out of training (generalisation checks)
     prompt_template: str | None = None  # e.g. "a {tone} sign that says '{word}'"
     tones: tuple[str, ...] | None = None  # values of {tone} in the template
+    edit_blocks: tuple[int, ...] | None = None  # joint blocks whose text K/V decide the word (amo-engine localize)
+    edit_start_step: int | None = None  # the first step the text K/V swap is on
 
     @classmethod
     def read(cls, folder: Path) -> "ModelSettings":

@@ -55,18 +55,19 @@ class EvalConfig:
                              f"--model {self.model} --batch {self.batch} --out engines/NAME")
 
 
-def word_list(cfg: EvalConfig, settings) -> list[str]:
-    if cfg.words == "train":
+def word_list(source: str, settings, model: str, max_words: int | None = None) -> list[str]:
+    """``source``: train | held-out (the model's lists, from its settings) | a file, one word a line."""
+    if source == "train":
         words = list(settings.vocabulary or ())
         if not words:
-            raise ValueError(f"{cfg.model} names no training vocabulary: pass --words FILE")
-    elif cfg.words == "held-out":
+            raise ValueError(f"{model} names no training vocabulary: pass --words FILE")
+    elif source == "held-out":
         words = list(settings.held_out or ())
         if not words:
-            raise ValueError(f"{cfg.model} names no held-out words: pass --words FILE")
+            raise ValueError(f"{model} names no held-out words: pass --words FILE")
     else:
-        words = [w.strip() for w in Path(cfg.words).read_text().splitlines() if w.strip()]
-    return words[: cfg.max_words] if cfg.max_words else words
+        words = [w.strip() for w in Path(source).read_text().splitlines() if w.strip()]
+    return words[:max_words] if max_words else words
 
 
 def prompt_of(settings, word: str, index: int) -> tuple[str, str | None]:
@@ -101,7 +102,7 @@ def run_eval(cfg: EvalConfig) -> Path:
     reader = Reader(cfg.ocr)  # fails early with the install line when OCR is missing
     model = load_model(cfg.model, "fp32", cfg.device, cfg.cache_dir)
     settings = model.settings
-    words = word_list(cfg, settings)
+    words = word_list(cfg.words, settings, cfg.model, cfg.max_words)
     vocab = set(settings.vocabulary or words)
     out_of_vocab = sorted(set(words) - vocab)
     if out_of_vocab:

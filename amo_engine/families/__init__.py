@@ -56,6 +56,8 @@ class Family:
     image_first: bool  # joint attention order: [image ; text] (True) or [text ; image]
     reference_scheduler: dict  # the released models' scheduler config (benches without a pipeline)
     batches_cfg: bool = False  # classifier-free guidance runs as [uncond ; cond] rows
+    edit_blocks: tuple[int, ...] | None = None  # published text-localized joint blocks (Paper A), if any
+    edit_start_step: int = 0  # the step the text K/V swap starts at by default
     explicit_sigmas: bool = False  # the pipeline passes linspace(1, 1/n, n) sigmas to the scheduler
 
     # ---------------------------------------------------------------- shapes

@@ -17,6 +17,8 @@ class SD3Family(Family):
     image_first = True
     batches_cfg = True
     explicit_sigmas = False
+    edit_blocks = (10,)  # SD3-medium, Paper A's localized joint block (0-based, of 24)
+    edit_start_step = 2
     reference_scheduler = {"shift": 3.0, "num_train_timesteps": 1000}
 
     def pixels_per_token(self, vae_scale_factor, patch_size):
