@@ -5,14 +5,19 @@ blocks and a start step) runs one loop over [A_1..A_k ; B_1..B_k] in which each 
 text K/V at those blocks (``TextSwap``), every pair from the same noise. Each edited A is read
 back and compared with the plain A of the same noise:
 
-* **flip**: OCR reads B's word exactly; **NED to B**: normalised edit distance of the reading to B;
+* **flip**: OCR reads B's word exactly; **flip where B is legible**: the same over the pairs whose
+  plain B image OCR reads as B (a swap cannot make B's word more legible than B's own image);
+  **NED to B**: normalised edit distance of the reading to B;
 * **kept**: PSNR and SSIM against the plain A, over the whole image and outside the text region
   (the image patches whose AMO span map in the plain A is above its mean), as floats (the paper's
   code took MSE on uint8 and wrapped).
 
-Order: each block alone from step 0; then the best 2..``combine`` blocks together (ranked by flips,
-then NED); then start steps for the best set. The chosen setting is the one with the most flips
-(ties: the most kept outside the text), written to the model's settings on request.
+Order: each block alone from step 0; then the best 2..``combine`` blocks together (blocks ranked by
+NED to B: flips are rare where B's own image is hard to read, the distance moves first); then start
+steps for the chosen set. Choice, as the paper's "few blocks that flip the text": among settings
+whose NED to B is within ``NED_TOLERANCE`` of the best, the fewest blocks (then the latest start,
+which keeps more of A), ties broken by PSNR outside the text. Written to the model's settings on
+request.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 DEFAULT_TEMPLATE = "a sign that says '{word}'"
+NED_TOLERANCE = 0.1  # settings this close to the best NED to B count as equally good at changing the word
 
 
 @dataclass
@@ -70,14 +76,24 @@ class Setting:
         def mean(key):
             return float(np.mean([r[key] for r in self.rows]))
 
+        legible = [r["flip"] for r in self.rows if r["b_legible"]]
         return {"blocks": list(self.blocks), "start": self.start, "stage": self.stage, "pairs": len(self.rows),
-                "flip": mean("flip"), "kept_a_word": mean("kept_a_word"), "ned_to_b": mean("ned_to_b"),
+                "flip": mean("flip"), "flip_b_legible": float(np.mean(legible)) if legible else float("nan"),
+                "b_legible_pairs": len(legible), "kept_a_word": mean("kept_a_word"), "ned_to_b": mean("ned_to_b"),
                 "psnr": mean("psnr"), "psnr_outside": mean("psnr_outside"), "ssim": mean("ssim"),
                 "ssim_outside": mean("ssim_outside")}
 
     def rank(self) -> tuple:
+        """Sort key: closest to B's word first (NED), then flips, then kept outside the text."""
         s = self.summary()
-        return (-s["flip"], s["ned_to_b"], -s["psnr_outside"])
+        return (s["ned_to_b"], -s["flip"], -s["psnr_outside"])
+
+
+def choose(settings: Sequence[Setting]) -> Setting:
+    """The fewest blocks, then the latest start, among settings within NED_TOLERANCE of the best NED."""
+    best_ned = min(s.summary()["ned_to_b"] for s in settings)
+    close = [s for s in settings if s.summary()["ned_to_b"] <= best_ned + NED_TOLERANCE]
+    return min(close, key=lambda s: (len(s.blocks), -s.start, -s.summary()["psnr_outside"]))
 
 
 def word_pairs(words: Sequence[str], n: int) -> list[tuple[str, str]]:
@@ -168,27 +184,32 @@ def run_localize(cfg: LocalizeConfig, log: Callable[[str], None] = print) -> dic
     settings: list[Setting] = []
     edited_images: dict[tuple, list] = {}
 
+    b_legible = [normalise(r) == normalise(b) for r, (_, b) in zip(plain_reads[len(pairs):], pairs)]
+
     def measure(blocks: tuple[int, ...], start: int, stage: str) -> Setting:
         edited, _ = run(blocks, start, swap=True)
         setting = Setting(blocks, start, stage)
-        for image, read, plain_img, region, (a, b) in zip(edited, reader(edited), plain_a, regions, pairs):
-            setting.rows.append({"a": a, "b": b, "read": read, "flip": float(normalise(read) == normalise(b)),
+        for image, read, plain_img, region, (a, b), legible in zip(edited, reader(edited), plain_a, regions, pairs,
+                                                                    b_legible):
+            setting.rows.append({"a": a, "b": b, "read": read, "b_legible": legible,
+                                 "flip": float(normalise(read) == normalise(b)),
                                  "kept_a_word": float(normalise(read) == normalise(a)), "ned_to_b": ned(read, b),
                                  **kept(image, plain_img, region)})
         settings.append(setting)
         edited_images[blocks, start] = edited
         s = setting.summary()
-        log(f"  {stage:8s} blocks {','.join(map(str, blocks)):12s} start {start}: flip {s['flip']:.0%}, NED to B "
+        log(f"  {stage:8s} blocks {','.join(map(str, blocks)):12s} start {start}: flip {s['flip']:.0%} "
+            f"({s['flip_b_legible']:.0%} where B is legible), NED to B "
             f"{s['ned_to_b']:.2f}, PSNR outside {s['psnr_outside']:.1f} dB, SSIM outside {s['ssim_outside']:.3f}")
         return setting
 
     singles = [measure((b,), 0, "single") for b in range(n_blocks)]
     order = [s.blocks[0] for s in sorted(singles, key=Setting.rank)]
     combined = [measure(tuple(sorted(order[:k])), 0, "combined") for k in range(2, min(cfg.combine, n_blocks) + 1)]
-    best_set = min(singles + combined, key=Setting.rank).blocks
+    best_set = choose(singles + combined).blocks
     starts = [measure(best_set, s, "start") for s in cfg.start_steps if s != 0]
     at_zero = next(s for s in singles + combined if s.blocks == best_set)
-    best = min([at_zero] + starts, key=lambda s: (-s.summary()["flip"], -s.summary()["psnr_outside"]))
+    best = choose([at_zero] + starts)
     result = {"model": cfg.model, "template": template, "sampler": cfg.sampler, "steps": cfg.steps, "seed": cfg.seed,
               "pairs": [list(p) for p in pairs], "joint_blocks": n_blocks, "plain": baseline,
               "settings": [s.summary() for s in settings], "rows": [{**s.summary(), "per_pair": s.rows} for s in settings],
@@ -228,15 +249,17 @@ def markdown_table(result: dict) -> str:
              f"{len(result['pairs'])} word pairs, prompt {result['template']!r}, {result['sampler']} "
              f"{result['steps']} steps, seed {result['seed']}. Plain images: OCR reads A as A "
              f"{result['plain']['a_read_as_a']:.0%}, B as B {result['plain']['b_read_as_b']:.0%}.", "",
-             "| stage | blocks | start | flip to B | A word kept | NED to B | PSNR dB | PSNR outside text | SSIM | "
-             "SSIM outside text |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| stage | blocks | start | flip to B | flip where B legible | A word kept | NED to B | PSNR dB | "
+             "PSNR outside text | SSIM | SSIM outside text |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in result["settings"]:
         lines.append(f"| {s['stage']} | {','.join(map(str, s['blocks']))} | {s['start']} | {s['flip']:.0%} | "
+                     f"{s['flip_b_legible']:.0%} ({s['b_legible_pairs']}) | "
                      f"{s['kept_a_word']:.0%} | {s['ned_to_b']:.2f} | {s['psnr']:.1f} | {s['psnr_outside']:.1f} | "
                      f"{s['ssim']:.3f} | {s['ssim_outside']:.3f} |")
     best = result["best"]
-    lines += ["", f"Chosen: joint blocks {','.join(map(str, best['blocks']))} from step {best['start']} (most flips; "
-                  "ties: most kept outside the text).", ""]
+    lines += ["", f"Chosen: joint blocks {','.join(map(str, best['blocks']))} from step {best['start']}: the fewest "
+                  f"blocks, then the latest start, within {NED_TOLERANCE} of the best NED to B (ties: PSNR outside "
+                  "the text).", ""]
     return "\n".join(lines)
 
 
