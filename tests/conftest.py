@@ -67,3 +67,15 @@ def backbone_and_stock(family):
     model = tiny_transformer(family)
     stock = copy.deepcopy(model)
     return make_backbone(model, HookConfig()), stock
+
+
+def cli_in_fresh_process(argv: list[str]):
+    """Run ``amo_engine.cli.main(argv)`` in a new interpreter; stdout says whether diffusers got
+    imported (bad options must be judged before any heavy import)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from amo_engine.cli import main; rc = main(sys.argv[1:]); "
+            "print('diffusers' in sys.modules); sys.exit(rc)")
+    return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+

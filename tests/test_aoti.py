@@ -85,6 +85,30 @@ def test_main_job_through_the_aoti_engine_equals_ort(glyph, glyph_aoti):
     assert Reader("rapidocr")(results["ort"].images) == ["HAPPY"]  # the README's demo reads right
 
 
+def test_edit_through_the_aoti_and_ort_engines(glyph, tmp_path_factory):
+    """Paper A's edit on one engine exported with --kv-swap for 3 images (edit, target, plain A):
+    both runtimes agree; B's and the plain A's words read right, and A's word changed."""
+    from amo_engine.cli import main
+    from amo_engine.ocr import Reader
+    from amo_engine.text_edit import edit_defaults, edit_request, swap_target
+
+    folder = tmp_path_factory.mktemp("aoti") / "glyph-edit"
+    assert main(["export", "--model", "glyph", "--out", str(folder), "--kv-swap", "--batch", "3", "--aoti",
+                 "--aoti-weights", "model"]) == 0
+    engine = open_engine(folder, glyph)
+    a = prompt_for("HAPPY", "dark")
+    request = edit_request(a, swap_target(a, "SMILE"), *edit_defaults(glyph), keep_originals=True)
+    config = GenerateConfig(list(request.prompts), sampler="amo", seed=0, text_swap=request.swap)
+    results = {}
+    for kind in ("aoti", "ort"):
+        with warnings.catch_warnings(), open_backend(kind, engine, glyph) as backend:
+            warnings.simplefilter("ignore")
+            results[kind] = AmoPipeline(glyph, engine.hook, backend)(config)
+    assert torch.allclose(results["aoti"].latents, results["ort"].latents, atol=1e-3)
+    edited, target, original = Reader("rapidocr")(results["ort"].images)
+    assert (target, original) == ("SMILE", "HAPPY") and edited != "HAPPY"
+
+
 def test_refusals(models, flux_aoti, tmp_path):
     folder, manifest = flux_aoti
     no_package = tmp_path / "onnx-only"

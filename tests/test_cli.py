@@ -9,6 +9,8 @@ from PIL import Image
 
 from amo_engine.cli import build_parser, main
 
+from conftest import cli_in_fresh_process
+
 
 def test_generate_writes_png_and_overlay(tmp_path, capsys, family):
     out, attn = tmp_path / "img.png", tmp_path / "attn.png"
@@ -72,12 +74,7 @@ def test_output_files_get_normal_permissions(tmp_path):
 ])
 def test_bad_options_fail_before_any_import_or_load(args, message):
     """Checked before diffusers is imported: a fresh process must not have loaded it."""
-    import subprocess
-    import sys
-
-    code = ("import sys; from amo_engine.cli import main; rc = main(['generate', '--prompt', 'x'] + sys.argv[1:]); "
-            "print('diffusers' in sys.modules); sys.exit(rc)")
-    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+    done = cli_in_fresh_process(["generate", "--prompt", "x", *args])
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert done.stdout.strip() == "False" and done.stderr.count("\n") == 1
 

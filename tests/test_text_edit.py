@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 
 from amo_engine.cli import main
 from amo_engine.text_edit import edit_request, read_word_list, safe_text_request, swap_target
+
+from conftest import cli_in_fresh_process
 
 
 def test_swap_target_replaces_the_first_quoted_text():
@@ -74,9 +74,7 @@ def test_word_lists(tmp_path):
     (["localize", "--out-dir", "x", "--start-steps", "0,40"], "--start-steps must be step indices 0..27"),
 ])
 def test_bad_edit_options_fail_before_any_import_or_load(args, message):
-    code = ("import sys; from amo_engine.cli import main; rc = main(sys.argv[1:]); "
-            "print('diffusers' in sys.modules); sys.exit(rc)")
-    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+    done = cli_in_fresh_process(args)
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert done.stdout.strip() == "False" and done.stderr.count("\n") == 1
 

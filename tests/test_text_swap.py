@@ -128,6 +128,18 @@ def test_edit_equals_two_pass_reference_eager(models, family, sampler, start):
     assert (edit[0] - plain_a[0]).abs().max().item() > 1e-3
 
 
+def test_extra_rows_leave_the_other_images_as_generated_alone(models, family):
+    """An edit batch [A edited, B, plain A]: B and the plain A equal each generated alone (same seed)."""
+    pipe = AmoPipeline(models[family])
+    swap = TextSwap(donors=(1, 1, 2), blocks=(BLOCK,))
+    batch = pipe(GenerateConfig([A, B, A], steps=3, seed=5, text_swap=swap)).latents
+    alone_a = pipe(GenerateConfig([A], steps=3, seed=5)).latents
+    alone_b = pipe(GenerateConfig([B], steps=3, seed=5)).latents
+    assert (batch[1] - alone_b[0]).abs().max().item() <= 1e-5
+    assert (batch[2] - alone_a[0]).abs().max().item() <= 1e-5
+    assert (batch[0] - alone_a[0]).abs().max().item() > 1e-3
+
+
 @pytest.fixture(scope="module")
 def ort_engines(models, tmp_path_factory):
     """Per family: an engine with the K/V swap inputs and a plain one, both for 2 images."""
@@ -171,6 +183,9 @@ def test_edit_on_ort_equals_two_pass_reference(models, family, ort_engines):
     with open_backend("ort", engine, model) as backend:
         pipe = AmoPipeline(model, engine.hook, backend)
         edit = pipe(GenerateConfig([A, B], steps=3, sampler="amo", seed=5, text_swap=swap)).latents
+        plain = pipe(GenerateConfig([A, B], steps=3, sampler="amo", seed=5)).latents  # no swap: inputs at identity
+    eager_plain = AmoPipeline(model)(GenerateConfig([A, B], steps=3, sampler="amo", seed=5)).latents
+    assert (plain - eager_plain).abs().max().item() <= 1e-4  # the engines' loop parity gate
     err_a, err_b = (edit[0] - ref_a[0]).abs().max().item(), (edit[1] - ref_b[0]).abs().max().item()
     print(f"{family} ort: edit vs two-pass A {err_a:.2e}, B {err_b:.2e}")
     # B's row has no swap: its error is ONNX Runtime's float difference from eager over the loop
