@@ -380,10 +380,11 @@ def _run_generation(args: argparse.Namespace, plan):
     else:
         span = {} if args.max_span_tokens is None else {"max_span_tokens": args.max_span_tokens}
         hook = HookConfig(hooked_blocks=args.blocks, **span)
-    from .engine_pipeline import load_engine_model, runs_on_stages
+    from .engine_pipeline import load_engine_model, runs_on_stages, stage_runtime
 
     if engine is not None and runs_on_stages(args.backend, engine):
-        model = load_engine_model(args.model, engine, args.device, args.cache_dir)  # no model class is loaded
+        model = load_engine_model(args.model, engine, args.device, args.cache_dir,
+                                  stage_runtime(args.backend))  # no model class is loaded
     else:
         model = load_model(args.model, args.dtype, args.device, args.cache_dir)
         if engine is not None:

@@ -25,10 +25,18 @@ from .stages import ClipStage
 
 def runs_on_stages(backend: str, engine) -> bool:
     """Whether ``generate`` runs prompt encoding and decoding on the engine's exported stages: an
-    ORT or AOTInductor backbone (AOTI with its weights inside) and an engine exported with --stages."""
-    if not engine.stages or backend not in ("ort", "aoti"):
+    engine exported with --stages and an ORT backbone, an AOTInductor one with its weights inside
+    (stages on ORT), or a TensorRT one whose build made every stage's plan too (stages on TensorRT)."""
+    if not engine.stages:
         return False
-    return backend == "ort" or engine.manifest.get("aoti", {}).get("weights") == "embedded"
+    if backend == "trt":
+        return all("trt" in engine.manifest["stages"][name] for name in engine.stages)
+    return backend == "ort" or (backend == "aoti" and engine.manifest.get("aoti", {}).get("weights") == "embedded")
+
+
+def stage_runtime(backend: str) -> str:
+    """The runtime of the stages beside a backbone on ``backend``: TensorRT beside TensorRT, else ORT."""
+    return "trt" if backend == "trt" else "ort"
 
 def _config(folder: Path, component: str) -> SimpleNamespace:
     return SimpleNamespace(**json.loads((folder / component / "config.json").read_text()))
@@ -105,10 +113,12 @@ class VaeStandIn(_StandIn):
         return (_run_chunked(self.backend, {"latents": latents.to(self.dtype)})["image"],)
 
 
-def load_engine_model(model: str, engine, device: str = "cpu", cache_dir=None, **backend_options):
+def load_engine_model(model: str, engine, device: str = "cpu", cache_dir=None, runtime: str = "ort",
+                      **backend_options):
     """A LoadedModel for ``model`` whose encoders and VAE are ``engine``'s stages (an opened
     ``Engine``, exported with ``--stages``) and whose transformer is a config-only stand-in (the
-    backbone runs in the backend the caller opens). Backends of the stages are ONNX Runtime."""
+    backbone runs in the backend the caller opens). The stages run on ``runtime``: ort, or trt
+    (plans from amo-engine build)."""
     import diffusers
     import transformers
 
@@ -142,7 +152,12 @@ def load_engine_model(model: str, engine, device: str = "cpu", cache_dir=None, *
         elif name in engine.stages:
             spec = engine.stage_spec(name)
             dtype = DTYPES[spec.outputs[0].dtype]
-            backend = OrtBackend(engine, device=str(device), stage=name, **backend_options)
+            if runtime == "trt":
+                from .backends.trt import TrtBackend
+
+                backend = TrtBackend(engine, device=str(device), stage=name, **backend_options)
+            else:
+                backend = OrtBackend(engine, device=str(device), stage=name, **backend_options)
             if name == "vae":
                 components[name] = VaeStandIn(backend, _config(folder, name), dtype, device)
             else:

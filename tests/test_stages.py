@@ -90,3 +90,33 @@ def test_generate_on_a_whole_pipeline_engine_loads_no_model_class(tmp_path, monk
     a, b = (np.asarray(Image.open(tmp_path / f"{n}.png"), dtype=int) for n in ("stages", "eager"))
     assert np.abs(a - b).max() <= 2
     assert Reader("rapidocr")([Image.open(tmp_path / "stages.png")]) == ["HAPPY"]
+
+
+def _manifest(family: str, dtype: str) -> dict:
+    io = {"inputs": [], "outputs": [{"name": "out", "dtype": dtype, "shape": [1]}], "dims": {}}
+    kinds = {"text_encoder": "clip", "text_encoder_3": "t5", "vae": "vae_decoder"}
+    return {"family": family, "dtype": dtype, "stages": {n: {"kind": k, "io": io} for n, k in kinds.items()}}
+
+
+def test_tensorrt_recipe_keeps_t5_and_the_flux_vae_out_of_float16():
+    from amo_engine.trt_build import stage_precisions
+
+    weak = stage_precisions(_manifest("flux", "float32"), "fp16", strongly_typed=False)
+    assert weak == {"text_encoder": "fp16", "text_encoder_3": "fp32", "vae": "fp32"}
+    assert stage_precisions(_manifest("sd3", "float32"), "fp16", False)["vae"] == "fp16"
+    assert set(stage_precisions(_manifest("flux", "bfloat16"), "bf16", True).values()) == {"bf16"}
+    with pytest.raises(ValueError, match="stage text_encoder_3: T5 overflows in float16; export with --dtype bf16"):
+        stage_precisions(_manifest("sd3", "float16"), "fp16", strongly_typed=True)
+
+
+def test_stages_run_on_tensorrt_only_when_every_stage_has_a_plan():
+    from types import SimpleNamespace
+
+    from amo_engine.engine_pipeline import runs_on_stages, stage_runtime
+
+    manifest = _manifest("sd3", "float32")
+    engine = SimpleNamespace(manifest=manifest, stages=list(manifest["stages"]))
+    assert runs_on_stages("ort", engine) and not runs_on_stages("trt", engine)
+    for stage in manifest["stages"].values():
+        stage["trt"] = {"file": "x.plan"}
+    assert runs_on_stages("trt", engine) and stage_runtime("trt") == "trt" and stage_runtime("aoti") == "ort"

@@ -27,11 +27,12 @@ def import_tensorrt():
 class TrtBackend(ClosingBackend):
     kind = "trt"
 
-    def __init__(self, engine: Engine, device: str = "cuda", cuda_graph: bool = False):
+    def __init__(self, engine: Engine, device: str = "cuda", cuda_graph: bool = False, stage: str | None = None):
+        """``stage``: run that exported stage's plan (a prompt encoder or the VAE decoder)."""
         trt = import_tensorrt()
         self.engine = engine
-        self.spec = engine.spec
-        plan = engine.artifact("trt")
+        self.spec = engine.spec if stage is None else engine.stage_spec(stage)
+        plan = engine.artifact("trt") if stage is None else engine.stage_artifact(stage, "trt")
         self.device = torch.device(device if device != "cpu" else "cuda")
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
