@@ -706,10 +706,14 @@ def _localize_config(args: argparse.Namespace):
 
 
 def check_localize_args(args: argparse.Namespace) -> None:
+    import importlib.util
+
     from .ocr import check_available
 
     _localize_config(args).validate()
     check_available(args.ocr)
+    if importlib.util.find_spec("skimage") is None:
+        raise ImportError("amo-engine localize measures SSIM with scikit-image: pip install 'amo-engine[eval]'")
 
 
 def cmd_localize(args: argparse.Namespace) -> int:
