@@ -23,9 +23,6 @@ from .families.sd3 import SD3
 from .spec import IOSpec, TensorSpec, dtype_name
 
 
-KV_SWAP_INPUTS = ("kv_donor_index", "kv_swap_gate")
-
-
 @dataclass(frozen=True)
 class HookConfig:
     """What the attention hook adds: which blocks carry the score tap and how many span rows it

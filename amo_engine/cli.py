@@ -467,6 +467,11 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
     for path, image in written:
         save_png(image, path)
+    if args.save_attn is not None:
+        from .plots import save_attention_overlay
+
+        save_attention_overlay(result.images[0], result.attn_map[0], args.save_attn,
+                               title="quoted-text attention of the edited image")
     if args.ocr is not None:
         from .ocr import Reader
 
