@@ -8,7 +8,9 @@ in the joint order ([image ; text] for SD3, [text ; image] for FLUX) and FLUX's 
   values move towards its donor row's, ``K_txt <- K_txt + gate * (K_txt[donor] - K_txt)`` (same
   for V); image Q/K/V and text queries stay the row's own. Identity when the gate is 0.
 * **attention**: the block's own ``scaled_dot_product_attention``; its softmax is never exposed,
-  so runtimes can still fuse it.
+  so runtimes can still fuse it. With Paper B's knobs (``modulation.py``) it is still one SDPA
+  call, on widened Q and K that carry the logit scales, token bias and group mask. The taps read
+  the unmodulated logits.
 * **taps**: read the block without changing it. ``span_image_scores`` (AMO): for the S selected
   span query rows only, ``softmax(Q_span K_all^T / sqrt(d))`` ([B, H, S, L], S << L), image-key
   columns, summed over span rows and averaged over heads -> [B, N_img]. No L x L tensor.
@@ -21,9 +23,13 @@ computes exactly what the stock diffusers processor does.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from .modulation import Modulation
 
 CONTEXT_KEY = "amo"  # the joint_attention_kwargs key our processors read their CallContext from
 
@@ -77,6 +83,7 @@ class CallContext:
 
     taps: SpanTap | None = None
     kv_swap: KvSwap | None = None
+    modulation: Modulation | None = None  # Paper B's logit knobs (modulation.py)
 
 
 # ---------------------------------------------------------------- stages
@@ -177,9 +184,14 @@ class JointAttnProcessor:
         b, n_img, n_txt = hidden_states.shape[0], hidden_states.shape[1], encoder_hidden_states.shape[1]
         qkv = self.edit(project(attn, hidden_states, encoder_hidden_states, image_rotary_emb, self.image_first), amo)
         key = joint(qkv.img_k, qkv.txt_k, self.image_first)  # [B, H, L, D]
-        out = F.scaled_dot_product_attention(joint(qkv.img_q, qkv.txt_q, self.image_first), key,
-                                             joint(qkv.img_v, qkv.txt_v, self.image_first), attn_mask=attention_mask,
-                                             dropout_p=0.0, is_causal=False)  # [B, H, L, D]
+        if amo is not None and amo.modulation is not None:
+            from .modulation import modulated_attention
+
+            out = modulated_attention(qkv, amo.modulation, self.block, self.image_first)  # [B, H, L, D]
+        else:
+            out = F.scaled_dot_product_attention(joint(qkv.img_q, qkv.txt_q, self.image_first), key,
+                                                 joint(qkv.img_v, qkv.txt_v, self.image_first),
+                                                 attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
         taps = amo.taps if amo is not None else None
         if taps is not None and self.block in taps.active:
             image_start = 0 if self.image_first else n_txt

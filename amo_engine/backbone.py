@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .attention import CONTEXT_KEY, CallContext, ContextFreeProcessor, JointAttnProcessor, KvSwap, SpanTap
+from .modulation import Modulation
 from .families import Family, of_transformer
 from .families.flux import FLUX
 from .families.sd3 import SD3
@@ -31,6 +32,8 @@ class HookConfig:
     hooked_blocks: tuple[int, ...] | None = None  # None: every joint (SD3) / double-stream (FLUX) block
     max_span_tokens: int = 64  # fixed S of the side branch; longer spans are cut (pipeline warns)
     kv_swap: bool = False  # graph inputs kv_donor_index [B] and kv_swap_gate [n_blocks]
+    modulation: bool = False  # graph inputs of Paper B's knobs (modulation.py), MODULATION_INPUTS
+    max_groups: int = 4  # G of the group one-hots
 
 
 def resolve_blocks(n_blocks: int, hooked: Sequence[int] | None) -> tuple[int, ...]:
@@ -100,14 +103,18 @@ class _Backbone(nn.Module):
         self._rope: nn.Module | None = None  # FLUX: fp32 RoPE used inside our calls
 
     def _run(self, span_mask: torch.Tensor, kv_donor_index: torch.Tensor | None, kv_swap_gate: torch.Tensor | None,
-             **inputs) -> tuple[torch.Tensor, torch.Tensor]:
+             knobs: dict, **inputs) -> tuple[torch.Tensor, torch.Tensor]:
         if (kv_donor_index is None) != (kv_swap_gate is None):
             raise ValueError("kv_donor_index and kv_swap_gate go together: give both or neither")
         if kv_swap_gate is not None and tuple(kv_swap_gate.shape) != (self.n_joint_blocks,):
             raise ValueError(f"kv_swap_gate has shape {tuple(kv_swap_gate.shape)}; this model takes one gate per joint "
                              f"block: ({self.n_joint_blocks},)")
+        given = [k for k, v in knobs.items() if v is not None]
+        if given and len(given) != len(knobs):
+            raise ValueError(f"the modulation inputs go together: give all of {', '.join(knobs)} or none")
         ctx = CallContext(SpanTap.for_call(span_mask, self.hook.max_span_tokens, self.hooked_blocks),
-                          KvSwap(kv_donor_index, kv_swap_gate) if kv_donor_index is not None else None)
+                          KvSwap(kv_donor_index, kv_swap_gate) if kv_donor_index is not None else None,
+                          Modulation(**knobs) if given else None)
         with hooked(self.transformer, self._processors, self._rope):
             velocity = self.transformer(**inputs, joint_attention_kwargs={CONTEXT_KEY: ctx}, return_dict=False)[0]
         return velocity, ctx.taps.finish()
@@ -117,6 +124,16 @@ class _Backbone(nn.Module):
             return []
         return [TensorSpec("kv_donor_index", "int64", ("batch",)),
                 TensorSpec("kv_swap_gate", "float32", (self.n_joint_blocks,))]
+
+    def _modulation_specs(self) -> list[TensorSpec]:
+        if not self.hook.modulation:
+            return []
+        n, g = self.n_joint_blocks, self.hook.max_groups
+        return [TensorSpec("quadrant_scale", "float32", (n, 4)),
+                TensorSpec("text_bias", "float32", ("batch", "text_len")),
+                TensorSpec("text_groups", "float32", ("batch", "text_len", g)),
+                TensorSpec("image_groups", "float32", ("batch", "image_tokens", g)),
+                TensorSpec("group_gate", "float32", (n,))]
 
     @property
     def config(self):
@@ -143,11 +160,18 @@ class SD3Backbone(_Backbone):
         span_mask: torch.Tensor,  # [B, T] 1 on quoted-text tokens
         kv_donor_index: torch.Tensor | None = None,  # [B] int64 (HookConfig.kv_swap)
         kv_swap_gate: torch.Tensor | None = None,  # [n_blocks]
+        quadrant_scale: torch.Tensor | None = None,  # [n_blocks, 4] (HookConfig.modulation)
+        text_bias: torch.Tensor | None = None,  # [B, T]
+        text_groups: torch.Tensor | None = None,  # [B, T, G]
+        image_groups: torch.Tensor | None = None,  # [B, N_img, G]
+        group_gate: torch.Tensor | None = None,  # [n_blocks]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return self._run(
             span_mask,
             kv_donor_index,
             kv_swap_gate,
+            dict(quadrant_scale=quadrant_scale, text_bias=text_bias, text_groups=text_groups,
+                 image_groups=image_groups, group_gate=group_gate),
             hidden_states=hidden_states,
             encoder_hidden_states=encoder_hidden_states,
             pooled_projections=pooled_projections,
@@ -169,6 +193,7 @@ class SD3Backbone(_Backbone):
                 TensorSpec("timestep", dt, ("batch",)),
                 TensorSpec("span_mask", dt, ("batch", "text_len")),
                 *self._kv_swap_specs(),
+                *self._modulation_specs(),
             ),
             outputs=(
                 TensorSpec("velocity", dt, ("batch", cfg.out_channels, "latent_h", "latent_w")),
@@ -210,11 +235,18 @@ class FluxBackbone(_Backbone):
         guidance: torch.Tensor | None = None,  # [B] (guidance-distilled models only)
         kv_donor_index: torch.Tensor | None = None,  # [B] int64 (HookConfig.kv_swap)
         kv_swap_gate: torch.Tensor | None = None,  # [n_blocks]
+        quadrant_scale: torch.Tensor | None = None,  # [n_blocks, 4] (HookConfig.modulation)
+        text_bias: torch.Tensor | None = None,  # [B, T]
+        text_groups: torch.Tensor | None = None,  # [B, T, G]
+        image_groups: torch.Tensor | None = None,  # [B, N_img, G]
+        group_gate: torch.Tensor | None = None,  # [n_blocks]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return self._run(
             span_mask,
             kv_donor_index,
             kv_swap_gate,
+            dict(quadrant_scale=quadrant_scale, text_bias=text_bias, text_groups=text_groups,
+                 image_groups=image_groups, group_gate=group_gate),
             hidden_states=hidden_states,
             encoder_hidden_states=encoder_hidden_states,
             pooled_projections=pooled_projections,
@@ -242,7 +274,7 @@ class FluxBackbone(_Backbone):
         ]
         if self.has_guidance:
             inputs.append(TensorSpec("guidance", dt, ("batch",)))
-        inputs += self._kv_swap_specs()
+        inputs += self._kv_swap_specs() + self._modulation_specs()
         return IOSpec(
             inputs=tuple(inputs),
             outputs=(

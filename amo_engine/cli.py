@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--kv-swap", action="store_true",
                    help="add the text K/V swap inputs (kv_donor_index, kv_swap_gate) that amo-engine edit and "
                         "generate --safe-text need; export --batch 2 for edit (3 with --keep-originals)")
+    e.add_argument("--modulation", action="store_true",
+                   help="add Paper B's attention-modulation inputs (quadrant_scale, text_bias, text_groups, "
+                        "image_groups, group_gate; identity values reproduce the plain graph)")
     e.add_argument("--stages", action="store_true",
                    help="also export the prompt encoders and the VAE decoder as ONNX graphs beside the backbone")
     e.add_argument("--aoti", action="store_true",
@@ -560,7 +563,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         dynamic_batch=args.dynamic_batch, fold_constants=not args.no_fold, aoti=args.aoti,
         aoti_weights=args.aoti_weights, stages=args.stages,
     )
-    export_engine(model, cfg, HookConfig(args.blocks, args.max_span_tokens, args.kv_swap))
+    export_engine(model, cfg, HookConfig(args.blocks, args.max_span_tokens, args.kv_swap, args.modulation))
     return 0
 
 

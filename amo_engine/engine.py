@@ -176,7 +176,9 @@ class Engine:
         from .backbone import HookConfig
 
         m = self.manifest
-        return HookConfig(tuple(m["hooked_blocks"]), m["max_span_tokens"], bool(m.get("kv_swap", False)))
+        modulation = m.get("modulation")
+        return HookConfig(tuple(m["hooked_blocks"]), m["max_span_tokens"], bool(m.get("kv_swap", False)),
+                          modulation is not None, (modulation or {}).get("max_groups", HookConfig.max_groups))
 
     def artifact(self, section: str) -> Path:
         """The file of artifact ``section`` (``onnx``, ``aoti`` or ``trt``), refusing folders without it."""

@@ -81,11 +81,13 @@ class IOSpec:
 
     def allocate(self, which: str, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         """Buffers for ``inputs`` or ``outputs`` at the resolved shapes: zeros, except inputs whose
-        identity value is not zero (``kv_donor_index``: each row its own donor)."""
+        identity value is not zero (``kv_donor_index``: each row its own donor; ``quadrant_scale``: 1)."""
         specs = self.inputs if which == "inputs" else self.outputs
         buffers = {t.name: torch.zeros(t.resolve(self.dims), dtype=t.torch_dtype, device=device) for t in specs}
         if which == "inputs" and "kv_donor_index" in buffers:
             buffers["kv_donor_index"].copy_(torch.arange(buffers["kv_donor_index"].shape[0]))
+        if which == "inputs" and "quadrant_scale" in buffers:
+            buffers["quadrant_scale"].fill_(1.0)
         return buffers
 
     def to_json(self) -> dict:
@@ -121,6 +123,15 @@ def sample_feeds(spec: IOSpec, device: torch.device | str = "cpu", seed: int = 0
             v = torch.roll(torch.arange(shape[0]), -1)
         elif t.name == "kv_swap_gate":  # off, on and in between across blocks
             v = torch.tensor([(0.0, 1.0, 0.5)[i % 3] for i in range(shape[0])])
+        elif t.name == "quadrant_scale":  # logit scales around 1
+            v = 0.5 + torch.rand(shape, generator=g)
+        elif t.name in ("text_groups", "image_groups"):  # one-hots, some rows ungrouped
+            v = torch.nn.functional.one_hot(torch.randint(0, shape[-1], shape[:-1], generator=g), shape[-1]).float()
+            v *= (torch.rand(shape[:-1], generator=g) < 0.7).float()[..., None]
+        elif t.name == "group_gate":
+            v = torch.tensor([float(i % 2) for i in range(shape[0])])
+        elif t.name == "text_bias":
+            v = 0.5 * torch.randn(shape, generator=g)
         elif t.name in ("img_ids", "txt_ids"):
             v = torch.randint(0, 16, shape, generator=g).float()
         else:
