@@ -34,6 +34,7 @@ class HookConfig:
     kv_swap: bool = False  # graph inputs kv_donor_index [B] and kv_swap_gate [n_blocks]
     modulation: bool = False  # graph inputs of Paper B's knobs (modulation.py), MODULATION_INPUTS
     max_groups: int = 4  # G of the group one-hots
+    modulation_path: str = "augmented"  # augmented: one SDPA call on widened Q/K | explicit: L x L logits
 
 
 def resolve_blocks(n_blocks: int, hooked: Sequence[int] | None) -> tuple[int, ...]:
@@ -114,7 +115,7 @@ class _Backbone(nn.Module):
             raise ValueError(f"the modulation inputs go together: give all of {', '.join(knobs)} or none")
         ctx = CallContext(SpanTap.for_call(span_mask, self.hook.max_span_tokens, self.hooked_blocks),
                           KvSwap(kv_donor_index, kv_swap_gate) if kv_donor_index is not None else None,
-                          Modulation(**knobs) if given else None)
+                          Modulation(**knobs, path=self.hook.modulation_path) if given else None)
         with hooked(self.transformer, self._processors, self._rope):
             velocity = self.transformer(**inputs, joint_attention_kwargs={CONTEXT_KEY: ctx}, return_dict=False)[0]
         return velocity, ctx.taps.finish()

@@ -178,7 +178,8 @@ class Engine:
         m = self.manifest
         modulation = m.get("modulation")
         return HookConfig(tuple(m["hooked_blocks"]), m["max_span_tokens"], bool(m.get("kv_swap", False)),
-                          modulation is not None, (modulation or {}).get("max_groups", HookConfig.max_groups))
+                          modulation is not None, (modulation or {}).get("max_groups", HookConfig.max_groups),
+                          (modulation or {}).get("path", HookConfig.modulation_path))
 
     def artifact(self, section: str) -> Path:
         """The file of artifact ``section`` (``onnx``, ``aoti`` or ``trt``), refusing folders without it."""

@@ -38,6 +38,7 @@ class Modulation:
     text_groups: torch.Tensor  # [B, T, G] 0/1
     image_groups: torch.Tensor  # [B, N_img, G] 0/1
     group_gate: torch.Tensor  # [n_blocks]
+    path: str = "augmented"  # how the block computes it: augmented (one SDPA call) | explicit (L x L logits)
 
     def penalty(self, block: int, dtype: torch.dtype) -> torch.Tensor:
         """[B, T, G]: the logit change from a patch of group g to each text token (0 or -GROUP_PENALTY)."""
@@ -100,8 +101,12 @@ def _cat_keys(to_image, to_text, image_first: bool) -> torch.Tensor:
     return torch.cat([to_image, to_text] if image_first else [to_text, to_image], dim=3)
 
 
-def modulated_attention(qkv, mod: Modulation, block: int, image_first: bool, path: str = "augmented") -> torch.Tensor:
-    """The block's attention output [B, H, L, D] under ``mod``, by either path."""
+PATHS = ("augmented", "explicit")
+
+
+def modulated_attention(qkv, mod: Modulation, block: int, image_first: bool, path: str | None = None) -> torch.Tensor:
+    """The block's attention output [B, H, L, D] under ``mod``, by ``path`` (default: ``mod.path``)."""
+    path = path or mod.path
     v = _joint(qkv.img_v, qkv.txt_v, image_first)
     if path == "augmented":
         q, k = augmented_qk(qkv, mod, block, image_first)

@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""What the hook's features cost per backbone call, eager and on ONNX Runtime, arms interleaved by
+the bench harness on one medium config (the contention watch marks bad rounds).
+
+* ``--feature edit`` (Paper A): a plain engine; the same call with the K/V swap inputs at identity
+  (the swap ops in every joint block, gate 0); an edit call (A's and B's rows together, the swap on
+  at one block).
+* ``--feature modulation`` (Paper B): a plain engine; the knobs at identity; the knobs on (scales,
+  token bias, group mask in every block) through one SDPA call on widened Q/K (``augmented``), and
+  through explicit L x L logits (``explicit``).
+
+    python bench/hook_cost.py --feature edit --config medium-sd3 --out bench/results         # ~6 min
+    python bench/hook_cost.py --feature modulation --config medium-sd3 --out bench/results   # ~7 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+KNOBS = ("quadrant_scale", "text_bias", "text_groups", "image_groups", "group_gate")
+
+
+def variants(feature: str):
+    """(name, images per call, HookConfig, feeds -> feeds) per arm; the first is the baseline."""
+    from amo_engine.backbone import HookConfig
+    from amo_engine.edits import TextSwap
+
+    def identity(feeds, spec):
+        return {**feeds, **{k: v for k, v in spec.allocate("inputs").items() if k in feeds and
+                            (k.startswith("kv_") or k in KNOBS)}}
+
+    def edit(feeds, spec):
+        rows, n_blocks = feeds["kv_donor_index"].shape[0], feeds["kv_swap_gate"].shape[0]
+        swap = TextSwap((1, 1), (n_blocks // 2,))  # one localized block, as SD3-medium's 10 of 24
+        return {**feeds, "kv_donor_index": torch.tensor(swap.donor_rows(rows, 2)),
+                "kv_swap_gate": torch.tensor(swap.gate(n_blocks))}
+
+    def on(feeds, spec):
+        return feeds  # sample_feeds sets every knob away from identity
+
+    if feature == "edit":
+        return [("plain", 1, HookConfig(), on), ("swap inputs at identity", 1, HookConfig(kv_swap=True), identity),
+                ("edit (2x rows)", 2, HookConfig(kv_swap=True), edit)]
+    return [("plain", 1, HookConfig(), on), ("knobs at identity", 1, HookConfig(modulation=True), identity),
+            ("knobs on, augmented", 1, HookConfig(modulation=True), on),
+            ("knobs on, explicit", 1, HookConfig(modulation=True, modulation_path="explicit"), on)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from amo_engine.backends import open_backend
+    from amo_engine.bench import harness
+    from amo_engine.bench.zoo import bench_model
+    from amo_engine.engine import open_engine
+    from amo_engine.onnx_export import ExportConfig, export_engine
+    from amo_engine.spec import sample_feeds
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--feature", default="edit", choices=["edit", "modulation"])
+    parser.add_argument("--config", default="medium-sd3", choices=["tiny-sd3", "tiny-flux", "medium-sd3", "medium-flux"])
+    parser.add_argument("--calls", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None, help="folder for FEATURE_cost-CONFIG.json/.md (default: print only)")
+    args = parser.parse_args(argv)
+
+    harness.set_threads(args.threads)
+    watch = harness.ContentionWatch(args.threads)
+    watch.sample_before()
+    model = bench_model(args.config)
+    height, width = model.default_size
+    env = harness.environment(args.threads)
+    arms, notes, names = {}, [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        backends = []
+        for i, (name, images, hook, feeds_of) in enumerate(variants(args.feature)):
+            folder = Path(tmp) / str(i)
+            manifest = export_engine(model, ExportConfig(out=folder, batch=images, height=height, width=width,
+                                                         log=False), hook)
+            notes.append(f"{name}: {manifest['rows']} rows, export {manifest['timings']['export_s']:.1f} s")
+            engine = open_engine(folder, model)
+            feeds = feeds_of(sample_feeds(engine.spec), engine.spec)
+            eager = open_backend("eager", model=model, hook=engine.hook)
+            ort = open_backend("ort", engine, model, threads=args.threads)
+            backends.append(ort)
+            arms[f"eager: {name}"] = (lambda b=eager, f=feeds: b(f))
+            arms[f"ort: {name}"] = (lambda b=ort, f=feeds: b(f))
+            names.append(name)
+        times = harness.interleaved(arms, args.calls, watch, warmup=2)
+        for ort in backends:
+            ort.close()
+    verdict = watch.verdict()
+    s = {k: v.summary(set(verdict["contended_rounds"])) for k, v in times.items()}
+    result = {"feature": args.feature, "config": args.config, "env": env, "calls_s": s, "contention": verdict,
+              "notes": notes}
+    cpu = env["cpu"]
+    lines = [f"### {args.feature} cost: {args.config}", "",
+             f"Machine: {cpu['name']} (family {cpu['family']} model {cpu['model']}), {cpu['cores']} cores, "
+             f"{args.threads} threads; GEMM {env['gemm_gflops']:.0f} GFLOP/s; torch {env['torch']}, onnxruntime "
+             f"{env['onnxruntime']}; {env['time']}, git {env['git']}. {args.calls} interleaved calls per arm.", "",
+             ("**CONTENDED: do not trust these numbers.** " + "; ".join(verdict["reasons"])) if verdict["contended"]
+             else "Contention: none detected.", "",
+             "| arm | eager p50 ms | x plain | ORT p50 ms | x plain |", "|---|---|---|---|---|"]
+    for name in names:
+        e, o = s[f"eager: {name}"]["p50"], s[f"ort: {name}"]["p50"]
+        lines.append(f"| {name} | {1000 * e:.1f} | {e / s['eager: plain']['p50']:.3f} | {1000 * o:.1f} | "
+                     f"{o / s['ort: plain']['p50']:.3f} |")
+    lines += ["", f"- samples in the JSON; notes: {'; '.join(notes)}", ""]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"{args.feature}_cost-{args.config}.json").write_text(json.dumps(result, indent=2) + "\n")
+        (args.out / f"{args.feature}_cost-{args.config}.md").write_text(text)
+    return 2 if verdict["contended"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
