@@ -102,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prompt; repeat for a batch. Quote the text to render: \"a sign 'OPEN'\"")
     _add_generation_args(g)
     g.add_argument("--num-images", type=int, default=1, help="images per prompt (default 1)")
+    g.add_argument("--modulate", default=None, metavar="PRESET|FILE.json",
+                   help="attention modulation (Paper B; our values): sharpen (early image self-attention "
+                        "temperature), separate (each patch attends its own entity's words), emphasise (entity "
+                        "words weighted up early), align (all three), or a JSON schedule file")
+    g.add_argument("--groups", default=None, metavar='"A|B"',
+                   help="entity phrases of the prompt for --modulate, e.g. \"a red apple|a green sign 'OPEN'\" "
+                        "(default: the prompt split at 'and', 'with', 'next to', commas)")
     g.add_argument("--safe-text", nargs="?", const="default", default=None, metavar="WORDS.txt",
                    help="replace listed words inside quoted text by benign ones at the text-localized blocks only "
                         "(scene and style stay): a file of WORD or WORD=SUBSTITUTE lines, or 'default' for the "
@@ -326,6 +333,14 @@ def check_generate_args(args: argparse.Namespace) -> None:
         from .text_edit import read_word_list
 
         read_word_list(args.safe_text)
+    modulate = getattr(args, "modulate", None)
+    if modulate is not None:
+        from .modulation_plan import PRESETS, read_plan
+
+        if modulate not in PRESETS:
+            read_plan(modulate)
+    if getattr(args, "groups", None) is not None and modulate is None:
+        raise ValueError("--groups names the entities for --modulate: add --modulate separate (or align)")
     if getattr(args, "safe_text", None) is not None and args.num_images != 1:
         raise ValueError("--safe-text pairs each prompt with its twin: use --num-images 1 (repeat --prompt instead)")
     if getattr(args, "edit_start", None) is not None and not 0 <= args.edit_start < args.steps:
@@ -413,7 +428,7 @@ def _edit_blocks(args: argparse.Namespace, model) -> tuple[tuple[int, ...], int]
 
 def cmd_generate(args: argparse.Namespace) -> int:
     if args.safe_text is None:
-        model, _, result = _run_generation(args, lambda model: _generate_config(args))
+        model, _, result = _run_generation(args, lambda model: _with_modulation(args, _generate_config(args)))
         _write_generated(args, model, result)
         return 0
     import dataclasses
@@ -427,7 +442,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         nonlocal request
         blocks, start = _edit_blocks(args, model)
         request = safe_text_request(args.prompt, words, blocks, start)
-        return dataclasses.replace(_generate_config(args), prompts=list(request.prompts), text_swap=request.swap)
+        return _with_modulation(args, dataclasses.replace(_generate_config(args), prompts=list(request.prompts),
+                                                          text_swap=request.swap))
 
     model, config, result = _run_generation(args, plan)
     for i, word, substitute in request.replaced:
@@ -437,6 +453,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print("safe text: no listed word in the quoted text; nothing replaced")
     _write_generated(args, model, _first_images(result, request.images))
     return 0
+
+
+def _with_modulation(args: argparse.Namespace, config):
+    """``config`` with --modulate's plan (presets sized to the steps; the groups counted from the prompts)."""
+    if args.modulate is None:
+        return config
+    import dataclasses
+
+    from .modulation_plan import group_spans, plan_for
+
+    groups = max(len(group_spans(p, args.groups)) for p in config.prompts)
+    return dataclasses.replace(config, modulation=plan_for(args.modulate, config.steps, groups), groups=args.groups)
 
 
 def _first_images(result, n: int):

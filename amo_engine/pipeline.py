@@ -21,6 +21,7 @@ from .backbone import HookConfig
 from .backends import Backend
 from .backends.eager import EagerBackend
 from .edits import TextSwap
+from .modulation_plan import ModulationPlan, group_masks, with_modulation
 from .families import Denoise, DenoiseInputs
 from .models import LoadedModel
 from .prompts import TextLayout, find_quoted_spans
@@ -47,6 +48,8 @@ class GenerateConfig:
     progress: bool = False
     latents: torch.Tensor | None = None  # initial noise in the family's latent layout (default: drawn from seed)
     text_swap: TextSwap | None = None  # Paper A: images take other images' text K/V at some joint blocks
+    modulation: ModulationPlan | None = None  # Paper B: per-step attention knobs (modulation_plan.py)
+    groups: str | None = None  # entity phrases "a|b" for the group knobs (default: the heuristic chunker)
 
 
 @dataclass
@@ -147,8 +150,8 @@ class AmoPipeline:
         self.family = model.family
         self.hook = hook
         self._backend = backend
-        self._backbones: dict[bool, object] = {}  # eager backbones by kv_swap
-        self._eager: dict[bool, EagerBackend] = {}
+        self._backbones: dict[tuple, object] = {}  # eager backbones by (kv_swap, modulation)
+        self._eager: dict[tuple, EagerBackend] = {}
 
     # ------------------------------------------------------------ model facts
 
@@ -160,31 +163,35 @@ class AmoPipeline:
     def patch_factor(self) -> int:
         return self.family.pixels_per_token(self.pipe.vae_scale_factor, self.pipe.transformer.config.patch_size)
 
-    def backbone(self, kv_swap: bool = False):
-        """The eager backbone (with the K/V swap inputs when the engine or the request has them)."""
-        kv_swap = kv_swap or self.hook.kv_swap
-        if kv_swap not in self._backbones:
-            hook = dataclasses.replace(self.hook, kv_swap=kv_swap)
-            self._backbones[kv_swap] = self.family.backbone(self.pipe.transformer, hook, self.pipe.vae_scale_factor)
-        return self._backbones[kv_swap]
+    def backbone(self, kv_swap: bool = False, modulation: bool = False):
+        """The eager backbone, with the K/V swap or modulation inputs when the engine or the request has them."""
+        key = (kv_swap or self.hook.kv_swap, modulation or self.hook.modulation)
+        if key not in self._backbones:
+            hook = dataclasses.replace(self.hook, kv_swap=key[0], modulation=key[1])
+            self._backbones[key] = self.family.backbone(self.pipe.transformer, hook, self.pipe.vae_scale_factor)
+        return self._backbones[key]
 
-    def _backend_for(self, height: int, width: int, kv_swap: bool):
+    def _backend_for(self, height: int, width: int, kv_swap: bool = False, modulation: bool = False):
         """``(rows, text_len) -> (IOSpec, backend)`` for one request: the eager backbone, or the
         engine after checking that its fixed shapes and inputs fit."""
 
         def open_for(rows: int, text_len: int):
-            backbone = self.backbone(kv_swap)
+            backbone = self.backbone(kv_swap, modulation)
             spec = backbone.io_spec(rows, height, width, text_len, self.pipe.transformer.dtype)
             if self._backend is None:
-                if kv_swap not in self._eager:
-                    self._eager[kv_swap] = EagerBackend(backbone)
-                return spec, self._eager[kv_swap]
+                key = (kv_swap, modulation)
+                if key not in self._eager:
+                    self._eager[key] = EagerBackend(backbone)
+                return spec, self._eager[key]
             have = self._backend.spec
             if have is None:  # runs any shape
                 return spec, self._backend
             if kv_swap and "kv_donor_index" not in have.input_names:
                 raise ValueError("this engine was exported without the text K/V swap inputs: re-export it with "
                                  "amo-engine export --kv-swap (plus your other export flags)")
+            if modulation and "quadrant_scale" not in have.input_names:
+                raise ValueError("this engine was exported without the attention-modulation inputs: re-export it "
+                                 "with amo-engine export --modulation (plus your other export flags)")
             mismatch = [n for n in spec.input_names if n not in have.input_names or have.shape(n) != spec.shape(n)]
             if mismatch:
                 detail = ", ".join(f"{n}: engine {have.shape(n) if n in have.input_names else 'missing'} vs needed "
@@ -212,6 +219,10 @@ class AmoPipeline:
 
         layout = self.family.text_layout(self.pipe, max_seq)
         span_mask = layout.span_mask(prompts)  # [B, T] on CPU
+        plan = cfg.modulation
+        if plan is not None:
+            text_groups, used = group_masks(layout, prompts, cfg.groups, self.hook.max_groups)  # [B, T, G]
+            plan.check(cfg.steps, self.pipe.transformer.config.num_layers, used)
         sampler, notes = cfg.sampler, vocabulary_notes(self.model.settings.vocabulary, cfg.prompts)
         if sampler == "amo":
             sampler, span_notes = amo_span_notes(layout, prompts, span_mask, self.hook.max_span_tokens)
@@ -225,10 +236,13 @@ class AmoPipeline:
             generator = [torch.Generator(self.device).manual_seed(cfg.seed + g) for g in swap.groups(len(prompts))]
         inputs = DenoiseInputs(prompts, cfg.negative_prompt, span_mask, height, width, max_seq, guidance, generator,
                                cfg.latents)
-        loop = self.family.prepare(self.pipe, inputs, self._backend_for(height, width, swap is not None))
+        loop = self.family.prepare(self.pipe, inputs,
+                                   self._backend_for(height, width, swap is not None, plan is not None))
         sigmas = self.family.sigmas(self.pipe.scheduler.config, cfg.steps, loop.image_tokens)
         if swap is not None:
             loop = _with_text_swap(loop, swap, len(prompts), sigmas)
+        if plan is not None:
+            loop = with_modulation(loop, plan, text_groups, used if plan.needs_groups else 0, len(prompts), sigmas)
         latents, loop_seconds = self._denoise(loop, sigmas, sampler, cfg, generator)
         images = self.family.decode(self.pipe, latents, height, width)
         side_h, side_w = height // self.patch_factor, width // self.patch_factor

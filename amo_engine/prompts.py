@@ -154,10 +154,12 @@ class TextLayout:
 
     def span_mask(self, prompts: Sequence[str]) -> torch.Tensor:
         """[B, T] float mask of quoted-text tokens, the span marked in every part."""
-        rows = []
-        for prompt in prompts:
-            spans = find_quoted_spans(prompt)
-            rows.append(torch.cat([token_mask(p.tokenizer, prompt, spans, p.length) for p in self.parts]))
+        return self.mask_of(prompts, [find_quoted_spans(prompt) for prompt in prompts])
+
+    def mask_of(self, prompts: Sequence[str], spans: Sequence[Sequence[Span]]) -> torch.Tensor:
+        """[B, T] float mask of the tokens overlapping ``spans[i]`` (character spans) of ``prompts[i]``."""
+        rows = [torch.cat([token_mask(p.tokenizer, prompt, row, p.length) for p in self.parts])
+                for prompt, row in zip(prompts, spans)]
         return torch.stack(rows) if rows else torch.zeros(0, self.length)  # [B, T]
 
     def cutting_parts(self, prompt: str) -> list[TextPart]:

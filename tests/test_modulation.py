@@ -94,3 +94,111 @@ def test_knobs_export_with_parity_and_the_tensorrt_parser_check(models, tmp_path
     assert engine.hook.modulation and all(k in engine.spec.input_names for k in KNOBS)
     ok, detail = judge_parity(engine_parity(model, engine, "ort"), "float32")  # sample feeds: knobs on
     assert ok, detail
+
+
+# ---------------------------------------------------------------- plans, groups, the loop
+
+from amo_engine.modulation_plan import (ModulationPlan, StepKnobs, group_masks, group_spans, plan_for,  # noqa: E402
+                                        preset, read_plan)
+from amo_engine.pipeline import AmoPipeline, GenerateConfig  # noqa: E402
+
+PROMPT = "a red apple next to a green sign that says 'OPEN'"
+
+
+def test_groups_from_phrases_or_the_chunker(models):
+    assert [s.text(PROMPT) for s in group_spans(PROMPT, None)] == ["a red apple", "a green sign that says 'OPEN'"]
+    assert [s.text(PROMPT) for s in group_spans(PROMPT, "RED APPLE|green sign")] == ["red apple", "green sign"]
+    with pytest.raises(ValueError, match="group 'blue car' is not in the prompt"):
+        group_spans(PROMPT, "red apple|blue car")
+    model = models["flux"]
+    layout = model.family.text_layout(model.pipe, 32)
+    masks, used = group_masks(layout, [PROMPT], None, 4)
+    assert used == 2 and masks.shape == (1, 32, 4) and masks[..., 2:].sum() == 0
+    assert masks[0, :, 0].sum() >= 2 and masks[0, :, 1].sum() >= 4 and (masks.sum(-1) <= 1).all()
+    with pytest.raises(ValueError, match="3 groups but the engine takes at most 2"):
+        group_masks(layout, [PROMPT + ", a dog"], None, 2)
+
+
+def test_presets_and_schedule_files(tmp_path):
+    plan = preset("align", 10, 2)
+    assert len(plan.steps) == 10 and plan.needs_groups
+    assert plan.steps[0].quadrant_scale[0] == 1.3 and plan.steps[9].is_identity
+    assert [s.group_mask for s in plan.steps] == [1.0] * 5 + [0.0] * 5
+    with pytest.raises(ValueError, match="separates entities: give two or more groups"):
+        preset("separate", 10, 1).check(10, 4, 1)
+    path = tmp_path / "s.json"
+    path.write_text('{"blocks": [1], "steps": [{"quadrant_scale": [1.2, 1, 1, 1]}, {"group_weights": [0.5, 0.1]}]}')
+    custom = read_plan(path)
+    assert custom.blocks == (1,) and custom.steps[1].group_weights == (0.5, 0.1)
+    with pytest.raises(ValueError, match="has 2 steps but the request runs 3: give one entry per step"):
+        custom.check(3, 4, 2)
+    with pytest.raises(ValueError, match="step 1 of 's.json' weights 2 groups; the request has 1"):
+        custom.check(2, 4, 1)
+    with pytest.raises(ValueError, match="modulation block 1 out of range"):
+        custom.check(2, 1, 2)
+    path.write_text('{"steps": [{"quadrant_scale": [1, 1]}]}')
+    with pytest.raises(ValueError, match="quadrant_scale takes 4 values"):
+        read_plan(path)
+    with pytest.raises(FileNotFoundError, match="no such preset or file; presets: sharpen"):
+        plan_for("nope", 4, 2)
+
+
+class RecordingBackend:
+    """The eager backend, keeping a copy of the knob feeds of every call."""
+
+    def __init__(self, inner):
+        self.inner, self.spec, self.calls = inner, None, []
+
+    def __call__(self, feeds):
+        self.calls.append({k: v.clone() for k, v in feeds.items()})
+        return self.inner(feeds)
+
+    def close(self):
+        pass
+
+
+def test_schedule_reaches_the_feeds_step_by_step(models, family):
+    from amo_engine.backends.eager import EagerBackend
+
+    model = models[family]
+    pipe = AmoPipeline(model, HookConfig(modulation=True))
+    backend = RecordingBackend(EagerBackend(pipe.backbone()))
+    pipe._backend = backend
+    steps = 4
+    plan = ModulationPlan("test", (StepKnobs((1.3, 1, 1, 1), (0.5, 0.0), 1.0),) * 3 + (StepKnobs(),), blocks=(1,),
+                          needs_groups=True)
+    pipe(GenerateConfig([PROMPT], steps=steps, sampler="euler", modulation=plan))
+    assert len(backend.calls) == steps
+    cond = -1  # the conditional row (SD3 runs [uncond ; cond])
+    for i, feeds in enumerate(backend.calls):
+        expected = torch.tensor([1.3, 1.0, 1.0, 1.0] if i < 3 else [1.0] * 4)
+        assert torch.allclose(feeds["quadrant_scale"][1], expected)
+        assert feeds["quadrant_scale"][0].tolist() == [1, 1, 1, 1]  # only block 1 modulates
+        assert feeds["group_gate"][1].item() == (1.0 if 2 <= i < 3 else 0.0)  # probes at steps 0 and 1
+        groups = feeds["text_groups"][cond]
+        if i < 2:  # probe: the taps read group i's tokens
+            assert torch.equal(feeds["span_mask"][cond], groups[:, i])
+        assert torch.allclose(feeds["text_bias"][cond], (0.5 * groups[:, 0]) if i < 3 else torch.zeros_like(groups[:, 0]))
+    assert backend.calls[0]["image_groups"].sum() == 0 and backend.calls[2]["image_groups"][cond].sum() > 0
+    if family == "sd3":
+        assert backend.calls[2]["text_groups"][0].sum() == 0  # the unconditional row stays ungrouped
+
+
+def test_identity_schedule_is_plain_generation(models, family):
+    model = models[family]
+    plan = ModulationPlan("identity", (StepKnobs(),) * 3)
+    got = AmoPipeline(model)(GenerateConfig([PROMPT], steps=3, seed=2, modulation=plan)).latents
+    expected = AmoPipeline(model)(GenerateConfig([PROMPT], steps=3, seed=2)).latents
+    assert (got - expected).abs().max().item() <= 1e-5
+
+
+def test_modulation_asked_of_an_engine_without_knobs(models, tmp_path):
+    from amo_engine.backends import open_backend
+    from amo_engine.onnx_export import ExportConfig, export_engine
+
+    model = models["flux"]
+    export_engine(model, ExportConfig(out=tmp_path / "plain", exporter="torchscript", log=False))
+    with open_backend("ort", tmp_path / "plain", model) as backend:
+        with pytest.raises(ValueError, match="exported without the attention-modulation inputs: re-export it with "
+                                             "amo-engine export --modulation"):
+            AmoPipeline(model, backend=backend)(GenerateConfig([PROMPT], steps=2, modulation=preset("sharpen", 2, 2)))
