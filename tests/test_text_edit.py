@@ -72,8 +72,10 @@ def test_word_lists(tmp_path):
     (["generate", "--prompt", "a sign 'A'", "--safe-text", "/no/such/list.txt"], "no such file"),
     (["generate", "--prompt", "a sign 'A'", "--safe-text", "--num-images", "2"], "use --num-images 1"),
     (["localize", "--out-dir", "x", "--start-steps", "0,40"], "--start-steps must be step indices 0..27"),
+    (["generate", "--prompt", "a sign 'A'", "--modulate", "nope"], "no such preset or file; presets: sharpen"),
+    (["generate", "--prompt", "a sign 'A'", "--groups", "a|b"], "--groups names the entities for --modulate"),
 ])
-def test_bad_edit_options_fail_before_any_import_or_load(args, message):
+def test_bad_edit_and_modulation_options_fail_before_any_import_or_load(args, message):
     done = cli_in_fresh_process(args)
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert done.stdout.strip() == "False" and done.stderr.count("\n") == 1
