@@ -69,15 +69,17 @@ def test_package_without_weights_runs_on_the_models_own(glyph, glyph_aoti, capsy
         open_backend("aoti", open_engine(glyph_aoti))
 
 
+def generate_on(kind: str, engine, model, config):
+    with warnings.catch_warnings(), open_backend(kind, engine, model) as backend:
+        warnings.simplefilter("ignore")
+        return AmoPipeline(model, engine.hook, backend)(config)
+
+
 def test_main_job_through_the_aoti_engine_equals_ort(glyph, glyph_aoti):
     """The README's main job (AMO, seed 0) through both runtimes of one engine folder; OCR reads it."""
     engine = open_engine(glyph_aoti, glyph)
     config = GenerateConfig([prompt_for("HAPPY", "dark")], sampler="amo", seed=0)
-    results = {}
-    for kind in ("aoti", "ort"):
-        with warnings.catch_warnings(), open_backend(kind, engine, glyph) as backend:
-            warnings.simplefilter("ignore")
-            results[kind] = AmoPipeline(glyph, engine.hook, backend)(config)
+    results = {kind: generate_on(kind, engine, glyph, config) for kind in ("aoti", "ort")}
     assert torch.allclose(results["aoti"].latents, results["ort"].latents, atol=1e-3)
     assert torch.allclose(results["aoti"].attn_map, results["ort"].attn_map, atol=1e-4)
     from amo_engine.ocr import Reader
@@ -99,11 +101,7 @@ def test_edit_through_the_aoti_and_ort_engines(glyph, tmp_path_factory):
     a = prompt_for("HAPPY", "dark")
     request = edit_request(a, swap_target(a, "SMILE"), *edit_defaults(glyph), keep_originals=True)
     config = GenerateConfig(list(request.prompts), sampler="amo", seed=0, text_swap=request.swap)
-    results = {}
-    for kind in ("aoti", "ort"):
-        with warnings.catch_warnings(), open_backend(kind, engine, glyph) as backend:
-            warnings.simplefilter("ignore")
-            results[kind] = AmoPipeline(glyph, engine.hook, backend)(config)
+    results = {kind: generate_on(kind, engine, glyph, config) for kind in ("aoti", "ort")}
     assert torch.allclose(results["aoti"].latents, results["ort"].latents, atol=1e-3)
     edited, target, original = Reader("rapidocr")(results["ort"].images)
     assert (target, original) == ("SMILE", "HAPPY") and edited != "HAPPY"
