@@ -34,7 +34,7 @@ class HookConfig:
     kv_swap: bool = False  # graph inputs kv_donor_index [B] and kv_swap_gate [n_blocks]
     modulation: bool = False  # graph inputs of Paper B's knobs (modulation.py), MODULATION_INPUTS
     max_groups: int = 4  # G of the group one-hots
-    modulation_path: str = "augmented"  # augmented: one SDPA call on widened Q/K | explicit: L x L logits
+    modulation_path: str = "split"  # modulation.py: split (two SDPA calls) | augmented | explicit
 
 
 def resolve_blocks(n_blocks: int, hooked: Sequence[int] | None) -> tuple[int, ...]:

@@ -12,10 +12,15 @@ Per hooked joint block, on the logits ``q_i . k_j / sqrt(D)``:
   ``group_gate [n_blocks]``: a patch of group g loses ``GROUP_PENALTY`` on its logits towards text
   tokens of other groups (ungrouped patches and tokens are left alone; identity: gate 0).
 
-Two implementations with one meaning: ``augmented_qk`` keeps the block's single fused
-``scaled_dot_product_attention`` call by widening Q and K (each product picks up exactly one
-scaled term, one bias term and at most one penalty term, so nothing cancels); ``explicit_logits``
-builds the [B, H, L, L] logits for a plain softmax (the reference, and the other candidate path).
+Three implementations with one meaning (``bench/hook_cost.py --feature modulation`` times them):
+
+* ``split`` (default): two fused ``scaled_dot_product_attention`` calls, one for the image query rows
+  and one for the text query rows; within each the quadrant scales are per key column, so they
+  scale K, and the bias and group penalty ride on 1 + G extra Q/K dims (zero-padded to 8, V too, so
+  every SDPA operand has one width). Same QK work as the plain call plus the 8 extra dims.
+* ``augmented``: one SDPA call on Q and K widened to 2D + 1 + G (each product picks up exactly one
+  scaled term, one bias term and at most one penalty term, so nothing cancels) — twice the QK work.
+* ``explicit``: the [B, H, L, L] logits for a plain softmax (the reference).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ class Modulation:
     text_groups: torch.Tensor  # [B, T, G] 0/1
     image_groups: torch.Tensor  # [B, N_img, G] 0/1
     group_gate: torch.Tensor  # [n_blocks]
-    path: str = "augmented"  # how the block computes it: augmented (one SDPA call) | explicit (L x L logits)
+    path: str = "split"  # how the block computes it: split | augmented | explicit (see the module doc)
 
     def penalty(self, block: int, dtype: torch.dtype) -> torch.Tensor:
         """[B, T, G]: the logit change from a patch of group g to each text token (0 or -GROUP_PENALTY)."""
@@ -101,12 +106,47 @@ def _cat_keys(to_image, to_text, image_first: bool) -> torch.Tensor:
     return torch.cat([to_image, to_text] if image_first else [to_text, to_image], dim=3)
 
 
-PATHS = ("augmented", "explicit")
+PATHS = ("split", "augmented", "explicit")
+
+
+def split_attention(qkv, mod: Modulation, block: int, image_first: bool) -> torch.Tensor:
+    """The ``split`` path: [B, H, L, D] from two SDPA calls (image query rows, text query rows)."""
+    b, h, n_img, d = qkv.img_q.shape
+    n_txt, g = qkv.txt_q.shape[2], mod.text_groups.shape[-1]
+    dtype, root = qkv.img_q.dtype, d**0.5
+    s = mod.quadrant_scale[block].to(dtype)  # [4]: ii, it, ti, tt
+    width = d + 1 + g
+    pad = -width % 8
+
+    def widen(t, extra):  # [B, H, n, D] + [B, H, n, 1+G] -> [B, H, n, D+1+G+pad]
+        return F.pad(torch.cat([t, extra], -1), (0, pad))
+
+    ones_i = torch.ones(b, h, n_img, 1, dtype=dtype, device=qkv.img_q.device)
+    groups_i = mod.image_groups.to(dtype)[:, None].expand(b, h, n_img, g)  # [B, H, N, G]
+    zeros_i = torch.zeros(b, h, n_img, 1 + g, dtype=dtype, device=qkv.img_q.device)
+    bias = (root * mod.text_bias.to(dtype))[:, None, :, None].expand(b, h, n_txt, 1)  # [B, H, T, 1]
+    penalty = (root * mod.penalty(block, dtype))[:, None].expand(b, h, n_txt, g)  # [B, H, T, G]
+    img_q = widen(qkv.img_q, torch.cat([ones_i, groups_i], -1))
+    txt_q = widen(qkv.txt_q, torch.cat([ones_i[:, :, :1].expand(b, h, n_txt, 1),
+                                        torch.zeros(b, h, n_txt, g, dtype=dtype, device=ones_i.device)], -1))
+    v = F.pad(_joint(qkv.img_v, qkv.txt_v, image_first), (0, width + pad - d))
+    txt_k_extra_img = torch.cat([bias, penalty], -1)  # what image queries read from text keys
+    txt_k_extra_txt = torch.cat([bias, torch.zeros_like(penalty)], -1)  # text queries: bias only
+
+    def keys(s_img, s_txt, txt_extra):
+        return _joint(widen(s_img * qkv.img_k, zeros_i), widen(s_txt * qkv.txt_k, txt_extra), image_first)
+
+    scale = d**-0.5
+    out_img = F.scaled_dot_product_attention(img_q, keys(s[0], s[1], txt_k_extra_img), v, scale=scale)
+    out_txt = F.scaled_dot_product_attention(txt_q, keys(s[2], s[3], txt_k_extra_txt), v, scale=scale)
+    return _joint(out_img, out_txt, image_first)[..., :d]  # [B, H, L, D]
 
 
 def modulated_attention(qkv, mod: Modulation, block: int, image_first: bool, path: str | None = None) -> torch.Tensor:
     """The block's attention output [B, H, L, D] under ``mod``, by ``path`` (default: ``mod.path``)."""
     path = path or mod.path
+    if path == "split":
+        return split_attention(qkv, mod, block, image_first)
     v = _joint(qkv.img_v, qkv.txt_v, image_first)
     if path == "augmented":
         q, k = augmented_qk(qkv, mod, block, image_first)
@@ -114,4 +154,4 @@ def modulated_attention(qkv, mod: Modulation, block: int, image_first: bool, pat
     if path == "explicit":
         probs = torch.softmax(explicit_logits(qkv, mod, block, image_first), dim=-1)
         return probs @ v
-    raise ValueError(f"unknown modulation path {path!r}; choose augmented or explicit")
+    raise ValueError(f"unknown modulation path {path!r}; choose one of {', '.join(PATHS)}")

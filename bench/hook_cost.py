@@ -6,8 +6,8 @@ the bench harness on one medium config (the contention watch marks bad rounds).
   (the swap ops in every joint block, gate 0); an edit call (A's and B's rows together, the swap on
   at one block).
 * ``--feature modulation`` (Paper B): a plain engine; the knobs at identity; the knobs on (scales,
-  token bias, group mask in every block) through one SDPA call on widened Q/K (``augmented``), and
-  through explicit L x L logits (``explicit``).
+  token bias, group mask in every block) by each path of modulation.py: two SDPA calls (``split``),
+  one SDPA call on doubly wide Q/K (``augmented``), explicit L x L logits (``explicit``).
 
     python bench/hook_cost.py --feature edit --config medium-sd3 --out bench/results         # ~6 min
     python bench/hook_cost.py --feature modulation --config medium-sd3 --out bench/results   # ~7 min
@@ -47,9 +47,9 @@ def variants(feature: str):
     if feature == "edit":
         return [("plain", 1, HookConfig(), on), ("swap inputs at identity", 1, HookConfig(kv_swap=True), identity),
                 ("edit (2x rows)", 2, HookConfig(kv_swap=True), edit)]
-    return [("plain", 1, HookConfig(), on), ("knobs at identity", 1, HookConfig(modulation=True), identity),
-            ("knobs on, augmented", 1, HookConfig(modulation=True), on),
-            ("knobs on, explicit", 1, HookConfig(modulation=True, modulation_path="explicit"), on)]
+    return [("plain", 1, HookConfig(), on), ("knobs at identity (split)", 1, HookConfig(modulation=True), identity),
+            *((f"knobs on, {path}", 1, HookConfig(modulation=True, modulation_path=path), on)
+              for path in ("split", "augmented", "explicit"))]
 
 
 def main(argv: list[str] | None = None) -> int:

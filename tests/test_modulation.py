@@ -34,10 +34,11 @@ def random_knobs(b=2, n_img=12, n_txt=7, groups=3, blocks=2, seed=1) -> Modulati
 
 
 @pytest.mark.parametrize("image_first", [True, False])
-def test_widened_sdpa_equals_explicit_logits(image_first):
+@pytest.mark.parametrize("path", ["split", "augmented"])
+def test_fused_paths_equal_explicit_logits(image_first, path):
     qkv, mod = random_qkv(), random_knobs()
     for block in (0, 1):  # group mask on, off
-        fused = modulated_attention(qkv, mod, block, image_first, "augmented")
+        fused = modulated_attention(qkv, mod, block, image_first, path)
         explicit = modulated_attention(qkv, mod, block, image_first, "explicit")
         assert (fused - explicit).abs().max().item() <= 1e-5
 
@@ -89,7 +90,7 @@ def test_knobs_export_with_parity_and_the_tensorrt_parser_check(models, tmp_path
     model = models["sd3"]
     manifest = export_engine(model, ExportConfig(out=tmp_path / "engine", log=False), HookConfig(modulation=True))
     assert manifest["graph"]["trt_ok"] and manifest["graph"]["fusion_ok"]
-    assert manifest["modulation"] == {"max_groups": 4, "path": "augmented"}
+    assert manifest["modulation"] == {"max_groups": 4, "path": "split"}
     engine = open_engine(tmp_path / "engine", model)
     assert engine.hook.modulation and all(k in engine.spec.input_names for k in KNOBS)
     ok, detail = judge_parity(engine_parity(model, engine, "ort"), "float32")  # sample feeds: knobs on
