@@ -184,7 +184,8 @@ class JointAttnProcessor:
         b, n_img, n_txt = hidden_states.shape[0], hidden_states.shape[1], encoder_hidden_states.shape[1]
         qkv = self.edit(project(attn, hidden_states, encoder_hidden_states, image_rotary_emb, self.image_first), amo)
         key = joint(qkv.img_k, qkv.txt_k, self.image_first)  # [B, H, L, D]
-        if amo is not None and amo.modulation is not None:
+        modulation = amo.modulation if amo is not None else None
+        if modulation is not None and (modulation.blocks is None or self.block in modulation.blocks):
             from .modulation import modulated_attention
 
             out = modulated_attention(qkv, amo.modulation, self.block, self.image_first)  # [B, H, L, D]

@@ -35,6 +35,7 @@ class HookConfig:
     modulation: bool = False  # graph inputs of Paper B's knobs (modulation.py), MODULATION_INPUTS
     max_groups: int = 4  # G of the group one-hots
     modulation_path: str = "split"  # modulation.py: split (two SDPA calls) | augmented | explicit
+    modulation_blocks: tuple[int, ...] | None = None  # joint blocks that modulate (None: all); others stay plain
 
 
 def resolve_blocks(n_blocks: int, hooked: Sequence[int] | None) -> tuple[int, ...]:
@@ -100,6 +101,8 @@ class _Backbone(nn.Module):
         # joint (SD3) / double-stream (FLUX) blocks, from the config: the IOSpec needs no weights
         self.n_joint_blocks = transformer.config.num_layers
         self.hooked_blocks = resolve_blocks(self.n_joint_blocks, hook.hooked_blocks)
+        self.modulation_blocks = (None if hook.modulation_blocks is None
+                                  else frozenset(resolve_blocks(self.n_joint_blocks, hook.modulation_blocks)))
         self._processors = [JointAttnProcessor(i, self.family.image_first) for i in range(self.n_joint_blocks)]
         self._rope: nn.Module | None = None  # FLUX: fp32 RoPE used inside our calls
 
@@ -115,7 +118,8 @@ class _Backbone(nn.Module):
             raise ValueError(f"the modulation inputs go together: give all of {', '.join(knobs)} or none")
         ctx = CallContext(SpanTap.for_call(span_mask, self.hook.max_span_tokens, self.hooked_blocks),
                           KvSwap(kv_donor_index, kv_swap_gate) if kv_donor_index is not None else None,
-                          Modulation(**knobs, path=self.hook.modulation_path) if given else None)
+                          Modulation(**knobs, path=self.hook.modulation_path, blocks=self.modulation_blocks)
+                          if given else None)
         with hooked(self.transformer, self._processors, self._rope):
             velocity = self.transformer(**inputs, joint_attention_kwargs={CONTEXT_KEY: ctx}, return_dict=False)[0]
         return velocity, ctx.taps.finish()

@@ -167,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--modulation", action="store_true",
                    help="add Paper B's attention-modulation inputs (quadrant_scale, text_bias, text_groups, "
                         "image_groups, group_gate; identity values reproduce the plain graph)")
+    e.add_argument("--modulation-blocks", type=_blocks, default=None,
+                   help="with --modulation: the joint blocks that modulate, e.g. 0,1,2 (default all; the others "
+                        "keep the plain attention call)")
     e.add_argument("--stages", action="store_true",
                    help="also export the prompt encoders and the VAE decoder as ONNX graphs beside the backbone")
     e.add_argument("--aoti", action="store_true",
@@ -591,7 +594,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         dynamic_batch=args.dynamic_batch, fold_constants=not args.no_fold, aoti=args.aoti,
         aoti_weights=args.aoti_weights, stages=args.stages,
     )
-    export_engine(model, cfg, HookConfig(args.blocks, args.max_span_tokens, args.kv_swap, args.modulation))
+    if args.modulation_blocks is not None and not args.modulation:
+        raise ValueError("--modulation-blocks applies to --modulation: add --modulation")
+    export_engine(model, cfg, HookConfig(args.blocks, args.max_span_tokens, args.kv_swap, args.modulation,
+                                         modulation_blocks=args.modulation_blocks))
     return 0
 
 

@@ -176,10 +176,11 @@ class Engine:
         from .backbone import HookConfig
 
         m = self.manifest
-        modulation = m.get("modulation")
+        modulation = m.get("modulation") or {}
+        blocks = modulation.get("blocks")
         return HookConfig(tuple(m["hooked_blocks"]), m["max_span_tokens"], bool(m.get("kv_swap", False)),
-                          modulation is not None, (modulation or {}).get("max_groups", HookConfig.max_groups),
-                          (modulation or {}).get("path", HookConfig.modulation_path))
+                          bool(modulation), modulation.get("max_groups", HookConfig.max_groups),
+                          modulation.get("path", HookConfig.modulation_path), tuple(blocks) if blocks else None)
 
     def artifact(self, section: str) -> Path:
         """The file of artifact ``section`` (``onnx``, ``aoti`` or ``trt``), refusing folders without it."""

@@ -44,6 +44,7 @@ class Modulation:
     image_groups: torch.Tensor  # [B, N_img, G] 0/1
     group_gate: torch.Tensor  # [n_blocks]
     path: str = "split"  # how the block computes it: split | augmented | explicit (see the module doc)
+    blocks: frozenset[int] | None = None  # the joint blocks that modulate (None: all); the others run plain SDPA
 
     def penalty(self, block: int, dtype: torch.dtype) -> torch.Tensor:
         """[B, T, G]: the logit change from a patch of group g to each text token (0 or -GROUP_PENALTY)."""

@@ -42,16 +42,24 @@ class StepKnobs:
 class ModulationPlan:
     name: str
     steps: tuple[StepKnobs, ...]
-    blocks: tuple[int, ...] | None = None  # None: every joint block
+    blocks: tuple[int, ...] | None = None  # None: every joint block the graph modulates
     needs_groups: bool = field(default=False)
 
-    def check(self, steps: int, n_blocks: int, groups: int) -> None:
+    def check(self, steps: int, n_blocks: int, groups: int, modulated: Sequence[int] | None = None) -> None:
+        """One clear line for a plan this request and graph cannot run (``modulated``: the graph's
+        modulating blocks, None for all)."""
         if len(self.steps) != steps:
             raise ValueError(f"the modulation schedule {self.name!r} has {len(self.steps)} steps but the request runs "
                              f"{steps}: give one entry per step (or use a preset)")
         bad = [b for b in self.blocks or () if not 0 <= b < n_blocks]
         if bad:
             raise ValueError(f"modulation block {bad[0]} out of range: this model has joint blocks 0..{n_blocks - 1}")
+        if modulated is not None:
+            off = sorted(set(self.blocks or ()) - set(modulated))  # None: the blocks the graph modulates
+            if off:
+                raise ValueError(f"the schedule modulates joint blocks {off} but the engine modulates only "
+                                 f"{sorted(modulated)}: re-export with --modulation-blocks, or list blocks in the "
+                                 "schedule file")
         for i, step in enumerate(self.steps):
             if len(step.group_weights) > groups:
                 raise ValueError(f"step {i} of {self.name!r} weights {len(step.group_weights)} groups; the request has "

@@ -333,7 +333,9 @@ def export_engine(model, cfg: ExportConfig, hook: HookConfig = HookConfig()) -> 
             "hooked_blocks": list(backbone.hooked_blocks),
             "max_span_tokens": hook.max_span_tokens,
             "kv_swap": hook.kv_swap,
-            "modulation": {"max_groups": hook.max_groups, "path": hook.modulation_path} if hook.modulation else None,
+            "modulation": {"max_groups": hook.max_groups, "path": hook.modulation_path,
+                           "blocks": sorted(backbone.modulation_blocks) if backbone.modulation_blocks else None}
+            if hook.modulation else None,
             "onnx": {"file": ONNX_FILE, "opset": cfg.opset, "exporter": cfg.exporter,
                      "dynamic_batch": cfg.dynamic_batch, "folded": cfg.fold_constants and not large},
             **({"aoti": aoti} if aoti else {}),

@@ -222,7 +222,7 @@ class AmoPipeline:
         plan = cfg.modulation
         if plan is not None:
             text_groups, used = group_masks(layout, prompts, cfg.groups, self.hook.max_groups)  # [B, T, G]
-            plan.check(cfg.steps, self.pipe.transformer.config.num_layers, used)
+            plan.check(cfg.steps, self.pipe.transformer.config.num_layers, used, self.hook.modulation_blocks)
         sampler, notes = cfg.sampler, vocabulary_notes(self.model.settings.vocabulary, cfg.prompts)
         if sampler == "amo":
             sampler, span_notes = amo_span_notes(layout, prompts, span_mask, self.hook.max_span_tokens)

@@ -7,7 +7,8 @@ the bench harness on one medium config (the contention watch marks bad rounds).
   at one block).
 * ``--feature modulation`` (Paper B): a plain engine; the knobs at identity; the knobs on (scales,
   token bias, group mask in every block) by each path of modulation.py: two SDPA calls (``split``),
-  one SDPA call on doubly wide Q/K (``augmented``), explicit L x L logits (``explicit``).
+  one SDPA call on doubly wide Q/K (``augmented``), explicit L x L logits (``explicit``); and the
+  split path in the first two joint blocks only (``export --modulation-blocks 0,1``).
 
     python bench/hook_cost.py --feature edit --config medium-sd3 --out bench/results         # ~6 min
     python bench/hook_cost.py --feature modulation --config medium-sd3 --out bench/results   # ~7 min
@@ -49,7 +50,8 @@ def variants(feature: str):
                 ("edit (2x rows)", 2, HookConfig(kv_swap=True), edit)]
     return [("plain", 1, HookConfig(), on), ("knobs at identity (split)", 1, HookConfig(modulation=True), identity),
             *((f"knobs on, {path}", 1, HookConfig(modulation=True, modulation_path=path), on)
-              for path in ("split", "augmented", "explicit"))]
+              for path in ("split", "augmented", "explicit")),
+            ("knobs on, split, blocks 0-1 only", 1, HookConfig(modulation=True, modulation_blocks=(0, 1)), on)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -90,7 +90,7 @@ def test_knobs_export_with_parity_and_the_tensorrt_parser_check(models, tmp_path
     model = models["sd3"]
     manifest = export_engine(model, ExportConfig(out=tmp_path / "engine", log=False), HookConfig(modulation=True))
     assert manifest["graph"]["trt_ok"] and manifest["graph"]["fusion_ok"]
-    assert manifest["modulation"] == {"max_groups": 4, "path": "split"}
+    assert manifest["modulation"] == {"max_groups": 4, "path": "split", "blocks": None}
     engine = open_engine(tmp_path / "engine", model)
     assert engine.hook.modulation and all(k in engine.spec.input_names for k in KNOBS)
     ok, detail = judge_parity(engine_parity(model, engine, "ort"), "float32")  # sample feeds: knobs on
@@ -203,3 +203,26 @@ def test_modulation_asked_of_an_engine_without_knobs(models, tmp_path):
         with pytest.raises(ValueError, match="exported without the attention-modulation inputs: re-export it with "
                                              "amo-engine export --modulation"):
             AmoPipeline(model, backend=backend)(GenerateConfig([PROMPT], steps=2, modulation=preset("sharpen", 2, 2)))
+
+
+def test_only_the_listed_blocks_modulate():
+    """--modulation-blocks 1: the other blocks run the plain attention whatever their knobs say
+    (the same as a graph modulating every block with identity knobs outside block 1)."""
+    model = tiny_transformer("sd3")
+    listed = make_backbone(model, HookConfig(modulation=True, modulation_blocks=(1,)))
+    every = make_backbone(model, HookConfig(modulation=True))
+    feeds = {k: v for k, v in random_feeds(listed).items() if k not in KNOBS}
+    knobs = sample_feeds(listed.io_spec(2, 128, 128, feeds["span_mask"].shape[1]))
+    knobs = {k: knobs[k] for k in KNOBS}
+    knobs["text_bias"].zero_()  # the token bias has no per-block switch: leave it out of the comparison
+    outside_1 = {**knobs, "quadrant_scale": knobs["quadrant_scale"].clone(), "group_gate": knobs["group_gate"].clone()}
+    outside_1["quadrant_scale"][[0, 2, 3]] = 1.0
+    outside_1["group_gate"][[0, 2, 3]] = 0.0
+    with torch.no_grad():
+        got, expected = listed(**feeds, **knobs), every(**feeds, **outside_1)
+        plain = make_backbone(model)(**feeds)
+    assert (got[0] - expected[0]).abs().max().item() <= 1e-5
+    assert (got[0] - plain[0]).abs().max().item() > 1e-4  # block 1 does modulate
+    plan = ModulationPlan("x", (StepKnobs(),), blocks=(0, 1))
+    with pytest.raises(ValueError, match=r"modulates joint blocks \[0\] but the engine modulates only \[1\]"):
+        plan.check(1, 4, 0, modulated=(1,))
