@@ -64,6 +64,9 @@ class ModulationPlan:
             if len(step.group_weights) > groups:
                 raise ValueError(f"step {i} of {self.name!r} weights {len(step.group_weights)} groups; the request has "
                                  f"{groups}")
+        if self.needs_groups and groups >= steps:
+            raise ValueError(f"placing {groups} groups takes {groups} probe steps; the request runs {steps}: "
+                             "use more steps or fewer groups")
         if self.needs_groups and groups < 2:
             raise ValueError(f"the {self.name!r} modulation separates entities: give two or more groups, e.g. "
                              "--groups \"a red apple|a green sign 'OPEN'\"")

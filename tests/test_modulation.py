@@ -127,6 +127,8 @@ def test_presets_and_schedule_files(tmp_path):
     assert [s.group_mask for s in plan.steps] == [1.0] * 5 + [0.0] * 5
     with pytest.raises(ValueError, match="separates entities: give two or more groups"):
         preset("separate", 10, 1).check(10, 4, 1)
+    with pytest.raises(ValueError, match="placing 3 groups takes 3 probe steps; the request runs 3"):
+        preset("separate", 3, 3).check(3, 4, 3)
     path = tmp_path / "s.json"
     path.write_text('{"blocks": [1], "steps": [{"quadrant_scale": [1.2, 1, 1, 1]}, {"group_weights": [0.5, 0.1]}]}')
     custom = read_plan(path)
