@@ -272,7 +272,8 @@ export it with --kv-swap --batch 2 (3 with --keep-originals).
 
 LOCALIZE_EPILOG = """\
 example (the README's table on the glyph model):
-  amo-engine localize --model glyph --out-dir eval/results/localize-glyph --pairs 24 --write-settings
+  amo-engine localize --model glyph --pairs 24 --sampler overshoot --combine 6 \\
+      --out-dir eval/results/localize-glyph --write-settings
 For each joint block alone, swaps B's text K/V into A from step 0 and reads the result: how often
 B's word appears (OCR exact match, normalised edit distance) and how much of A's image stays (PSNR
 and SSIM against the plain A, whole image and outside the text region = the patches AMO's span map
