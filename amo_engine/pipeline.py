@@ -171,7 +171,7 @@ class AmoPipeline:
             self._backbones[key] = self.family.backbone(self.pipe.transformer, hook, self.pipe.vae_scale_factor)
         return self._backbones[key]
 
-    def _backend_for(self, height: int, width: int, kv_swap: bool = False, modulation: bool = False):
+    def _backend_for(self, height: int, width: int, images: int, kv_swap: bool = False, modulation: bool = False):
         """``(rows, text_len) -> (IOSpec, backend)`` for one request: the eager backbone, or the
         engine after checking that its fixed shapes and inputs fit."""
 
@@ -192,6 +192,11 @@ class AmoPipeline:
             if modulation and "quadrant_scale" not in have.input_names:
                 raise ValueError("this engine was exported without the attention-modulation inputs: re-export it "
                                  "with amo-engine export --modulation (plus your other export flags)")
+            if have.dims.get("batch") != spec.dims.get("batch") and have.dims.get("image_tokens") == \
+                    spec.dims.get("image_tokens") and have.dims.get("text_len") == spec.dims.get("text_len"):
+                raise ValueError(f"the engine does not fit this request: it runs {have.dims['batch']} rows per call, "
+                                 f"this request needs {rows} ({images} images): export an engine with --batch "
+                                 f"{images} (plus your other export flags)")
             mismatch = [n for n in spec.input_names if n not in have.input_names or have.shape(n) != spec.shape(n)]
             if mismatch:
                 detail = ", ".join(f"{n}: engine {have.shape(n) if n in have.input_names else 'missing'} vs needed "
@@ -237,7 +242,7 @@ class AmoPipeline:
         inputs = DenoiseInputs(prompts, cfg.negative_prompt, span_mask, height, width, max_seq, guidance, generator,
                                cfg.latents)
         loop = self.family.prepare(self.pipe, inputs,
-                                   self._backend_for(height, width, swap is not None, plan is not None))
+                                   self._backend_for(height, width, len(prompts), swap is not None, plan is not None))
         sigmas = self.family.sigmas(self.pipe.scheduler.config, cfg.steps, loop.image_tokens)
         if swap is not None:
             loop = _with_text_swap(loop, swap, len(prompts), sigmas)

@@ -225,3 +225,14 @@ def test_edit_refused_by_an_engine_without_swap_inputs(models, ort_engines):
                                              "amo-engine export --kv-swap"):
             AmoPipeline(model, engine.hook, backend)(GenerateConfig([A, B], steps=2,
                                                                     text_swap=TextSwap((1, 1), (BLOCK,))))
+
+
+def test_an_engine_for_fewer_images_names_the_batch_to_export(models, ort_engines):
+    from amo_engine.backends import open_backend
+
+    model, engine = models["sd3"], ort_engines["sd3", "swap"]
+    with open_backend("ort", engine, model) as backend:
+        with pytest.raises(ValueError, match=r"runs 4 rows per call, this request needs 6 \(3 images\): export an "
+                                             r"engine with --batch 3"):
+            AmoPipeline(model, engine.hook, backend)(GenerateConfig([A, B, A], steps=2,
+                                                                    text_swap=TextSwap((1, 1, 2), (BLOCK,))))
