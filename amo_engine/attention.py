@@ -23,13 +23,11 @@ computes exactly what the stock diffusers processor does.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from .modulation import Modulation
+from .modulation import Modulation, modulated_attention
 
 CONTEXT_KEY = "amo"  # the joint_attention_kwargs key our processors read their CallContext from
 
@@ -186,8 +184,6 @@ class JointAttnProcessor:
         key = joint(qkv.img_k, qkv.txt_k, self.image_first)  # [B, H, L, D]
         modulation = amo.modulation if amo is not None else None
         if modulation is not None and (modulation.blocks is None or self.block in modulation.blocks):
-            from .modulation import modulated_attention
-
             out = modulated_attention(qkv, amo.modulation, self.block, self.image_first)  # [B, H, L, D]
         else:
             out = F.scaled_dot_product_attention(joint(qkv.img_q, qkv.txt_q, self.image_first), key,

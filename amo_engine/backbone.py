@@ -17,11 +17,14 @@ import torch
 from torch import nn
 
 from .attention import CONTEXT_KEY, CallContext, ContextFreeProcessor, JointAttnProcessor, KvSwap, SpanTap
-from .modulation import Modulation
+from .modulation import KNOBS, Modulation
 from .families import Family, of_transformer
 from .families.flux import FLUX
 from .families.sd3 import SD3
 from .spec import IOSpec, TensorSpec, dtype_name
+
+
+KV_SWAP_INPUTS = ("kv_donor_index", "kv_swap_gate")  # [B] int64, [n_blocks]
 
 
 @dataclass(frozen=True)
@@ -106,22 +109,24 @@ class _Backbone(nn.Module):
         self._processors = [JointAttnProcessor(i, self.family.image_first) for i in range(self.n_joint_blocks)]
         self._rope: nn.Module | None = None  # FLUX: fp32 RoPE used inside our calls
 
-    def _run(self, span_mask: torch.Tensor, kv_donor_index: torch.Tensor | None, kv_swap_gate: torch.Tensor | None,
-             knobs: dict, **inputs) -> tuple[torch.Tensor, torch.Tensor]:
-        if (kv_donor_index is None) != (kv_swap_gate is None):
-            raise ValueError("kv_donor_index and kv_swap_gate go together: give both or neither")
-        if kv_swap_gate is not None and tuple(kv_swap_gate.shape) != (self.n_joint_blocks,):
-            raise ValueError(f"kv_swap_gate has shape {tuple(kv_swap_gate.shape)}; this model takes one gate per joint "
-                             f"block: ({self.n_joint_blocks},)")
-        given = [k for k, v in knobs.items() if v is not None]
-        if given and len(given) != len(knobs):
-            raise ValueError(f"the modulation inputs go together: give all of {', '.join(knobs)} or none")
+    def _run(self, span_mask: torch.Tensor, hook_inputs: dict, **model_inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """One call: the hook's inputs (``KV_SWAP_INPUTS``, ``KNOBS``; each group all or none) become
+        the call's context; ``model_inputs`` go to the transformer."""
+        unknown = sorted(set(hook_inputs) - set(KV_SWAP_INPUTS) - set(KNOBS))
+        if unknown:
+            raise TypeError(f"unexpected backbone inputs {unknown}; the hook takes {KV_SWAP_INPUTS + KNOBS}")
+        swap, knobs = (_all_or_none(hook_inputs, names, label) for names, label in
+                       ((KV_SWAP_INPUTS, "kv_donor_index and kv_swap_gate"), (KNOBS, "the modulation inputs")))
+        if swap and tuple(swap["kv_swap_gate"].shape) != (self.n_joint_blocks,):
+            raise ValueError(f"kv_swap_gate has shape {tuple(swap['kv_swap_gate'].shape)}; this model takes one gate "
+                             f"per joint block: ({self.n_joint_blocks},)")
         ctx = CallContext(SpanTap.for_call(span_mask, self.hook.max_span_tokens, self.hooked_blocks),
-                          KvSwap(kv_donor_index, kv_swap_gate) if kv_donor_index is not None else None,
+                          KvSwap(swap["kv_donor_index"], swap["kv_swap_gate"]) if swap else None,
                           Modulation(**knobs, path=self.hook.modulation_path, blocks=self.modulation_blocks)
-                          if given else None)
+                          if knobs else None)
         with hooked(self.transformer, self._processors, self._rope):
-            velocity = self.transformer(**inputs, joint_attention_kwargs={CONTEXT_KEY: ctx}, return_dict=False)[0]
+            velocity = self.transformer(**model_inputs, joint_attention_kwargs={CONTEXT_KEY: ctx},
+                                        return_dict=False)[0]
         return velocity, ctx.taps.finish()
 
     def _kv_swap_specs(self) -> list[TensorSpec]:
@@ -163,20 +168,11 @@ class SD3Backbone(_Backbone):
         pooled_projections: torch.Tensor,  # [B, P]
         timestep: torch.Tensor,  # [B] in the scheduler's 0..1000 scale
         span_mask: torch.Tensor,  # [B, T] 1 on quoted-text tokens
-        kv_donor_index: torch.Tensor | None = None,  # [B] int64 (HookConfig.kv_swap)
-        kv_swap_gate: torch.Tensor | None = None,  # [n_blocks]
-        quadrant_scale: torch.Tensor | None = None,  # [n_blocks, 4] (HookConfig.modulation)
-        text_bias: torch.Tensor | None = None,  # [B, T]
-        text_groups: torch.Tensor | None = None,  # [B, T, G]
-        image_groups: torch.Tensor | None = None,  # [B, N_img, G]
-        group_gate: torch.Tensor | None = None,  # [n_blocks]
+        **hook_inputs: torch.Tensor,  # KV_SWAP_INPUTS (HookConfig.kv_swap), KNOBS (HookConfig.modulation)
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return self._run(
             span_mask,
-            kv_donor_index,
-            kv_swap_gate,
-            dict(quadrant_scale=quadrant_scale, text_bias=text_bias, text_groups=text_groups,
-                 image_groups=image_groups, group_gate=group_gate),
+            hook_inputs,
             hidden_states=hidden_states,
             encoder_hidden_states=encoder_hidden_states,
             pooled_projections=pooled_projections,
@@ -238,20 +234,11 @@ class FluxBackbone(_Backbone):
         txt_ids: torch.Tensor,  # [T, 3]
         span_mask: torch.Tensor,  # [B, T]
         guidance: torch.Tensor | None = None,  # [B] (guidance-distilled models only)
-        kv_donor_index: torch.Tensor | None = None,  # [B] int64 (HookConfig.kv_swap)
-        kv_swap_gate: torch.Tensor | None = None,  # [n_blocks]
-        quadrant_scale: torch.Tensor | None = None,  # [n_blocks, 4] (HookConfig.modulation)
-        text_bias: torch.Tensor | None = None,  # [B, T]
-        text_groups: torch.Tensor | None = None,  # [B, T, G]
-        image_groups: torch.Tensor | None = None,  # [B, N_img, G]
-        group_gate: torch.Tensor | None = None,  # [n_blocks]
+        **hook_inputs: torch.Tensor,  # KV_SWAP_INPUTS (HookConfig.kv_swap), KNOBS (HookConfig.modulation)
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return self._run(
             span_mask,
-            kv_donor_index,
-            kv_swap_gate,
-            dict(quadrant_scale=quadrant_scale, text_bias=text_bias, text_groups=text_groups,
-                 image_groups=image_groups, group_gate=group_gate),
+            hook_inputs,
             hidden_states=hidden_states,
             encoder_hidden_states=encoder_hidden_states,
             pooled_projections=pooled_projections,
@@ -288,6 +275,14 @@ class FluxBackbone(_Backbone):
             ),
             dims={"batch": batch, "image_tokens": n_img, "text_len": text_len},
         )
+
+
+def _all_or_none(inputs: dict, names: tuple[str, ...], label: str) -> dict:
+    """``names`` from ``inputs`` (None counts as absent): all of them, or none (an empty dict)."""
+    given = {n: inputs[n] for n in names if inputs.get(n) is not None}
+    if given and len(given) != len(names):
+        raise ValueError(f"{label} go together: give all of {', '.join(names)} or none")
+    return given
 
 
 def make_backbone(transformer: nn.Module, hook: HookConfig = HookConfig(), vae_scale_factor: int = 8) -> _Backbone:

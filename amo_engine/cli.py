@@ -126,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also write the plain A (OUT_original.png) and B (OUT_target.png) images of the same seed")
     _add_generation_args(ed)
     _add_edit_block_args(ed)
+    ed.set_defaults(num_images=1)  # an edit pairs one image with its target
 
     lo = sub.add_parser("localize", help="find the joint blocks whose text K/V decide the rendered word (a sweep)",
                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=LOCALIZE_EPILOG)
@@ -361,7 +362,6 @@ def check_edit_args(args: argparse.Namespace) -> None:
     """edit's options, judged before anything heavy: the generation flags, then the prompts."""
     from .text_edit import edit_request, swap_target
 
-    args.num_images = 1
     check_generate_args(args)
     target = args.target_prompt or swap_target(args.prompt, args.target_text)
     edit_request(args.prompt, target, (0,), 0)  # the prompts' quoted text (blocks are checked on the model)
@@ -493,7 +493,6 @@ def cmd_edit(args: argparse.Namespace) -> int:
         request = edit_request(args.prompt, target_prompt, blocks, start, args.keep_originals)
         return dataclasses.replace(_generate_config(args), prompts=list(request.prompts), text_swap=request.swap)
 
-    args.num_images = 1
     model, config, result = _run_generation(args, plan)
     outputs = {"edit": args.out, "target": _suffixed(args.out, "target"), "original": _suffixed(args.out, "original")}
     written = [(outputs[role], image) for role, image in zip(request.roles, result.images)

@@ -71,6 +71,7 @@ class Setting:
     start: int
     stage: str  # "single", "combined", "start"
     rows: list[dict] = field(default_factory=list)  # per pair: read, flip, ned, psnr..., ssim...
+    images: list = field(default_factory=list, repr=False)  # the edited A images, pair order
 
     def summary(self) -> dict:
         def mean(key):
@@ -141,7 +142,7 @@ def text_region(attn_map, height: int, width: int) -> np.ndarray:
 
 
 def run_localize(cfg: LocalizeConfig, log: Callable[[str], None] = print) -> dict:
-    from .edits import TextSwap
+    from .text_swap import TextSwap
     from .eval.runner import word_list
     from .models import load_model
     from .ocr import Reader, ned, normalise
@@ -157,38 +158,35 @@ def run_localize(cfg: LocalizeConfig, log: Callable[[str], None] = print) -> dic
     log(f"localize {cfg.model}: {n_blocks} joint blocks, {len(pairs)} pairs, template {template!r}, "
         f"{cfg.sampler} {cfg.steps} steps, seed {cfg.seed}")
 
-    def run(blocks: tuple[int, ...], start: int, swap: bool) -> tuple[list, list]:
-        """Edited (or plain) A images and the A span maps, over all pairs in batches."""
-        images, maps = [], []
+    def run(blocks: tuple[int, ...], start: int, swap: bool) -> tuple[list, list, list]:
+        """A images (edited, or plain without ``swap``), B images and A's span maps, over all pairs in
+        batches of [A_1..A_k ; B_1..B_k], each pair from its own noise."""
+        a_images, b_images, maps = [], [], []
         for first in range(0, len(pairs), cfg.batch):
             chunk = pairs[first : first + cfg.batch]
             k = len(chunk)
             prompts = [template.format(word=a) for a, _ in chunk] + [template.format(word=b) for _, b in chunk]
-            donors = tuple(k + i for i in range(k)) + tuple(k + i for i in range(k)) if swap else tuple(range(2 * k))
+            donors = tuple(k + i for i in range(k)) * 2 if swap else tuple(range(2 * k))
             text_swap = TextSwap(donors, blocks, start, noise_groups=tuple(range(k)) * 2)
             result = pipe(GenerateConfig(prompts, steps=cfg.steps, sampler=cfg.sampler, seed=cfg.seed,
                                          text_swap=text_swap))
-            images += result.images[:k] if swap else result.images
+            a_images += result.images[:k]
+            b_images += result.images[k:]
             maps += list(result.attn_map[:k])
-        return images, maps
+        return a_images, b_images, maps
 
-    plain, maps = run((0,), 0, swap=False)  # identity donors: the plain images of every pair's noise
-    plain_a, plain_b = _split_plain(plain, len(pairs), cfg.batch)
+    plain_a, plain_b, maps = run((0,), 0, swap=False)  # identity donors: every pair's plain images
     regions = [text_region(m, img.height, img.width) for m, img in zip(maps, plain_a)]
-    plain_reads = reader(plain_a + plain_b)
-    baseline = {"a_read_as_a": float(np.mean([normalise(r) == normalise(a) for r, (a, _) in zip(plain_reads, pairs)])),
-                "b_read_as_b": float(np.mean([normalise(r) == normalise(b)
-                                              for r, (_, b) in zip(plain_reads[len(pairs):], pairs)]))}
+    a_legible = [normalise(r) == normalise(a) for r, (a, _) in zip(reader(plain_a), pairs)]
+    b_legible = [normalise(r) == normalise(b) for r, (_, b) in zip(reader(plain_b), pairs)]
+    baseline = {"a_read_as_a": float(np.mean(a_legible)), "b_read_as_b": float(np.mean(b_legible))}
     log(f"plain images: OCR reads A as A {baseline['a_read_as_a']:.0%}, B as B {baseline['b_read_as_b']:.0%}")
 
     settings: list[Setting] = []
-    edited_images: dict[tuple, list] = {}
-
-    b_legible = [normalise(r) == normalise(b) for r, (_, b) in zip(plain_reads[len(pairs):], pairs)]
 
     def measure(blocks: tuple[int, ...], start: int, stage: str) -> Setting:
-        edited, _ = run(blocks, start, swap=True)
-        setting = Setting(blocks, start, stage)
+        edited, _, _ = run(blocks, start, swap=True)
+        setting = Setting(blocks, start, stage, images=edited)
         for image, read, plain_img, region, (a, b), legible in zip(edited, reader(edited), plain_a, regions, pairs,
                                                                     b_legible):
             setting.rows.append({"a": a, "b": b, "read": read, "b_legible": legible,
@@ -196,7 +194,6 @@ def run_localize(cfg: LocalizeConfig, log: Callable[[str], None] = print) -> dic
                                  "kept_a_word": float(normalise(read) == normalise(a)), "ned_to_b": ned(read, b),
                                  **kept(image, plain_img, region)})
         settings.append(setting)
-        edited_images[blocks, start] = edited
         s = setting.summary()
         log(f"  {stage:8s} blocks {','.join(map(str, blocks)):12s} start {start}: flip {s['flip']:.0%} "
             f"({s['flip_b_legible']:.0%} where B is legible), NED to B "
@@ -214,23 +211,12 @@ def run_localize(cfg: LocalizeConfig, log: Callable[[str], None] = print) -> dic
               "pairs": [list(p) for p in pairs], "joint_blocks": n_blocks, "plain": baseline,
               "settings": [s.summary() for s in settings], "rows": [{**s.summary(), "per_pair": s.rows} for s in settings],
               "best": {"blocks": list(best.blocks), "start": best.start}}
-    _write(cfg.out_dir, result, singles, plain_a, plain_b, edited_images, best)
+    _write(cfg.out_dir, result, singles, plain_a, plain_b, best)
     if cfg.write_settings:
         _write_settings(model.folder, best)
         log(f"wrote edit_blocks {list(best.blocks)} and edit_start_step {best.start} to {model.folder}/amo_engine.json")
     log(f"best: --edit-blocks {','.join(map(str, best.blocks))} --edit-start {best.start}")
     return result
-
-
-def _split_plain(images: list, n_pairs: int, batch: int) -> tuple[list, list]:
-    """Plain runs come as [A chunk ; B chunk] per batch: the A images and the B images, pair order."""
-    a, b = [], []
-    for first in range(0, n_pairs, batch):
-        k = min(batch, n_pairs - first)
-        chunk, images = images[: 2 * k], images[2 * k :]
-        a += chunk[:k]
-        b += chunk[k:]
-    return a, b
 
 
 def _write_settings(folder: Path, best: Setting) -> None:
@@ -263,13 +249,13 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _write(out: Path, result: dict, singles: list[Setting], plain_a, plain_b, edited: dict, best: Setting) -> None:
+def _write(out: Path, result: dict, singles: list[Setting], plain_a, plain_b, best: Setting) -> None:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "table.md").write_text(markdown_table(result))
     _plot(singles, out / "plot.png", result["model"])
-    _grid(plain_a, plain_b, singles, edited, best, out / "grid.png")
+    _grid(plain_a, plain_b, singles, best, out / "grid.png")
 
 
 def _plot(singles: list[Setting], path: Path, model: str) -> None:
@@ -296,12 +282,12 @@ def _plot(singles: list[Setting], path: Path, model: str) -> None:
     plt.close(fig)
 
 
-def _grid(plain_a, plain_b, singles: list[Setting], edited: dict, best: Setting, path: Path, pairs: int = 4) -> None:
+def _grid(plain_a, plain_b, singles: list[Setting], best: Setting, path: Path, pairs: int = 4) -> None:
     """Rows: the first pairs; columns: plain A, plain B, A edited at each single block, the best setting."""
     from PIL import Image, ImageDraw
 
-    columns = [("A", plain_a), ("B", plain_b)] + [(f"block {s.blocks[0]}", edited[s.blocks, 0]) for s in singles]
-    columns.append((f"best {','.join(map(str, best.blocks))}@{best.start}", edited[best.blocks, best.start]))
+    columns = [("A", plain_a), ("B", plain_b)] + [(f"block {s.blocks[0]}", s.images) for s in singles]
+    columns.append((f"best {','.join(map(str, best.blocks))}@{best.start}", best.images))
     w, h = plain_a[0].size
     label = 14
     sheet = Image.new("RGB", (w * len(columns), label + h * min(pairs, len(plain_a))), "white")

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+KNOBS = ("quadrant_scale", "text_bias", "text_groups", "image_groups", "group_gate")  # graph inputs, as below
 GROUP_PENALTY = 1e4  # logit penalty from a patch to another group's tokens: exp(-1e4) is 0 in float32
-QUADRANTS = ("image->image", "image->text", "text->image", "text->text")
 
 
 @dataclass
@@ -57,31 +57,43 @@ def _joint(image, text, image_first: bool) -> torch.Tensor:
     return torch.cat([image, text] if image_first else [text, image], dim=2)
 
 
+def _extra_dims(qkv, mod: Modulation, block: int) -> tuple[torch.Tensor, ...]:
+    """The 1 + G dims appended to Q and K by both fused paths, as (image Q, text Q, image K, text K):
+    image queries ``[1, u_p]``, text queries ``[1, 0]``, image keys ``[0, 0]``, text keys
+    ``[sqrt(D) bias_t, sqrt(D) penalty_t]`` — under SDPA's 1/sqrt(D) each product gains the token
+    bias and, for a grouped patch only, its one penalty term."""
+    b, h, n_img, d = qkv.img_q.shape
+    n_txt, g = qkv.txt_q.shape[2], mod.text_groups.shape[-1]
+    dtype, device, root = qkv.img_q.dtype, qkv.img_q.device, d**0.5
+    groups_i = mod.image_groups.to(dtype)[:, None].expand(b, h, n_img, g)  # [B, H, N, G]
+    q_img = torch.cat([torch.ones(b, h, n_img, 1, dtype=dtype, device=device), groups_i], -1)  # [B, H, N, 1+G]
+    q_txt = F.pad(torch.ones(b, h, n_txt, 1, dtype=dtype, device=device), (0, g))  # [B, H, T, 1+G]
+    k_img = torch.zeros_like(q_img)
+    bias = (root * mod.text_bias.to(dtype))[:, None, :, None].expand(b, h, n_txt, 1)  # [B, H, T, 1]
+    penalty = (root * mod.penalty(block, dtype))[:, None].expand(b, h, n_txt, g)  # [B, H, T, G]
+    return q_img, q_txt, k_img, torch.cat([bias, penalty], -1)
+
+
+def _pad8(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Zero-pad the last dim to a multiple of 8 (one width for every SDPA operand)."""
+    pad = -tensors[0].shape[-1] % 8
+    return [F.pad(t, (0, pad)) if pad else t for t in tensors]
+
+
 def augmented_qk(qkv, mod: Modulation, block: int, image_first: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Q and K widened so that ``sdpa(q, k, v, scale=D**-0.5)`` computes the modulated logits.
 
-    Image queries ``[q, 0, 1, u_p]``, text queries ``[0, q, 1, 0]``; image keys
-    ``[s_ii k, s_ti k, 0, 0]``, text keys ``[s_it k, s_tt k, sqrt(D) bias_t, sqrt(D) penalty_t]``;
-    padded with zeros to a multiple of 8 dims. Returns [B, H, L, E] each, in the joint order.
+    Image queries ``[q, 0, extra]``, text queries ``[0, q, extra]``; image keys ``[s_ii k, s_ti k,
+    extra]``, text keys ``[s_it k, s_tt k, extra]`` (``_extra_dims``); padded with zeros to a
+    multiple of 8 dims. Returns [B, H, L, E] each, in the joint order.
     """
-    b, h, n_img, d = qkv.img_q.shape
-    n_txt, g = qkv.txt_q.shape[2], mod.text_groups.shape[-1]
-    dtype, root = qkv.img_q.dtype, d**0.5
-    s = mod.quadrant_scale[block].to(dtype)  # [4]
-    zeros_i, zeros_t = torch.zeros_like(qkv.img_q), torch.zeros_like(qkv.txt_q)
-    one_i = torch.ones(b, h, n_img, 1, dtype=dtype, device=qkv.img_q.device)
-    one_t = torch.ones(b, h, n_txt, 1, dtype=dtype, device=qkv.img_q.device)
-    groups_i = mod.image_groups.to(dtype)[:, None].expand(b, h, n_img, g)  # [B, H, N, G]
-    img_q = torch.cat([qkv.img_q, zeros_i, one_i, groups_i], -1)
-    txt_q = torch.cat([zeros_t, qkv.txt_q, one_t, torch.zeros(b, h, n_txt, g, dtype=dtype, device=one_t.device)], -1)
-    bias = (root * mod.text_bias.to(dtype))[:, None, :, None].expand(b, h, n_txt, 1)  # [B, H, T, 1]
-    penalty = (root * mod.penalty(block, dtype))[:, None].expand(b, h, n_txt, g)  # [B, H, T, G]
-    img_k = torch.cat([s[0] * qkv.img_k, s[2] * qkv.img_k, 0 * one_i, 0 * groups_i], -1)
-    txt_k = torch.cat([s[1] * qkv.txt_k, s[3] * qkv.txt_k, bias, penalty], -1)
-    q, k = _joint(img_q, txt_q, image_first), _joint(img_k, txt_k, image_first)  # [B, H, L, 2D+1+G]
-    pad = -q.shape[-1] % 8
-    if pad:
-        q, k = F.pad(q, (0, pad)), F.pad(k, (0, pad))
+    s = mod.quadrant_scale[block].to(qkv.img_q.dtype)  # [4]: ii, it, ti, tt
+    eq_img, eq_txt, ek_img, ek_txt = _extra_dims(qkv, mod, block)
+    img_q = torch.cat([qkv.img_q, torch.zeros_like(qkv.img_q), eq_img], -1)
+    txt_q = torch.cat([torch.zeros_like(qkv.txt_q), qkv.txt_q, eq_txt], -1)
+    img_k = torch.cat([s[0] * qkv.img_k, s[2] * qkv.img_k, ek_img], -1)
+    txt_k = torch.cat([s[1] * qkv.txt_k, s[3] * qkv.txt_k, ek_txt], -1)
+    q, k = _pad8(_joint(img_q, txt_q, image_first), _joint(img_k, txt_k, image_first))  # [B, H, L, 2D+1+G+pad]
     return q, k
 
 
@@ -111,36 +123,23 @@ PATHS = ("split", "augmented", "explicit")
 
 
 def split_attention(qkv, mod: Modulation, block: int, image_first: bool) -> torch.Tensor:
-    """The ``split`` path: [B, H, L, D] from two SDPA calls (image query rows, text query rows)."""
-    b, h, n_img, d = qkv.img_q.shape
-    n_txt, g = qkv.txt_q.shape[2], mod.text_groups.shape[-1]
-    dtype, root = qkv.img_q.dtype, d**0.5
-    s = mod.quadrant_scale[block].to(dtype)  # [4]: ii, it, ti, tt
-    width = d + 1 + g
-    pad = -width % 8
+    """The ``split`` path: [B, H, L, D] from two SDPA calls (image query rows, text query rows),
+    each with K scaled by its query type's quadrant scales and the ``_extra_dims`` appended."""
+    d = qkv.img_q.shape[-1]
+    s = mod.quadrant_scale[block].to(qkv.img_q.dtype)  # [4]: ii, it, ti, tt
+    eq_img, eq_txt, ek_img, ek_txt = _extra_dims(qkv, mod, block)
+    (v,) = _pad8(F.pad(_joint(qkv.img_v, qkv.txt_v, image_first), (0, eq_img.shape[-1])))  # as wide as Q and K
 
-    def widen(t, extra):  # [B, H, n, D] + [B, H, n, 1+G] -> [B, H, n, D+1+G+pad]
-        return F.pad(torch.cat([t, extra], -1), (0, pad))
+    def keys(s_img, s_txt):  # [B, H, L, D+1+G]
+        return _joint(torch.cat([s_img * qkv.img_k, ek_img], -1), torch.cat([s_txt * qkv.txt_k, ek_txt], -1),
+                      image_first)
 
-    ones_i = torch.ones(b, h, n_img, 1, dtype=dtype, device=qkv.img_q.device)
-    groups_i = mod.image_groups.to(dtype)[:, None].expand(b, h, n_img, g)  # [B, H, N, G]
-    zeros_i = torch.zeros(b, h, n_img, 1 + g, dtype=dtype, device=qkv.img_q.device)
-    bias = (root * mod.text_bias.to(dtype))[:, None, :, None].expand(b, h, n_txt, 1)  # [B, H, T, 1]
-    penalty = (root * mod.penalty(block, dtype))[:, None].expand(b, h, n_txt, g)  # [B, H, T, G]
-    img_q = widen(qkv.img_q, torch.cat([ones_i, groups_i], -1))
-    txt_q = widen(qkv.txt_q, torch.cat([ones_i[:, :, :1].expand(b, h, n_txt, 1),
-                                        torch.zeros(b, h, n_txt, g, dtype=dtype, device=ones_i.device)], -1))
-    v = F.pad(_joint(qkv.img_v, qkv.txt_v, image_first), (0, width + pad - d))
-    txt_k_extra_img = torch.cat([bias, penalty], -1)  # what image queries read from text keys
-    txt_k_extra_txt = torch.cat([bias, torch.zeros_like(penalty)], -1)  # text queries: bias only
-
-    def keys(s_img, s_txt, txt_extra):
-        return _joint(widen(s_img * qkv.img_k, zeros_i), widen(s_txt * qkv.txt_k, txt_extra), image_first)
-
-    scale = d**-0.5
-    out_img = F.scaled_dot_product_attention(img_q, keys(s[0], s[1], txt_k_extra_img), v, scale=scale)
-    out_txt = F.scaled_dot_product_attention(txt_q, keys(s[2], s[3], txt_k_extra_txt), v, scale=scale)
-    return _joint(out_img, out_txt, image_first)[..., :d]  # [B, H, L, D]
+    outs = []
+    for q, k in ((torch.cat([qkv.img_q, eq_img], -1), keys(s[0], s[1])),
+                 (torch.cat([qkv.txt_q, eq_txt], -1), keys(s[2], s[3]))):
+        q, k = _pad8(q, k)
+        outs.append(F.scaled_dot_product_attention(q, k, v, scale=d**-0.5))
+    return _joint(outs[0], outs[1], image_first)[..., :d]  # [B, H, L, D]
 
 
 def modulated_attention(qkv, mod: Modulation, block: int, image_first: bool, path: str | None = None) -> torch.Tensor:

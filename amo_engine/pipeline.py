@@ -20,7 +20,7 @@ from .atomic import atomic_path
 from .backbone import HookConfig
 from .backends import Backend
 from .backends.eager import EagerBackend
-from .edits import TextSwap
+from .text_swap import TextSwap, with_text_swap
 from .modulation_plan import ModulationPlan, group_masks, with_modulation
 from .families import Denoise, DenoiseInputs
 from .models import LoadedModel
@@ -150,8 +150,7 @@ class AmoPipeline:
         self.family = model.family
         self.hook = hook
         self._backend = backend
-        self._backbones: dict[tuple, object] = {}  # eager backbones by (kv_swap, modulation)
-        self._eager: dict[tuple, EagerBackend] = {}
+        self._eager: dict[tuple, EagerBackend] = {}  # eager backbones by (kv_swap, modulation)
 
     # ------------------------------------------------------------ model facts
 
@@ -165,11 +164,15 @@ class AmoPipeline:
 
     def backbone(self, kv_swap: bool = False, modulation: bool = False):
         """The eager backbone, with the K/V swap or modulation inputs when the engine or the request has them."""
+        return self._eager_backend(kv_swap, modulation).backbone
+
+    def _eager_backend(self, kv_swap: bool, modulation: bool) -> EagerBackend:
         key = (kv_swap or self.hook.kv_swap, modulation or self.hook.modulation)
-        if key not in self._backbones:
+        if key not in self._eager:
             hook = dataclasses.replace(self.hook, kv_swap=key[0], modulation=key[1])
-            self._backbones[key] = self.family.backbone(self.pipe.transformer, hook, self.pipe.vae_scale_factor)
-        return self._backbones[key]
+            backbone = self.family.backbone(self.pipe.transformer, hook, self.pipe.vae_scale_factor)
+            self._eager[key] = EagerBackend(backbone)
+        return self._eager[key]
 
     def _backend_for(self, height: int, width: int, images: int, kv_swap: bool = False, modulation: bool = False):
         """``(rows, text_len) -> (IOSpec, backend)`` for one request: the eager backbone, or the
@@ -179,10 +182,7 @@ class AmoPipeline:
             backbone = self.backbone(kv_swap, modulation)
             spec = backbone.io_spec(rows, height, width, text_len, self.pipe.transformer.dtype)
             if self._backend is None:
-                key = (kv_swap, modulation)
-                if key not in self._eager:
-                    self._eager[key] = EagerBackend(backbone)
-                return spec, self._eager[key]
+                return spec, self._eager_backend(kv_swap, modulation)
             have = self._backend.spec
             if have is None:  # runs any shape
                 return spec, self._backend
@@ -192,17 +192,16 @@ class AmoPipeline:
             if modulation and "quadrant_scale" not in have.input_names:
                 raise ValueError("this engine was exported without the attention-modulation inputs: re-export it "
                                  "with amo-engine export --modulation (plus your other export flags)")
-            if have.dims.get("batch") != spec.dims.get("batch") and have.dims.get("image_tokens") == \
-                    spec.dims.get("image_tokens") and have.dims.get("text_len") == spec.dims.get("text_len"):
-                raise ValueError(f"the engine does not fit this request: it runs {have.dims['batch']} rows per call, "
-                                 f"this request needs {rows} ({images} images): export an engine with --batch "
-                                 f"{images} (plus your other export flags)")
             mismatch = [n for n in spec.input_names if n not in have.input_names or have.shape(n) != spec.shape(n)]
             if mismatch:
-                detail = ", ".join(f"{n}: engine {have.shape(n) if n in have.input_names else 'missing'} vs needed "
-                                   f"{spec.shape(n)}" for n in mismatch)
-                raise ValueError(f"the engine does not fit this request ({detail}); export an engine for this "
-                                 "batch/size/text length")
+                if all(have.dims.get(d) == v for d, v in spec.dims.items() if d != "batch"):  # only the batch
+                    fix = (f"it runs {have.dims.get('batch')} rows per call, this request needs {rows} ({images} "
+                           f"images): export an engine with --batch {images}")
+                else:
+                    detail = ", ".join(f"{n}: engine {have.shape(n) if n in have.input_names else 'missing'} vs "
+                                       f"needed {spec.shape(n)}" for n in mismatch)
+                    fix = f"{detail}; export an engine for this batch/size/text length"
+                raise ValueError(f"the engine does not fit this request: {fix} (plus your other export flags)")
             return spec, self._backend
 
         return open_for
@@ -245,7 +244,7 @@ class AmoPipeline:
                                    self._backend_for(height, width, len(prompts), swap is not None, plan is not None))
         sigmas = self.family.sigmas(self.pipe.scheduler.config, cfg.steps, loop.image_tokens)
         if swap is not None:
-            loop = _with_text_swap(loop, swap, len(prompts), sigmas)
+            loop = with_text_swap(loop, swap, len(prompts), sigmas)
         if plan is not None:
             loop = with_modulation(loop, plan, text_groups, used if plan.needs_groups else 0, len(prompts), sigmas)
         latents, loop_seconds = self._denoise(loop, sigmas, sampler, cfg, generator)
@@ -292,23 +291,6 @@ class AmoPipeline:
                 "(try float32 or bfloat16 instead of float16, or fewer overshoot steps with a smaller c)"
             )
         return latents, loop_seconds
-
-
-def _with_text_swap(loop: Denoise, swap: TextSwap, images: int, sigmas: list[float]) -> Denoise:
-    """``loop`` with its donor rows set once and its swap gate switched on from ``swap.start_step``:
-    the gate buffer is rewritten on the device before each call (no host sync)."""
-    feeds = loop.feeds
-    donor, gate = feeds["kv_donor_index"], feeds["kv_swap_gate"]
-    donor.copy_(torch.tensor(swap.donor_rows(donor.shape[0], images)))
-    gate_on = torch.tensor(swap.gate(gate.shape[0]), dtype=gate.dtype, device=gate.device)  # [n_blocks]
-    gate_off = torch.zeros_like(gate_on)
-    switch_at = sigmas[swap.start_step]  # sigmas decrease: step i >= start exactly when sigma_i <= this
-
-    def step(x, sigma):
-        gate.copy_(gate_on if sigma <= switch_at else gate_off)
-        return loop.step(x, sigma)
-
-    return dataclasses.replace(loop, step=step)
 
 
 def save_png(image, path) -> None:

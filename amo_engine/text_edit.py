@@ -21,28 +21,29 @@ from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
-from .edits import TextSwap
+from .text_swap import TextSwap
 from .prompts import find_quoted_spans
 
 DEFAULT_WORDS = "safe_text_words.txt"  # in amo_engine/data
 DEFAULT_SUBSTITUTE = "LOVE"  # for a listed word that names none
 
 
-def swap_target(prompt: str, target_text: str) -> str:
-    """``prompt`` with the text of its first quoted span replaced by ``target_text``."""
+def _quoted(prompt: str) -> list:
+    """The prompt's quoted spans; a prompt without any has no text to edit."""
     spans = find_quoted_spans(prompt)
     if not spans:
         raise ValueError(f"the prompt {prompt!r} quotes no text to edit: put the word in quotes, e.g. "
                          "\"a sign that says 'OPEN'\"")
+    return spans
+
+
+def swap_target(prompt: str, target_text: str) -> str:
+    """``prompt`` with the text of its first quoted span replaced by ``target_text``."""
+    spans = _quoted(prompt)
     if not target_text.strip():
         raise ValueError("--target-text is empty: give the word the image should show instead")
     first = spans[0]
     return prompt[: first.start] + target_text.strip() + prompt[first.end :]
-
-
-def quoted_text(prompt: str) -> str:
-    """The prompt's quoted text (spans joined by a space); '' without quotes."""
-    return " ".join(span.text(prompt) for span in find_quoted_spans(prompt))
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,7 @@ def edit_request(prompt: str, target_prompt: str, blocks: Sequence[int], start_s
     """A with B's text: images [A, B] (+ plain A), donors A -> B, everyone drawing the same noise."""
     if not find_quoted_spans(target_prompt):
         raise ValueError(f"the target prompt {target_prompt!r} quotes no text: quote the word it should render")
-    if not find_quoted_spans(prompt):
-        raise ValueError(f"the prompt {prompt!r} quotes no text to edit: put the word in quotes, e.g. "
-                         "\"a sign that says 'OPEN'\"")
+    _quoted(prompt)
     prompts, donors, roles = [prompt, target_prompt], [1, 1], ["edit", "target"]
     if keep_originals:
         prompts, donors, roles = prompts + [prompt], donors + [2], roles + ["original"]

@@ -24,17 +24,15 @@ from pathlib import Path
 
 import torch
 
-KNOBS = ("quadrant_scale", "text_bias", "text_groups", "image_groups", "group_gate")
-
-
 def variants(feature: str):
     """(name, images per call, HookConfig, feeds -> feeds) per arm; the first is the baseline."""
-    from amo_engine.backbone import HookConfig
-    from amo_engine.edits import TextSwap
+    from amo_engine.backbone import KV_SWAP_INPUTS, HookConfig
+    from amo_engine.text_swap import TextSwap
+    from amo_engine.modulation import KNOBS
 
     def identity(feeds, spec):
         return {**feeds, **{k: v for k, v in spec.allocate("inputs").items() if k in feeds and
-                            (k.startswith("kv_") or k in KNOBS)}}
+                            k in KV_SWAP_INPUTS + KNOBS}}
 
     def edit(feeds, spec):
         rows, n_blocks = feeds["kv_donor_index"].shape[0], feeds["kv_swap_gate"].shape[0]

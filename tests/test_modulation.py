@@ -9,12 +9,10 @@ import torch
 
 from amo_engine.attention import JointQKV
 from amo_engine.backbone import HookConfig, make_backbone
-from amo_engine.modulation import Modulation, explicit_logits, modulated_attention
+from amo_engine.modulation import KNOBS, Modulation, explicit_logits, modulated_attention
 from amo_engine.spec import sample_feeds
 
 from conftest import random_feeds, tiny_transformer
-
-KNOBS = ("quadrant_scale", "text_bias", "text_groups", "image_groups", "group_gate")
 
 
 def random_qkv(b=2, h=3, n_img=12, n_txt=7, d=8, seed=0) -> JointQKV:

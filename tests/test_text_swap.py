@@ -9,9 +9,9 @@ import dataclasses
 import pytest
 import torch
 
-from amo_engine.attention import JointAttnProcessor, JointQKV
+from amo_engine.attention import JointAttnProcessor
 from amo_engine.backbone import HookConfig, make_backbone
-from amo_engine.edits import TextSwap
+from amo_engine.text_swap import TextSwap
 from amo_engine.pipeline import AmoPipeline, GenerateConfig
 
 from conftest import random_feeds, tiny_transformer

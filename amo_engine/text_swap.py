@@ -1,8 +1,8 @@
 """Text K/V swaps as a request: which image takes which image's text keys and values, at which
 joint blocks, from which step (Paper A, ``../shared/spec/text_controls.md`` §A).
 
-A ``TextSwap`` is host data. The pipeline turns it into the backbone's ``kv_donor_index`` [rows]
-and, per step, ``kv_swap_gate`` [n_blocks] feeds. Images are the pipeline's batch; every family
+A ``TextSwap`` is host data; ``with_text_swap`` turns it into the backbone's ``kv_donor_index``
+[rows] and, per step, ``kv_swap_gate`` [n_blocks] feeds. Images are the pipeline's batch; every family
 lays its backbone rows out segment-major (SD3 with CFG: [uncond images ; cond images], FLUX:
 [images]), so a row's donor row is the donor image's row in the same segment.
 
@@ -13,6 +13,7 @@ each image its noise stream (images in one group draw identical noise from the r
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 
 @dataclass(frozen=True)
@@ -52,3 +53,24 @@ class TextSwap:
 
     def groups(self, images: int) -> tuple[int, ...]:
         return self.noise_groups if self.noise_groups is not None else (0,) * images
+
+
+def with_text_swap(loop, swap: TextSwap, images: int, sigmas: Sequence[float]):
+    """``loop`` (a families.Denoise) with its donor rows set once and its swap gate switched on from
+    ``swap.start_step``: the gate buffer is rewritten on the device before each call (no host sync)."""
+    import dataclasses
+
+    import torch
+
+    feeds = loop.feeds
+    donor, gate = feeds["kv_donor_index"], feeds["kv_swap_gate"]
+    donor.copy_(torch.tensor(swap.donor_rows(donor.shape[0], images)))
+    gate_on = torch.tensor(swap.gate(gate.shape[0]), dtype=gate.dtype, device=gate.device)  # [n_blocks]
+    gate_off = torch.zeros_like(gate_on)
+    switch_at = sigmas[swap.start_step]  # sigmas decrease: step i >= start exactly when sigma_i <= this
+
+    def step(x, sigma):
+        gate.copy_(gate_on if sigma <= switch_at else gate_off)
+        return loop.step(x, sigma)
+
+    return dataclasses.replace(loop, step=step)
