@@ -42,7 +42,7 @@ class GenerateConfig:
     guidance: float | None = None  # default: SD3 7.0 (CFG), FLUX 3.5 (distilled guidance input)
     sampler: str = "amo"
     c: float = 2.0
-    seed: int = 10
+    seed: int | Sequence[int] = 10  # one seed, or one per prompt (see row_seeds)
     num_images_per_prompt: int = 1
     max_sequence_length: int | None = None  # T5 tokens; default: the model's
     progress: bool = False
@@ -50,6 +50,7 @@ class GenerateConfig:
     text_swap: TextSwap | None = None  # Paper A: images take other images' text K/V at some joint blocks
     modulation: ModulationPlan | None = None  # Paper B: per-step attention knobs (modulation_plan.py)
     groups: str | None = None  # entity phrases "a|b" for the group knobs (default: the heuristic chunker)
+    pad_images_to: int | None = None  # run at least this many images per call, filler rows discarded (see __call__)
 
 
 @dataclass
@@ -81,10 +82,27 @@ def validate(cfg: GenerateConfig, patch_factor: int) -> None:
         raise ValueError("num_images_per_prompt must be >= 1")
     if cfg.text_swap is not None and cfg.num_images_per_prompt != 1:
         raise ValueError("a text swap pairs images one to one: use num_images_per_prompt=1")
+    if not isinstance(cfg.seed, int):
+        if cfg.text_swap is not None:
+            raise ValueError("a text swap seeds its noise groups from one seed: pass seed as an int")
+        if len(cfg.seed) != len(cfg.prompts) or any(not isinstance(s, int) for s in cfg.seed):
+            raise ValueError(f"seed must be an int or one int per prompt ({len(cfg.prompts)}), got {cfg.seed!r}")
+    if cfg.pad_images_to is not None and cfg.pad_images_to < 1:
+        raise ValueError(f"pad_images_to must be >= 1, got {cfg.pad_images_to}")
     for name in ("height", "width"):
         value = getattr(cfg, name)
         if value is not None:
             validate_size(name, value, patch_factor)
+
+
+def row_seeds(seed: int | Sequence[int], prompts: int, images_per_prompt: int) -> list[int]:
+    """The seed of each image row, prompt-major: image ``j`` of prompt ``p`` gets ``seed + p * n + j``
+    from one seed, ``seed[p] + j`` from one seed per prompt. Each row has its own generator, so an
+    image depends only on its prompt, its seed and the settings, never on its batch-mates: prompts
+    [a, b] with seed 7 give the images of a with seed 7 and of b with seed 8."""
+    if isinstance(seed, int):
+        return [seed + r for r in range(prompts * images_per_prompt)]
+    return [s + j for s in seed for j in range(images_per_prompt)]
 
 
 def validate_size(name: str, value: int, patch_factor: int) -> None:
@@ -162,6 +180,16 @@ class AmoPipeline:
     def patch_factor(self) -> int:
         return self.family.pixels_per_token(self.pipe.vae_scale_factor, self.pipe.transformer.config.patch_size)
 
+    def images_per_call(self, guidance: float) -> int | None:
+        """How many images one call of a fixed-batch engine holds (fewer are padded to it), or None
+        when the backend runs any batch."""
+        spec = self._backend.spec if self._backend is not None else None
+        if spec is None or "batch" not in spec.dims:
+            return None
+        per_image = self.family.rows(1, self.family.uses_cfg_rows(guidance))
+        rows = spec.dims["batch"]
+        return rows // per_image if rows % per_image == 0 else None
+
     def backbone(self, kv_swap: bool = False, modulation: bool = False):
         """The eager backbone, with the K/V swap or modulation inputs when the engine or the request has them."""
         return self._eager_backend(kv_swap, modulation).backbone
@@ -217,7 +245,13 @@ class AmoPipeline:
         max_seq = cfg.max_sequence_length or self.model.max_sequence_length
         guidance = self.model.default_guidance if cfg.guidance is None else cfg.guidance
         prompts = [p for p in cfg.prompts for _ in range(cfg.num_images_per_prompt)]
+        seeds = row_seeds(cfg.seed, len(cfg.prompts), cfg.num_images_per_prompt)
+        wanted = len(prompts)
         swap = cfg.text_swap
+        pad_to = max(cfg.pad_images_to or 0, self.images_per_call(guidance) or 0)
+        if swap is None and wanted < pad_to:  # filler rows (the last image again), cut after decoding
+            prompts += [prompts[-1]] * (pad_to - wanted)
+            seeds += [seeds[-1]] * (pad_to - wanted)
         if swap is not None:
             swap.check(len(prompts), self.pipe.transformer.config.num_layers, cfg.steps)
 
@@ -234,10 +268,9 @@ class AmoPipeline:
         for note in notes:
             warnings.warn(note, stacklevel=2)
 
-        if swap is None:
-            generator = torch.Generator(self.device).manual_seed(cfg.seed)
-        else:  # images joined by the swap draw the same noise: one generator per image, seeded by its group
-            generator = [torch.Generator(self.device).manual_seed(cfg.seed + g) for g in swap.groups(len(prompts))]
+        if swap is not None:  # images joined by the swap draw the same noise: seeded by their group
+            seeds = [cfg.seed + g for g in swap.groups(len(prompts))]
+        generator = [torch.Generator(self.device).manual_seed(s) for s in seeds]  # one per row
         inputs = DenoiseInputs(prompts, cfg.negative_prompt, span_mask, height, width, max_seq, guidance, generator,
                                cfg.latents)
         loop = self.family.prepare(self.pipe, inputs,
@@ -251,7 +284,8 @@ class AmoPipeline:
         images = self.family.decode(self.pipe, latents, height, width)
         side_h, side_w = height // self.patch_factor, width // self.patch_factor
         attn_map = (loop.attn_sum / cfg.steps).reshape(len(prompts), side_h, side_w).float().cpu()  # [B, h, w]
-        return GenerateResult(images, latents, attn_map, span_mask, sampler, loop_seconds, cfg.steps, notes)
+        return GenerateResult(images[:wanted], latents[:wanted], attn_map[:wanted], span_mask[:wanted], sampler,
+                              loop_seconds, cfg.steps, notes)
 
     def _denoise(self, loop: Denoise, sigmas: list[float], sampler: str, cfg: GenerateConfig, generator):
         """Run the sampler over ``loop`` (renoising from ``generator``, the one that drew the initial

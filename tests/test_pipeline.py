@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from amo_engine.families.sd3 import SD3
 from amo_engine.models import LoadedModel, load_model
-from amo_engine.pipeline import AmoPipeline, GenerateConfig
+from amo_engine.pipeline import AmoPipeline, GenerateConfig, row_seeds
 from amo_engine.presets import ModelSettings, build_tiny_sd3
 
 PROMPT = "A poster with the slogan 'Adventure Awaits, Pack Your Bags'"
@@ -102,6 +103,32 @@ def test_num_images_per_prompt(models):
     assert not torch.equal(result.latents[0], result.latents[1])  # different noise per image
 
 
+def images_equal(a, b) -> bool:
+    return np.array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("sampler", ["overshoot", "amo"])
+def test_batch_mates_never_change_an_image(models, family, sampler):
+    """The batching invariant the service relies on: at one call batch (pad_images_to), an image is
+    bit-identical whether its request ran alone (filler rows) or beside other prompts and seeds;
+    a request of n images from seed s equals n requests with seeds s..s+n-1."""
+    model, kw = models[family], dict(steps=3, sampler=sampler, pad_images_to=4)
+    alone = run(model, seed=7, **kw)
+    mates = run(model, prompts=[PROMPT, "a sign that says 'CAT'", "plain grass", PROMPT], seed=[7, 3, 9, 11], **kw)
+    assert torch.equal(alone.latents[0], mates.latents[0]) and images_equal(alone.images[0], mates.images[0])
+    assert torch.equal(alone.attn_map[0], mates.attn_map[0])
+    assert not torch.equal(mates.latents[0], mates.latents[3])  # same prompt, other seed: other image
+    two = run(model, seed=7, num_images_per_prompt=2, **kw)
+    second = run(model, seed=8, **kw)
+    assert len(two.images) == 2 and torch.equal(two.latents[0], alone.latents[0])
+    assert torch.equal(two.latents[1], second.latents[0])
+
+
+def test_row_seeds():
+    assert row_seeds(7, 2, 2) == [7, 8, 9, 10]
+    assert row_seeds([7, 3], 2, 2) == [7, 8, 3, 4]
+
+
 @pytest.mark.parametrize(
     "kw,match",
     [
@@ -110,6 +137,8 @@ def test_num_images_per_prompt(models):
         (dict(c=-0.5), "c must be >= 0"),
         (dict(height=120), "multiple of 16"),
         (dict(prompts=[]), "non-empty list"),
+        (dict(seed=[1, 2]), r"one int per prompt \(1\)"),
+        (dict(pad_images_to=0), "pad_images_to must be >= 1"),
     ],
 )
 def test_invalid_options(models, kw, match):

@@ -2,9 +2,11 @@
 OCR, and append one JSON line per image as it comes (an interrupted run keeps its rows; a rerun
 skips what is done).
 
-Pairing: for one seed, the words are generated in fixed chunks with the generator seeded from
-(seed, chunk), so every sampler starts from the same initial noise for the same word; Euler,
-overshoot and AMO all make ``steps`` model evaluations per image.
+Pairing: the image of word ``w`` (its index in the list) and seed ``s`` draws its noise from its own
+generator seeded ``1000 * s + w``, so every sampler starts from the same initial noise for the same
+word, whatever chunk it runs in (chunks run at a fixed batch, padded); Euler, overshoot and AMO all
+make ``steps`` model evaluations per image. (Results written before per-row generators drew one
+generator per chunk: a rerun gives other images with the same statistics.)
 """
 
 from __future__ import annotations
@@ -139,11 +141,11 @@ def _render_and_read(cfg: EvalConfig, pipe, reader, words: list[str], vocab: set
         for seed, ci, chunk, sampler in jobs:
             first = ci * cfg.batch  # index of the chunk's first word in the list
             prompts, tones = zip(*(prompt_of(settings, w, first + j + seed) for j, w in enumerate(chunk)))
-            padded = list(prompts) + [prompts[-1]] * (cfg.batch - len(prompts))  # engines take a fixed batch
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # out-of-vocabulary notes: said once above
-                result = pipe(GenerateConfig(prompts=padded, sampler=sampler, c=cfg.c, steps=cfg.steps,
-                                             guidance=cfg.guidance, seed=1000 * seed + ci))
+                result = pipe(GenerateConfig(prompts=list(prompts), sampler=sampler, c=cfg.c, steps=cfg.steps,
+                                             guidance=cfg.guidance, seed=[1000 * seed + first + j for j in range(len(chunk))],
+                                             pad_images_to=cfg.batch))
             images = result.images[: len(chunk)]
             reads = reader(images)
             for word, tone, image, read in zip(chunk, tones, images, reads):
