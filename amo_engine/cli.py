@@ -367,55 +367,26 @@ def check_edit_args(args: argparse.Namespace) -> None:
     edit_request(args.prompt, target, (0,), 0)  # the prompts' quoted text (blocks are checked on the model)
 
 
-def _engine_hook(args: argparse.Namespace, engine):
-    """The engine's hook configuration, with a note for each flag that disagrees with it."""
-    hook = engine.hook
-    if args.blocks is not None and tuple(sorted(set(args.blocks))) != hook.hooked_blocks:
-        warnings.warn(f"--blocks {','.join(map(str, args.blocks))} is ignored: the engine computes the map from "
-                      f"blocks {','.join(map(str, hook.hooked_blocks))} (re-export with --blocks to change it)")
-    if args.max_span_tokens is not None and args.max_span_tokens != hook.max_span_tokens:
-        warnings.warn(f"--max-span-tokens {args.max_span_tokens} is ignored: the engine reads "
-                      f"{hook.max_span_tokens} span tokens (re-export with --max-span-tokens to change it)")
-    return hook
+def runtime_of(args: argparse.Namespace):
+    """The runtime.Runtime that generate's model and runtime flags name."""
+    from .runtime import Runtime
+
+    return Runtime(model=args.model, backend=args.backend, engine=args.engine, device=args.device, dtype=args.dtype,
+                   cache_dir=args.cache_dir, threads=args.threads, ort_opt_level=args.ort_opt_level,
+                   cuda_graph=args.cuda_graph, blocks=args.blocks, max_span_tokens=args.max_span_tokens)
 
 
 def _run_generation(args: argparse.Namespace, plan):
     """Open the engine (if any), the model and the backend that generate's flags name; ``plan(model)``
     gives the GenerateConfig (it may read the model's settings). Returns (model, config, result)."""
-    from .backbone import HookConfig
-    from .backends import open_backend
-    from .models import load_model
-    from .pipeline import AmoPipeline
+    from .runtime import open_pipeline
 
-    engine = None
-    if args.backend != "eager":
-        from .engine import open_engine
-
-        engine = open_engine(args.engine, model_name=args.model)
-        hook = _engine_hook(args, engine)
-        if args.backend == "auto":
-            from . import default_backend
-
-            args.backend, note = default_backend.resolve(engine.manifest)
-            if note:
-                warnings.warn(note)
-    else:
-        span = {} if args.max_span_tokens is None else {"max_span_tokens": args.max_span_tokens}
-        hook = HookConfig(hooked_blocks=args.blocks, **span)
-    from .engine_pipeline import load_engine_model, runs_on_stages, stage_runtime
-
-    if engine is not None and runs_on_stages(args.backend, engine):
-        model = load_engine_model(args.model, engine, args.device, args.cache_dir,
-                                  stage_runtime(args.backend))  # no model class is loaded
-    else:
-        model = load_model(args.model, args.dtype, args.device, args.cache_dir)
-        if engine is not None:
-            engine.check_model(model)
-    config = plan(model)
-    options = backend_options(args)
-    with open_backend(args.backend, engine, model, hook, device=args.device, **options) as backend:
-        result = AmoPipeline(model, hook, backend)(config)
-    return model, config, result
+    rt = runtime_of(args)
+    with open_pipeline(rt) as pipeline:
+        args.backend = rt.backend  # "auto" resolved
+        config = plan(pipeline.model)
+        result = pipeline(config)
+    return pipeline.model, config, result
 
 
 def _edit_blocks(args: argparse.Namespace, model) -> tuple[tuple[int, ...], int]:
@@ -520,17 +491,6 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 def _suffixed(path: Path, role: str) -> Path:
     return path.with_name(f"{path.stem}_{role}{path.suffix}")
-
-
-def backend_options(args: argparse.Namespace) -> dict:
-    """What generate's flags ask of the chosen backend (and torch's thread count, set here)."""
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    if args.backend == "ort":
-        return {"opt_level": args.ort_opt_level, "threads": args.threads}
-    return {"cuda_graph": True} if args.cuda_graph else {}
 
 
 def _generate_config(args: argparse.Namespace):

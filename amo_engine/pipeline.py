@@ -63,6 +63,8 @@ class GenerateResult:
     loop_seconds: float
     steps: int
     warnings: list[str] = field(default_factory=list)
+    prepare_seconds: float = 0.0  # prompt encoding, feeds and noise
+    decode_seconds: float = 0.0  # latents -> PIL images
 
     @property
     def seconds_per_step(self) -> float:
@@ -273,6 +275,7 @@ class AmoPipeline:
         generator = [torch.Generator(self.device).manual_seed(s) for s in seeds]  # one per row
         inputs = DenoiseInputs(prompts, cfg.negative_prompt, span_mask, height, width, max_seq, guidance, generator,
                                cfg.latents)
+        start = time.perf_counter()
         loop = self.family.prepare(self.pipe, inputs,
                                    self._backend_for(height, width, len(prompts), swap is not None, plan is not None))
         sigmas = self.family.sigmas(self.pipe.scheduler.config, cfg.steps, loop.image_tokens)
@@ -280,12 +283,15 @@ class AmoPipeline:
             loop = with_text_swap(loop, swap, len(prompts), sigmas)
         if plan is not None:
             loop = with_modulation(loop, plan, text_groups, used if plan.needs_groups else 0, len(prompts), sigmas)
+        prepare_seconds = time.perf_counter() - start
         latents, loop_seconds = self._denoise(loop, sigmas, sampler, cfg, generator)
+        start = time.perf_counter()
         images = self.family.decode(self.pipe, latents, height, width)
+        decode_seconds = time.perf_counter() - start
         side_h, side_w = height // self.patch_factor, width // self.patch_factor
         attn_map = (loop.attn_sum / cfg.steps).reshape(len(prompts), side_h, side_w).float().cpu()  # [B, h, w]
         return GenerateResult(images[:wanted], latents[:wanted], attn_map[:wanted], span_mask[:wanted], sampler,
-                              loop_seconds, cfg.steps, notes)
+                              loop_seconds, cfg.steps, notes, prepare_seconds, decode_seconds)
 
     def _denoise(self, loop: Denoise, sigmas: list[float], sampler: str, cfg: GenerateConfig, generator):
         """Run the sampler over ``loop`` (renoising from ``generator``, the one that drew the initial
