@@ -1,0 +1,248 @@
+"""The Ray Serve application: a light HTTP gateway (FastAPI ingress: parse, check, time, answer) in
+front of renderer replicas (each holds the model and engine, batches requests with ``serve.batch``).
+
+Backpressure: each replica takes ``max_ongoing`` requests (a running call plus the next batch
+forming); past ``max_queued`` waiting for a replica the gateway answers 503 with Retry-After. A
+request past ``request_timeout_s`` is cancelled (dropped from its batch queue if it has not started)
+and answered 504. A client that disconnects cancels its request the same way (Ray Serve propagates
+the cancellation). A replica that dies mid-request is restarted by Ray; the gateway retries the
+request once on another replica (images are deterministic, so a retry returns the same image), then
+answers 503.
+
+Local: ``amo-engine serve``. A cluster: ``serve deploy`` a config whose application imports
+``amo_engine.serve.app:build_app`` with the same arguments (README, Serving).
+"""
+
+
+import asyncio
+import collections
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from .schema import BadRequest, Limits, parse_request, response_body
+
+APP_NAME = "amo-engine"
+
+
+@dataclass
+class ServiceConfig:
+    """Everything ``amo-engine serve`` sets: the runtime of each replica and the service's limits."""
+
+    runtime: dict = field(default_factory=dict)  # runtime.Runtime fields
+    replicas: int = 1
+    max_batch: Optional[int] = None  # images per call for eager (engines carry theirs)
+    batch_wait_ms: float = 10.0
+    max_ongoing: Optional[int] = None  # requests per replica (default: 2 x its batch)
+    max_queued: int = 16  # requests waiting for a replica before 503
+    request_timeout_s: float = 300.0
+    retry_after_s: int = 2
+    cpus_per_replica: float = 1.0
+    gpus_per_replica: float = 0.0
+    max_steps: int = 100
+    max_body_bytes: int = 64 * 1024
+
+
+def _images(requests) -> int:
+    return sum(r.n for r in requests)
+
+
+@serve.deployment(name="renderer", health_check_period_s=2.0, health_check_timeout_s=30.0)
+class RenderReplica:
+    """One model + engine per replica; ``render`` batches concurrent requests (in images)."""
+
+    def __init__(self, config: dict):
+        from ray.util import metrics
+
+        from ..runtime import Runtime
+        from .renderer import Renderer
+
+        cfg = ServiceConfig(**config)
+        runtime = {**cfg.runtime, "engine": Path(cfg.runtime["engine"]) if cfg.runtime.get("engine") else None}
+        self.renderer = Renderer(Runtime(**runtime), cfg.max_batch, cfg.max_steps)
+        self.render.set_max_batch_size(self.renderer.batch)
+        self.render.set_batch_wait_timeout_s(cfg.batch_wait_ms / 1000)
+        self._batch_images = metrics.Histogram("amo_batch_images", "images per render call (before padding)",
+                                               boundaries=[1, 2, 4, 8, 16, 32])
+        self._call_ms = metrics.Histogram("amo_render_call_ms", "render call wall time (ms)",
+                                          boundaries=[10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000])
+
+    def describe(self) -> dict:
+        return {**self.renderer.describe(), "pid": os.getpid(), "calls": self.renderer.calls,
+                "rendered_images": self.renderer.rendered_images}
+
+    @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.01, batch_size_fn=_images)
+    async def render(self, requests: list) -> list:
+        start = time.perf_counter()
+        answers = await asyncio.to_thread(self.renderer.render, requests)
+        self._batch_images.observe(_images(requests))
+        self._call_ms.observe(1000 * (time.perf_counter() - start))
+        return answers
+
+    async def __call__(self, request):
+        return await self.render(request)
+
+
+api = FastAPI(title="amo-engine", description="text-to-image with better rendered text (AMO sampler)")
+
+
+@serve.deployment(name="gateway", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
+@serve.ingress(api)
+class Gateway:
+    """HTTP: parse and check (4xx before any model work), route to a renderer, time, answer."""
+
+    def __init__(self, renderer, config: dict):
+        from ray.util import metrics
+
+        self.renderer = renderer
+        self.cfg = ServiceConfig(**config)
+        self.info: Optional[dict] = None
+        self.status_counts: collections.Counter = collections.Counter()
+        self.latencies_ms: collections.deque = collections.deque(maxlen=2000)
+        self.batch_images: collections.Counter = collections.Counter()
+        self._requests = metrics.Counter("amo_requests", "image requests by HTTP status", tag_keys=("status",))
+        self._latency = metrics.Histogram("amo_request_latency_ms", "request latency (ms), 200s only",
+                                          boundaries=[50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000])
+
+    async def _describe(self, timeout: float) -> dict:
+        if self.info is None:
+            self.info = await asyncio.wait_for(self.renderer.describe.remote(), timeout)
+        return self.info
+
+    def _answer(self, status: int, body: dict, headers: Optional[dict] = None) -> JSONResponse:
+        self.status_counts[status] += 1
+        self._requests.inc(tags={"status": str(status)})
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    def _error(self, status: int, message: str, headers: Optional[dict] = None) -> JSONResponse:
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        return self._answer(status, {"error": {"message": message, "type": kind, "code": status}}, headers)
+
+    @api.post("/v1/images/generations")
+    async def generations(self, request: Request):
+        start = time.perf_counter()
+        try:
+            info = await self._describe(timeout=30.0)
+        except Exception:  # noqa: BLE001 - no replica is up yet
+            return self._error(503, "the renderer is not ready yet: retry shortly", self._retry())
+        limits = Limits(sizes=tuple(tuple(int(v) for v in s.split("x")) for s in info["sizes"]),
+                        max_images=info["batch"], max_steps=self.cfg.max_steps, max_body_bytes=self.cfg.max_body_bytes)
+        length = request.headers.get("content-length")
+        try:
+            if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
+                raise BadRequest(413, f"the request body is over {limits.max_body_bytes} bytes: send a shorter prompt")
+            req = parse_request(await request.body(), limits)
+        except BadRequest as err:
+            return self._error(err.status, str(err))
+        answer = None
+        for attempt in range(2):  # one retry when a replica dies under the request
+            response = self.renderer.remote(req)
+            try:
+                answer = await asyncio.wait_for(response, self.cfg.request_timeout_s - (time.perf_counter() - start))
+                break
+            except BackPressureError:
+                return self._error(503, f"the service is at capacity ({self.cfg.max_queued} requests queued): retry "
+                                        f"after {self.cfg.retry_after_s} s", self._retry())
+            except (asyncio.TimeoutError, TimeoutError):
+                response.cancel()
+                return self._error(504, f"the request took over {self.cfg.request_timeout_s:g} s and was cancelled: "
+                                        "retry, or ask for fewer steps")
+            except (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError) as err:
+                if attempt == 1:
+                    return self._error(503, f"a renderer replica failed twice under this request "
+                                            f"({type(err).__name__}); Ray is restarting it: retry after "
+                                            f"{self.cfg.retry_after_s} s", self._retry())
+        if not hasattr(answer, "images"):  # a RenderError
+            return self._error(answer.status, answer.message)
+        total_ms = 1000 * (time.perf_counter() - start)
+        spent = answer.timings["encode_ms"] + answer.timings["loop_ms"] + answer.timings["decode_ms"]
+        timings = {**answer.timings, "total_ms": total_ms, "queue_ms": max(total_ms - spent, 0.0)}
+        self.latencies_ms.append(total_ms)
+        self.batch_images[answer.batch["images"]] += 1
+        self._latency.observe(total_ms)
+        return self._answer(200, response_body(int(time.time()), answer.images, timings, answer.batch, answer.notes))
+
+    def _retry(self) -> dict:
+        return {"Retry-After": str(self.cfg.retry_after_s)}
+
+    @api.get("/healthz")
+    async def healthz(self):
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz(self):
+        try:
+            info = await asyncio.wait_for(self.renderer.describe.remote(), 5.0)
+        except Exception as err:  # noqa: BLE001 - not ready, whatever the cause
+            return JSONResponse({"ready": False, "reason": type(err).__name__}, status_code=503)
+        self.info = info
+        return {"ready": True, **{k: info[k] for k in ("model", "family", "batch", "sizes", "max_steps")}}
+
+    @api.get("/v1/models")
+    async def models(self):
+        info = await self._describe(timeout=30.0)
+        return {"object": "list", "data": [{"id": info["model"], "object": "model", "owned_by": "amo-engine"}]}
+
+    @api.get("/v1/stats")
+    async def stats(self):
+        lat = sorted(self.latencies_ms)
+
+        def q(p: float):
+            return lat[min(int(p * len(lat)), len(lat) - 1)] if lat else None
+
+        return {"requests_by_status": {str(k): v for k, v in sorted(self.status_counts.items())},
+                "latency_ms": {"p50": q(0.5), "p95": q(0.95), "p99": q(0.99), "count": len(lat)},
+                "batch_images": {str(k): v for k, v in sorted(self.batch_images.items())}}
+
+
+def build(cfg: ServiceConfig):
+    """The Ray Serve application for ``cfg``."""
+    config = asdict(cfg)
+    batch = cfg.max_batch or 4
+    renderer = RenderReplica.options(
+        num_replicas=cfg.replicas,
+        max_ongoing_requests=cfg.max_ongoing or 2 * batch,
+        max_queued_requests=cfg.max_queued,
+        ray_actor_options={"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica},
+    ).bind(config)
+    return Gateway.bind(renderer, config)
+
+
+def build_app(args: dict):
+    """Ray Serve's application builder (``serve run``/``serve deploy``): ``args`` are ServiceConfig
+    fields, the runtime's as ``model``, ``engine``, ``backend``, ``device``, ``dtype``, ``threads``."""
+    runtime_keys = ("model", "engine", "backend", "device", "dtype", "threads", "cache_dir", "ort_opt_level")
+    runtime = {k: args[k] for k in runtime_keys if k in args}
+    rest = {k: v for k, v in args.items() if k not in runtime_keys}
+    types = {f: type(v) for f, v in asdict(ServiceConfig()).items() if v is not None}
+    rest = {k: (types[k](v) if k in types and isinstance(v, str) else v) for k, v in rest.items()}
+    if "threads" in runtime:
+        runtime["threads"] = int(runtime["threads"])
+    return build(ServiceConfig(runtime=runtime, **rest))
+
+
+def start(cfg: ServiceConfig, host: str = "127.0.0.1", port: int = 8000, num_cpus: Optional[int] = None):
+    """Start Ray (local), Serve's HTTP proxy on ``host:port`` and the application; returns when the
+    renderer replicas are up (their model loaded)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    serve.start(http_options={"host": host, "port": port})
+    return serve.run(build(cfg), name=APP_NAME, route_prefix="/")
+
+
+def stop() -> None:
+    import ray
+
+    serve.shutdown()
+    ray.shutdown()

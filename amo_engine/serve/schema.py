@@ -1,0 +1,156 @@
+"""The HTTP API: an OpenAI-compatible ``POST /v1/images/generations`` body, parsed and checked into an
+``ImageRequest`` (or a ``BadRequest`` whose one line names the fix), and the response body.
+
+Pure Python: no torch, no Ray, so a bad request costs no model work.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+SAMPLERS = ("euler", "overshoot", "amo")  # samplers.SAMPLERS (checked equal in the tests)
+OPENAI_IGNORED = ("model", "user", "quality", "style")  # OpenAI fields clients send that change nothing here
+MAX_PROMPT_CHARS = 2000
+MAX_SEED = 2**63 - 1
+
+
+class BadRequest(ValueError):
+    """A request the service refuses: ``status`` (4xx) and a one-line message naming the fix."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one service accepts: the sizes its engine serves, images per call, steps, body bytes."""
+
+    sizes: tuple[tuple[int, int], ...]  # (width, height) pairs
+    max_images: int  # images per request: the replica's batch
+    max_steps: int = 100
+    max_body_bytes: int = 64 * 1024
+    default_steps: int = 28
+
+    @property
+    def size_names(self) -> list[str]:
+        return [f"{w}x{h}" for w, h in self.sizes]
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    prompt: str
+    n: int
+    width: int
+    height: int
+    steps: int
+    sampler: str
+    c: float
+    seed: int
+    guidance: float | None  # None: the model's default
+    negative_prompt: str | None
+    return_attention: bool
+
+    def batch_key(self) -> tuple:
+        """Requests with equal keys run in one call (one shape, step count and setting)."""
+        return (self.width, self.height, self.steps, self.sampler, self.c, self.guidance, self.negative_prompt)
+
+    def row_seeds(self) -> list[int]:
+        """Image ``j`` of the request uses ``seed + j`` (as ``generate --num-images``)."""
+        return [self.seed + j for j in range(self.n)]
+
+
+FIELDS = {
+    "prompt": "the text to draw from; quote the text to render: \"a sign that says 'OPEN'\"",
+    "n": "images, 1 to the service's batch",
+    "size": "\"WxH\", one the engine serves",
+    "response_format": "\"b64_json\"",
+    "negative_prompt": "text to steer away from (SD3 guidance)",
+    "sampler": "euler, overshoot or amo",
+    "c": "overshoot strength >= 0",
+    "steps": "denoising steps",
+    "seed": "noise seed; image j of the request uses seed + j",
+    "guidance": "guidance scale (default: the model's)",
+    "return_attention": "true: each image also carries AMO's quoted-text attention map",
+}
+
+
+def parse_request(body: bytes, limits: Limits, content_length: int | None = None) -> ImageRequest:
+    """The request in ``body``, or ``BadRequest`` with the first problem found."""
+    size = content_length if content_length is not None else len(body)
+    if size > limits.max_body_bytes or len(body) > limits.max_body_bytes:
+        raise BadRequest(413, f"the request body is over {limits.max_body_bytes} bytes: send a shorter prompt")
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BadRequest(400, f"the body is not JSON ({err.msg if hasattr(err, 'msg') else err}): send "
+                              "Content-Type application/json with a body like {\"prompt\": \"a sign that says 'OPEN'\"}") from None
+    if not isinstance(data, dict):
+        raise BadRequest(400, "the body must be a JSON object like {\"prompt\": \"a sign that says 'OPEN'\"}")
+    unknown = sorted(set(data) - set(FIELDS) - set(OPENAI_IGNORED))
+    if unknown:
+        raise BadRequest(400, f"unknown field {unknown[0]!r}: the fields are {', '.join(FIELDS)}")
+
+    prompt = data.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise BadRequest(400, "\"prompt\" is missing or empty: send {\"prompt\": \"a sign that says 'OPEN'\"}")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise BadRequest(400, f"\"prompt\" has {len(prompt)} characters: send at most {MAX_PROMPT_CHARS}")
+    n = _integer(data, "n", 1, 1, limits.max_images)
+    width, height = _size(data.get("size"), limits)
+    fmt = data.get("response_format", "b64_json")
+    if fmt != "b64_json":
+        raise BadRequest(400, f"response_format {fmt!r} is not served: use \"b64_json\" (images come inline)")
+    sampler = data.get("sampler", "amo")
+    if sampler not in SAMPLERS:
+        raise BadRequest(400, f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
+    steps = _integer(data, "steps", limits.default_steps, 1, limits.max_steps)
+    seed = _integer(data, "seed", 0, 0, MAX_SEED)
+    c = _number(data, "c", 2.0, 0.0, 10.0)
+    guidance = _number(data, "guidance", None, 0.0, 30.0)
+    negative = data.get("negative_prompt")
+    if negative is not None and (not isinstance(negative, str) or len(negative) > MAX_PROMPT_CHARS):
+        raise BadRequest(400, f"\"negative_prompt\" must be a string of at most {MAX_PROMPT_CHARS} characters")
+    attention = data.get("return_attention", False)
+    if not isinstance(attention, bool):
+        raise BadRequest(400, "\"return_attention\" must be true or false")
+    return ImageRequest(prompt, n, width, height, steps, sampler, c, seed, guidance, negative or None, attention)
+
+
+def _integer(data: dict, name: str, default, lo: int, hi: int) -> int:
+    value = data.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise BadRequest(400, f"\"{name}\" must be an integer from {lo} to {hi}, got {json.dumps(value)}")
+    return value
+
+
+def _number(data: dict, name: str, default, lo: float, hi: float):
+    value = data.get(name, default)
+    if value is None and default is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not lo <= value <= hi:
+        raise BadRequest(400, f"\"{name}\" must be a number from {lo:g} to {hi:g}, got {json.dumps(value)}")
+    return float(value)
+
+
+def _size(value, limits: Limits) -> tuple[int, int]:
+    if value is None:
+        return limits.sizes[0]
+    served = ", ".join(limits.size_names)
+    try:
+        w, h = (int(v) for v in str(value).lower().split("x"))
+    except ValueError:
+        raise BadRequest(400, f"\"size\" must be \"WxH\", one of {served}; got {json.dumps(value)}") from None
+    if (w, h) not in limits.sizes:
+        raise BadRequest(400, f"size {w}x{h} is not served by this engine: use one of {served} (or export an "
+                              "engine for that size)")
+    return w, h
+
+
+def response_body(created: int, images: list[dict], timings: dict, batch: dict, notes: list[str]) -> dict:
+    """The answer: OpenAI's ``created`` and ``data`` (each ``{"b64_json": ...}`` plus our ``seed``),
+    then our timings (ms), the batch it ran in, and notes."""
+    return {"created": created, "data": images, "timings": timings, "batch": batch, "notes": notes}
