@@ -249,6 +249,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--export-now", action="store_true",
                    help="export the EMA weights of the run's last checkpoint without training further")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    sv = sub.add_parser("serve", help="serve an OpenAI-style image endpoint on Ray Serve (dynamic batching, loopback)",
+                        epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_serve_args(sv)
+
+    lt = sub.add_parser("loadtest", help="concurrent clients against a service: every image checked, latency table",
+                        epilog=LOADTEST_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    lt.add_argument("--url", default=None, help="a running service (default: start one here with --model/--engine)")
+    _add_serve_args(lt)
+    lt.add_argument("--concurrency", type=_blocks, default=(1, 2, 4, 8), help="client counts, e.g. 1,2,4,8 (default)")
+    lt.add_argument("--requests", type=int, default=16, help="requests per concurrency level (default 16)")
+    lt.add_argument("--payloads", type=int, default=8, help="distinct (prompt, seed) requests cycled (default 8)")
+    lt.add_argument("--steps", type=int, default=8, help="steps per request (default 8)")
+    lt.add_argument("--sampler", default="amo", choices=["euler", "overshoot", "amo"])
+    lt.add_argument("--kill-replica-after", type=float, default=None, metavar="S",
+                    help="after the levels, a fault run: clients keep sending and one renderer replica is SIGKILLed S seconds in (needs the service started here)")
+    lt.add_argument("--max-seconds", type=float, default=600.0, help="stop sending after this long (default 600)")
+    lt.add_argument("--out", type=Path, default=None, help="write the result JSON here (and the table beside it, .md)")
     return parser
 
 
@@ -726,12 +743,166 @@ def cmd_localize(args: argparse.Namespace) -> int:
     return 0
 
 
+
+SERVE_EPILOG = """examples:
+  amo-engine export --model glyph --out engines/glyph --batch 4
+  amo-engine serve --model glyph --engine engines/glyph --replicas 2 --port 8000
+  curl -s localhost:8000/v1/images/generations -H 'Content-Type: application/json' \\
+      -d '{"prompt": "a dark sign that says \'HAPPY\'", "seed": 0, "steps": 28}'
+"""
+
+LOADTEST_EPILOG = """examples:
+  amo-engine loadtest --model glyph --engine engines/glyph --replicas 2 --concurrency 1,2,4,8 \\
+      --kill-replica-after 5 --out bench/results/loadtest-glyph.json
+  amo-engine loadtest --url http://127.0.0.1:8000 --concurrency 1,4
+"""
+
+
+def _add_serve_args(p: argparse.ArgumentParser) -> None:
+    _add_model_args(p)
+    p.add_argument("--engine", type=Path, default=None, help="engine folder (default: none, eager PyTorch)")
+    p.add_argument("--backend", default=None, choices=(*BACKENDS, "auto"),
+                   help="where the transformer runs (default: ort with --engine, else eager)")
+    p.add_argument("--replicas", type=int, default=1, help="renderer replicas, each with its own model (default 1)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="images per render call with --backend eager (default 4; an engine renders its export batch)")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0,
+                   help="how long a call waits for batch-mates (default 10 ms)")
+    p.add_argument("--max-queued", type=int, default=16,
+                   help="requests waiting for a replica before the service answers 503 (default 16)")
+    p.add_argument("--request-timeout", type=float, default=300.0,
+                   help="seconds before a request is cancelled and answered 504 (default 300)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per replica (default: torch's choice)")
+    p.add_argument("--cpus-per-replica", type=float, default=1.0, help="Ray CPUs reserved per replica (default 1)")
+    p.add_argument("--gpus-per-replica", type=float, default=0.0, help="Ray GPUs per replica (default 0)")
+    p.add_argument("--max-steps", type=int, default=100, help="the most steps a request may ask for (default 100)")
+
+
+def check_serve_args(args: argparse.Namespace) -> None:
+    """serve / loadtest options judged before Ray starts or a model loads."""
+    starts = args.command == "serve" or getattr(args, "url", None) is None
+    for name in ("replicas", "max_steps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.max_batch is not None and args.max_batch < 1:
+        raise ValueError(f"--max-batch must be >= 1, got {args.max_batch}")
+    if args.max_queued < 0 or args.request_timeout <= 0 or args.batch_wait_ms < 0:
+        raise ValueError("--max-queued must be >= 0, --request-timeout > 0 and --batch-wait-ms >= 0")
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be 1..65535, got {args.port}")
+    if args.command == "loadtest":
+        if args.requests < 1 or args.payloads < 1 or args.steps < 1 or min(args.concurrency) < 1:
+            raise ValueError("--requests, --payloads, --steps and every --concurrency must be >= 1")
+        if args.kill_replica_after is not None and not starts:
+            raise ValueError("--kill-replica-after kills a replica of a service started here: drop --url")
+    if not starts:
+        return
+    backend = args.backend or ("ort" if args.engine is not None else "eager")
+    if backend != "eager" and args.engine is None:
+        raise ValueError(f"--backend {backend} needs --engine DIR; make one with: "
+                         f"amo-engine export --model {args.model} --out engines/NAME --batch 4")
+    if args.engine is not None and not (args.engine / "manifest.json").is_file():
+        raise ValueError(f"{args.engine} is not an engine folder (no manifest.json); make one with: "
+                         f"amo-engine export --model {args.model} --out {args.engine} --batch 4")
+    if backend == "eager" and args.engine is not None:
+        raise ValueError("--engine needs --backend ort, aoti or trt: add --backend ort")
+    try:
+        import ray  # noqa: F401
+        from ray import serve  # noqa: F401
+    except ImportError:
+        raise ImportError("serving needs Ray Serve: pip install 'amo-engine[serve]'") from None
+
+
+def _service_config(args: argparse.Namespace):
+    from .serve.app import ServiceConfig
+
+    backend = args.backend or ("ort" if args.engine is not None else "eager")
+    runtime = {"model": args.model, "backend": backend, "engine": str(args.engine) if args.engine else None,
+               "device": args.device, "dtype": args.dtype, "threads": args.threads,
+               "cache_dir": str(args.cache_dir) if args.cache_dir else None}
+    return ServiceConfig(runtime=runtime, replicas=args.replicas, max_batch=args.max_batch or
+                         (4 if backend == "eager" else None), batch_wait_ms=args.batch_wait_ms,
+                         max_queued=args.max_queued, request_timeout_s=args.request_timeout,
+                         cpus_per_replica=args.cpus_per_replica, gpus_per_replica=args.gpus_per_replica,
+                         max_steps=args.max_steps)
+
+
+def _ray_cpus(args: argparse.Namespace) -> int:
+    """Logical CPUs for the local Ray: the replicas' reservations, the proxy and controller, at least the machine's."""
+    import math
+    import os
+
+    return max(os.cpu_count() or 1, math.ceil(args.replicas * args.cpus_per_replica) + 1)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from .serve import app
+
+    app.start(_service_config(args), args.host, args.port, num_cpus=_ray_cpus(args))
+    url = f"http://{args.host}:{args.port}"
+    print(f"serving {args.model} at {url}/v1/images/generations ({args.replicas} replica(s)); health {url}/healthz, "
+          f"ready {url}/readyz, stats {url}/v1/stats; Ctrl-C stops", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    app.stop()
+    return 0
+
+
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    import json
+
+    from .serve import loadtest
+
+    started = args.url is None
+    url = args.url or f"http://{args.host}:{args.port}"
+    if started:
+        from .serve import app
+
+        app.start(_service_config(args), args.host, args.port, num_cpus=_ray_cpus(args))
+    try:
+        lt = loadtest.LoadTest(url.rstrip("/"), tuple(args.concurrency), args.requests, args.payloads, args.steps,
+                               args.sampler, max_seconds=args.max_seconds, kill_replica_after_s=args.kill_replica_after)
+        result = loadtest.run(lt, args.replicas)
+    finally:
+        if started:
+            app.stop()
+    text = loadtest.table(result)
+    print(text)
+    if "kill" in result:
+        kill = result["kill"]
+        seconds = (lambda v: "not within 120 s" if v is None else f"{v:.1f} s")
+        print(f"replica kill ({kill['concurrency']} clients): pid {kill['killed_pid']} killed; {kill['requests']} "
+              f"requests, {kill['ok']} ok, {len(kill['errors'])} failed, {kill['retries_after_503']} retried after "
+              f"503, {kill['gateway']['retries_after_replica_death']} retried by the gateway, "
+              f"{kill['image_mismatches']} image mismatches, {kill['hung']} hung, slowest {kill['max_latency_s']:.2f} s; "
+              f"Serve saw the death after {seconds(kill['noticed_s'])}, every replica running again after "
+              f"{seconds(kill['recovery_s'])}")
+        for error in kill["errors"]:
+            print(f"  {error['status']}: {error['error']}")
+    if args.out is not None:
+        from .engine import write_json_atomic
+
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(args.out, result)
+        args.out.with_suffix(".md").write_text(text + "\n")
+    bad = sum(lv["image_mismatches"] + lv["requests"] - lv["responses"] for lv in result["levels"])
+    bad += result["kill"]["image_mismatches"] + result["kill"]["hung"] if "kill" in result else 0
+    return 1 if bad else 0
+
+
 COMMANDS = {"generate": cmd_generate, "edit": cmd_edit, "localize": cmd_localize, "export": cmd_export, "build": cmd_build, "inspect": cmd_inspect, "bench": cmd_bench,
-            "train-glyph": cmd_train_glyph, "eval": cmd_eval}
+            "train-glyph": cmd_train_glyph, "eval": cmd_eval, "serve": cmd_serve, "loadtest": cmd_loadtest}
 
 
 PRECHECKS = {"generate": check_generate_args, "edit": check_edit_args, "localize": check_localize_args,
-             "eval": check_eval_args}
+             "eval": check_eval_args, "serve": check_serve_args, "loadtest": check_serve_args}
 
 
 def _plain_warning(message, category, filename, lineno, file=None, line=None) -> str:

@@ -109,6 +109,7 @@ class Gateway:
         self.status_counts: collections.Counter = collections.Counter()
         self.latencies_ms: collections.deque = collections.deque(maxlen=2000)
         self.batch_images: collections.Counter = collections.Counter()
+        self.retries = 0  # requests sent again after their replica died
         self._requests = metrics.Counter("amo_requests", "image requests by HTTP status", tag_keys=("status",))
         self._latency = metrics.Histogram("amo_request_latency_ms", "request latency (ms), 200s only",
                                           boundaries=[50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000])
@@ -157,6 +158,7 @@ class Gateway:
                 return self._error(504, f"the request took over {self.cfg.request_timeout_s:g} s and was cancelled: "
                                         "retry, or ask for fewer steps")
             except (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError) as err:
+                self.retries += 1
                 if attempt == 1:
                     return self._error(503, f"a renderer replica failed twice under this request "
                                             f"({type(err).__name__}); Ray is restarting it: retry after "
@@ -201,7 +203,8 @@ class Gateway:
 
         return {"requests_by_status": {str(k): v for k, v in sorted(self.status_counts.items())},
                 "latency_ms": {"p50": q(0.5), "p95": q(0.95), "p99": q(0.99), "count": len(lat)},
-                "batch_images": {str(k): v for k, v in sorted(self.batch_images.items())}}
+                "batch_images": {str(k): v for k, v in sorted(self.batch_images.items())},
+                "retries_after_replica_death": self.retries}
 
 
 def build(cfg: ServiceConfig):

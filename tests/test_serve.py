@@ -1,0 +1,169 @@
+"""Serving: the HTTP schema and batch packing (pure), the renderer's batching invariant (no Ray), and
+a live Ray Serve service on loopback (tiny SD3, eager, batch 2): concurrent requests give the
+single-request images, bad requests get 4xx with the fix and the service keeps serving, a full
+queue answers 503 with Retry-After."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from amo_engine.samplers import SAMPLERS
+from amo_engine.serve import schema
+from amo_engine.serve.renderer import pack
+from amo_engine.serve.schema import BadRequest, Limits, parse_request
+
+LIMITS = Limits(sizes=((128, 128),), max_images=2, max_steps=50, max_body_bytes=2048)
+
+
+def body(**kw) -> bytes:
+    return json.dumps({"prompt": "a sign that says 'OPEN'", **kw}).encode()
+
+
+def test_schema_defaults_and_openai_fields():
+    req = parse_request(body(model="dall-e-3", size="128x128", response_format="b64_json", n=2, seed=5), LIMITS)
+    assert (req.width, req.height, req.n, req.seed, req.sampler, req.steps) == (128, 128, 2, 5, "amo", 28)
+    assert req.row_seeds() == [5, 6]
+    assert schema.SAMPLERS == SAMPLERS
+
+
+@pytest.mark.parametrize("raw,status,match", [
+    (b"not json", 400, "not JSON"),
+    (b"[1, 2]", 400, "JSON object"),
+    (json.dumps({"n": 1}).encode(), 400, "\"prompt\" is missing"),
+    (body(steps=-3), 400, "\"steps\" must be an integer from 1 to 50"),
+    (body(steps=2.5), 400, "\"steps\" must be an integer"),
+    (body(sampler="heun"), 400, "unknown sampler 'heun': use one of euler, overshoot, amo"),
+    (body(size="256x256"), 400, "size 256x256 is not served by this engine: use one of 128x128"),
+    (body(size="big"), 400, "\"size\" must be \"WxH\""),
+    (body(n=3), 400, "\"n\" must be an integer from 1 to 2"),
+    (body(c=float("nan")), 400, "\"c\" must be a number"),
+    (body(response_format="url"), 400, "use \"b64_json\""),
+    (body(colour="red"), 400, "unknown field 'colour'"),
+    (body(prompt="x" * 3000), 413, "over 2048 bytes"),
+])
+def test_bad_requests_name_the_fix(raw, status, match):
+    with pytest.raises(BadRequest, match=match) as err:
+        parse_request(raw, LIMITS)
+    assert err.value.status == status
+
+
+def test_pack_groups_same_settings_up_to_the_batch():
+    reqs = [parse_request(body(**kw), LIMITS) for kw in
+            (dict(seed=1), dict(steps=4), dict(seed=2), dict(seed=3), dict(n=2, steps=4))]
+    assert pack(reqs, 2) == [[0, 2], [1], [3], [4]]
+
+
+@pytest.fixture(scope="module")
+def renderer(preset_cache):
+    from amo_engine.runtime import Runtime
+    from amo_engine.serve.renderer import Renderer
+
+    r = Renderer(Runtime(model="tiny-sd3", cache_dir=preset_cache), batch=2, max_steps=8)
+    yield r
+    r.close()
+
+
+def test_renderer_batch_mates_never_change_an_image(renderer):
+    def ask(**kw):
+        return parse_request(body(**{"steps": 2, **kw}), renderer.limits)
+
+    alone = renderer.render([ask(seed=4)])[0]
+    mixed = renderer.render([ask(prompt="plain grass", seed=9), ask(seed=4), ask(seed=4, steps=3)])
+    assert mixed[1].batch == {"requests": 2, "images": 2, "padded_to": 2}
+    assert mixed[1].images[0]["b64_json"] == alone.images[0]["b64_json"]  # same PNG bytes
+    assert mixed[2].images[0]["b64_json"] != alone.images[0]["b64_json"]  # other steps: other image
+    assert renderer.render([ask(prompt="no quotes", sampler="amo")])[0].notes == [
+        "no quoted text in the prompt: AMO ran as plain overshoot (quote the text to render)"]
+
+
+# ------------------------------------------------------------------ the live service
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def service(preset_cache):
+    pytest.importorskip("ray.serve", reason="the serve extra: pip install 'amo-engine[serve]'")
+    from amo_engine.serve import app
+
+    port = free_port()
+    cfg = app.ServiceConfig(runtime={"model": "tiny-sd3", "cache_dir": str(preset_cache), "threads": 1},
+                            max_batch=2, batch_wait_ms=300, max_queued=1, max_steps=50, max_body_bytes=4096)
+    app.start(cfg, port=port, num_cpus=4)
+    yield f"http://127.0.0.1:{port}"
+    app.stop()
+
+
+def post(url: str, data: bytes, timeout: float = 120):
+    request = urllib.request.Request(url + "/v1/images/generations", data=data,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            return r.status, json.loads(r.read()), dict(r.headers)
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read()), dict(err.headers)
+
+
+def post_retrying(url: str, data: bytes, attempts: int = 10):
+    """``post``, sent again after a 503 as its Retry-After says (a well-behaved client)."""
+    for _ in range(attempts):
+        status, answer, headers = post(url, data)
+        if status != 503:
+            return status, answer, headers
+        time.sleep(int(headers["retry-after"]))
+    return status, answer, headers
+
+
+def images_of(answer) -> list[str]:
+    return [item["b64_json"] for item in answer["data"]]
+
+
+def test_service_concurrent_requests_equal_single_requests(service):
+    with urllib.request.urlopen(service + "/readyz", timeout=30) as r:
+        assert json.loads(r.read())["batch"] == 2
+    asks = [body(steps=2, seed=s) for s in (1, 2, 3, 4)]
+    alone = [post(service, a) for a in asks]  # one in flight at a time
+    assert all(status == 200 for status, _, _ in alone)
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda a: post_retrying(service, a), asks))  # the queue holds 1: some may 503
+    assert [images_of(b) for _, b, _ in together] == [images_of(b) for _, b, _ in alone]
+    assert max(b["batch"]["images"] for _, b, _ in together) == 2  # some ran as batch-mates
+    answer = together[0][1]
+    assert set(answer) >= {"created", "data", "timings"} and answer["data"][0]["seed"] == 1
+    assert set(answer["timings"]) >= {"queue_ms", "encode_ms", "loop_ms", "decode_ms", "total_ms"}
+
+
+@pytest.mark.parametrize("raw,status,match", [
+    (b"{not json", 400, "not JSON"),
+    (json.dumps({"steps": 2}).encode(), 400, "\"prompt\" is missing"),
+    (body(steps=-1), 400, "\"steps\" must be an integer from 1 to 50"),
+    (body(sampler="dpm"), 400, "unknown sampler 'dpm'"),
+    (body(size="64x64"), 400, "size 64x64 is not served"),
+    (body(prompt="y" * 5000), 413, "over 4096 bytes"),
+])
+def test_service_bad_requests_get_4xx_and_it_keeps_serving(service, raw, status, match):
+    got, answer, _ = post(service, raw)
+    assert got == status and match in answer["error"]["message"]
+    assert post(service, body(steps=1))[0] == 200
+
+
+def test_service_full_queue_answers_503_with_retry_after(service):
+    # a replica takes 4 requests (2 x batch 2) and 1 may wait for it: a burst of 12 overflows
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda s: post(service, body(steps=40, seed=s)), range(12)))
+    statuses = sorted(status for status, _, _ in answers)
+    assert statuses.count(503) >= 1 and set(statuses) == {200, 503}
+    status, answer, headers = next(a for a in answers if a[0] == 503)
+    assert "at capacity" in answer["error"]["message"] and int(headers["retry-after"]) >= 1
+    assert post(service, body(steps=1))[0] == 200
