@@ -870,6 +870,9 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         lt = loadtest.LoadTest(url.rstrip("/"), tuple(args.concurrency), args.requests, args.payloads, args.steps,
                                args.sampler, max_seconds=args.max_seconds, kill_replica_after_s=args.kill_replica_after)
         result = loadtest.run(lt, args.replicas)
+        from .bench.harness import cpu_facts
+
+        result["machine"] = cpu_facts()  # the client's; with a service started here, the server's too
     finally:
         if started:
             app.stop()
