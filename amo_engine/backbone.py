@@ -19,6 +19,7 @@ from torch import nn
 from .attention import CONTEXT_KEY, CallContext, ContextFreeProcessor, JointAttnProcessor, KvSwap, SpanTap
 from .modulation import KNOBS, Modulation
 from .families import Family, of_transformer
+from .families.auraflow import AURAFLOW, REGISTER_TOKENS
 from .families.flux import FLUX
 from .families.sd3 import SD3
 from .spec import IOSpec, TensorSpec, dtype_name
@@ -70,12 +71,13 @@ class Fp32FluxPosEmbed(nn.Module):
 
 
 @contextmanager
-def hooked(transformer: nn.Module, processors: Sequence[JointAttnProcessor], rope: nn.Module | None = None):
-    """Run the transformer with our processors on its joint blocks (its other blocks' own processors
-    wrapped to drop our context) and FLUX's fp32 RoPE for the duration of one call, then put back
-    exactly what the user's model had: our hook never changes what the model does outside our calls."""
-    joint_attns = [block.attn for block in transformer.transformer_blocks]
-    other_attns = [block.attn for block in getattr(transformer, "single_transformer_blocks", ())]
+def hooked(transformer: nn.Module, family: Family, processors: Sequence[JointAttnProcessor],
+           rope: nn.Module | None = None):
+    """Run the transformer with our processors on its joint blocks (its other attentions' own
+    processors wrapped to drop our context) and FLUX's fp32 RoPE for the duration of one call, then
+    put back exactly what the user's model had: our hook never changes what the model does outside
+    our calls."""
+    joint_attns, other_attns = family.attentions(transformer)
     saved = [attn.processor for attn in joint_attns + other_attns]
     saved_rope = getattr(transformer, "pos_embed", None)
     try:
@@ -101,8 +103,8 @@ class _Backbone(nn.Module):
         self.transformer = transformer
         self.hook = hook
         self.vae_scale_factor = vae_scale_factor  # pixels per latent pixel (the pipeline's VAE)
-        # joint (SD3) / double-stream (FLUX) blocks, from the config: the IOSpec needs no weights
-        self.n_joint_blocks = transformer.config.num_layers
+        # joint (SD3, AuraFlow) / double-stream (FLUX) blocks, from the config: the IOSpec needs no weights
+        self.n_joint_blocks = self.family.joint_block_count(transformer.config)
         self.hooked_blocks = resolve_blocks(self.n_joint_blocks, hook.hooked_blocks)
         self.modulation_blocks = (None if hook.modulation_blocks is None
                                   else frozenset(resolve_blocks(self.n_joint_blocks, hook.modulation_blocks)))
@@ -124,10 +126,14 @@ class _Backbone(nn.Module):
                           KvSwap(swap["kv_donor_index"], swap["kv_swap_gate"]) if swap else None,
                           Modulation(**knobs, path=self.hook.modulation_path, blocks=self.modulation_blocks)
                           if knobs else None)
-        with hooked(self.transformer, self._processors, self._rope):
-            velocity = self.transformer(**model_inputs, joint_attention_kwargs={CONTEXT_KEY: ctx},
+        with hooked(self.transformer, self.family, self._processors, self._rope):
+            velocity = self.transformer(**model_inputs, **{self.family.attention_kwargs_name: {CONTEXT_KEY: ctx}},
                                         return_dict=False)[0]
         return velocity, ctx.taps.finish()
+
+    def _ranges(self) -> dict[str, tuple[float, float]]:
+        """Input value ranges for the IOSpec: the timestep of sigma 0..1 under the family's rule."""
+        return {"timestep": (0.0, self.family.timestep(1.0, self.family.reference_scheduler))}
 
     def _kv_swap_specs(self) -> list[TensorSpec]:
         if not self.hook.kv_swap:
@@ -200,6 +206,7 @@ class SD3Backbone(_Backbone):
                 TensorSpec("velocity", dt, ("batch", cfg.out_channels, "latent_h", "latent_w")),
                 TensorSpec("attn", "float32", ("batch", "image_tokens")),
             ),
+            ranges=self._ranges(),
             dims={
                 "batch": batch,
                 "latent_h": lat_h,
@@ -273,7 +280,54 @@ class FluxBackbone(_Backbone):
                 TensorSpec("velocity", dt, ("batch", "image_tokens", cfg.out_channels or cfg.in_channels)),
                 TensorSpec("attn", "float32", ("batch", "image_tokens")),
             ),
+            ranges=self._ranges(),
             dims={"batch": batch, "image_tokens": n_img, "text_len": text_len},
+        )
+
+
+class AuraFlowBackbone(_Backbone):
+    """AuraFlow: latents [B, 4, H, W], prompt embeddings [B, T, D]; inside the transformer the text is
+    the 8 register tokens then the prompt, joint order [text ; image]: ``text_len`` (the span mask's
+    and the modulation inputs' length) counts the registers, as the family's text layout does."""
+
+    family = AURAFLOW
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,  # [B, C, h, w] latents
+        encoder_hidden_states: torch.Tensor,  # [B, T_prompt, D_txt]
+        timestep: torch.Tensor,  # [B] sigma in [0, 1]
+        span_mask: torch.Tensor,  # [B, REGISTER_TOKENS + T_prompt]; register positions 0
+        **hook_inputs: torch.Tensor,  # KV_SWAP_INPUTS (HookConfig.kv_swap), KNOBS (HookConfig.modulation)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._run(span_mask, hook_inputs, hidden_states=hidden_states,
+                         encoder_hidden_states=encoder_hidden_states, timestep=timestep)
+
+    def io_spec(self, batch, height, width, text_len, dtype=torch.float32):
+        cfg = self.config
+        f, p = self.vae_scale_factor, cfg.patch_size
+        if height % (f * p) or width % (f * p):
+            raise ValueError(f"height and width must be multiples of {f * p} for this model, got {height}x{width}")
+        if text_len <= REGISTER_TOKENS:
+            raise ValueError(f"text_len counts AuraFlow's {REGISTER_TOKENS} register tokens too: give more than that")
+        lat_h, lat_w = height // f, width // f
+        dt = dtype_name(dtype)
+        return IOSpec(
+            inputs=(
+                TensorSpec("hidden_states", dt, ("batch", cfg.in_channels, "latent_h", "latent_w")),
+                TensorSpec("encoder_hidden_states", dt, ("batch", "prompt_len", cfg.joint_attention_dim)),
+                TensorSpec("timestep", dt, ("batch",)),
+                TensorSpec("span_mask", dt, ("batch", "text_len")),
+                *self._kv_swap_specs(),
+                *self._modulation_specs(),
+            ),
+            outputs=(
+                TensorSpec("velocity", dt, ("batch", cfg.out_channels, "latent_h", "latent_w")),
+                TensorSpec("attn", "float32", ("batch", "image_tokens")),
+            ),
+            ranges=self._ranges(),
+            dims={"batch": batch, "latent_h": lat_h, "latent_w": lat_w, "text_len": text_len,
+                  "prompt_len": text_len - REGISTER_TOKENS, "image_tokens": (lat_h // p) * (lat_w // p)},
         )
 
 
@@ -286,5 +340,5 @@ def _all_or_none(inputs: dict, names: tuple[str, ...], label: str) -> dict:
 
 
 def make_backbone(transformer: nn.Module, hook: HookConfig = HookConfig(), vae_scale_factor: int = 8) -> _Backbone:
-    """Wrap a diffusers SD3 or FLUX transformer (its joint blocks get our processors during calls)."""
+    """Wrap a diffusers SD3, FLUX or AuraFlow transformer (its joint blocks get our processors during calls)."""
     return of_transformer(transformer).backbone(transformer, hook, vae_scale_factor)

@@ -33,8 +33,9 @@ def _blocks(text: str) -> tuple[int, ...]:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="glyph",
-                   help="preset (glyph: the small text-rendering model trained here; tiny-sd3, tiny-flux: random "
-                        "weights, built offline on first use), a diffusers pipeline folder, or an HF model id "
+                   help="preset (glyph: the small text-rendering model trained here; tiny-sd3, tiny-sd35, tiny-flux, "
+                        "tiny-auraflow: random weights, built offline on first use), a diffusers pipeline folder "
+                        "(SD3, SD3.5, FLUX, AuraFlow), or an HF model id "
                         "already in the local cache (default: glyph)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"],
                    help="weights/compute dtype (CPU: fp32; FLUX on GPU: bf16)")

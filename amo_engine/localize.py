@@ -151,7 +151,7 @@ def run_localize(cfg: LocalizeConfig, log: Callable[[str], None] = print) -> dic
     cfg.validate()
     reader = Reader(cfg.ocr)
     model = load_model(cfg.model, cache_dir=cfg.cache_dir)
-    n_blocks = model.pipe.transformer.config.num_layers
+    n_blocks = model.family.joint_block_count(model.pipe.transformer.config)
     pairs = word_pairs(word_list(cfg.words, model.settings, cfg.model), cfg.pairs)
     template = prompt_template(cfg, model.settings)
     pipe = AmoPipeline(model)

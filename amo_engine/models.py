@@ -8,6 +8,7 @@ honoured by huggingface_hub for model ids.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,7 @@ class LoadedModel:
 
     @property
     def default_guidance(self) -> float:
-        return self.settings.guidance or self.family.guidance
+        return self.settings.guidance or self.family.default_guidance(self.pipe.transformer.config)
 
 
 DTYPE_NAMES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -125,6 +126,10 @@ def load_model(
         dtype = parse_dtype(dtype)
     folder = resolve_folder(model, cache_dir)
     family = family_of_folder(folder)
+    config_file = folder / "transformer" / "config.json"
+    if config_file.is_file():
+        for note in family.precision_notes(json.loads(config_file.read_text()), dtype):
+            warnings.warn(note, stacklevel=2)
     import_own_components(folder)
     try:
         pipe = family.pipeline_type().from_pretrained(folder, dtype=dtype, use_safetensors=True, local_files_only=True)

@@ -262,9 +262,13 @@ def export_engine(model, cfg: ExportConfig, hook: HookConfig = HookConfig()) -> 
     pipe, family = model.pipe, model.family
     height, width = cfg.height or model.default_size[0], cfg.width or model.default_size[1]
     max_seq = cfg.max_sequence_length or model.max_sequence_length
-    text_len = family.text_length(pipe.tokenizer_max_length, max_seq)
+    text_len = family.text_layout(pipe, max_seq).length
     cfg_rows = family.batches_cfg and cfg.cfg_rows
     rows = family.rows(cfg.batch, cfg_rows)
+    if cfg.stages:  # every component must have a stage: refused here, before any export work
+        from .stages import pipeline_stages
+
+        pipeline_stages(pipe, cfg.batch, height, width, max_seq)
 
     backbone = family.backbone(pipe.transformer, hook, pipe.vae_scale_factor).eval()
     dtype = pipe.transformer.dtype

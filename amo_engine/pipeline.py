@@ -124,8 +124,8 @@ def amo_span_notes(layout: TextLayout, prompts: Sequence[str], span_mask: torch.
         if not cutting:
             continue
         limits = " and ".join(f"{p.name}'s {p.length}-token" for p in cutting)
-        if len(cutting) < len(layout.parts):
-            whole = ", ".join(p.name for p in layout.parts if p not in cutting)
+        if len(cutting) < len(layout.text_parts):
+            whole = ", ".join(p.name for p in layout.text_parts if p not in cutting)
             notes.append(f"the quoted text of prompt {row} runs past {limits} limit; AMO reads it whole from the "
                          f"{whole} tokens")
         elif tokens[row] > 0:
@@ -177,6 +177,10 @@ class AmoPipeline:
     @property
     def device(self) -> torch.device:
         return self.pipe.transformer.device
+
+    @property
+    def joint_blocks(self) -> int:
+        return self.family.joint_block_count(self.pipe.transformer.config)
 
     @property
     def patch_factor(self) -> int:
@@ -255,14 +259,14 @@ class AmoPipeline:
             prompts += [prompts[-1]] * (pad_to - wanted)
             seeds += [seeds[-1]] * (pad_to - wanted)
         if swap is not None:
-            swap.check(len(prompts), self.pipe.transformer.config.num_layers, cfg.steps)
+            swap.check(len(prompts), self.joint_blocks, cfg.steps)
 
         layout = self.family.text_layout(self.pipe, max_seq)
         span_mask = layout.span_mask(prompts)  # [B, T] on CPU
         plan = cfg.modulation
         if plan is not None:
             text_groups, used = group_masks(layout, prompts, cfg.groups, self.hook.max_groups)  # [B, T, G]
-            plan.check(cfg.steps, self.pipe.transformer.config.num_layers, used, self.hook.modulation_blocks)
+            plan.check(cfg.steps, self.joint_blocks, used, self.hook.modulation_blocks)
         sampler, notes = cfg.sampler, vocabulary_notes(self.model.settings.vocabulary, cfg.prompts)
         if sampler == "amo":
             sampler, span_notes = amo_span_notes(layout, prompts, span_mask, self.hook.max_span_tokens)

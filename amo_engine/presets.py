@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-PRESETS = ("tiny-sd3", "tiny-flux", "glyph")
-PRESET_SIZE_FACTORS = {"tiny-sd3": 16, "tiny-flux": 16, "glyph": 8}  # pixels per image token side
+PRESETS = ("tiny-sd3", "tiny-flux", "tiny-sd35", "tiny-auraflow", "glyph")
+PRESET_SIZE_FACTORS = {"tiny-sd3": 16, "tiny-flux": 16, "tiny-sd35": 16, "tiny-auraflow": 16,
+                       "glyph": 8}  # pixels per image token side
 GLYPH_FOLDER = "data/glyph"  # the trained glyph pipeline, package data
 PRESET_VERSION = 1
 PRESET_SEED = 0
@@ -163,8 +164,9 @@ def _tiny_vae(shift: float, scale: float):
     )
 
 
-def tiny_sd3_transformer():
-    """SD3 MMDiT, 4 joint blocks, 4 heads x 8, joint dim 32 (random init: seed first)."""
+def tiny_sd3_transformer(**sd35):
+    """SD3 MMDiT, 4 joint blocks, 4 heads x 8, joint dim 32 (random init: seed first); ``sd35``:
+    SD3.5's options (qk_norm, dual_attention_layers)."""
     from diffusers import SD3Transformer2DModel
 
     return SD3Transformer2DModel(
@@ -178,6 +180,29 @@ def tiny_sd3_transformer():
         caption_projection_dim=32,
         pooled_projection_dim=64,
         out_channels=16,
+        pos_embed_max_size=64,
+        **sd35,
+    )
+
+
+TINY_SD35 = {"qk_norm": "rms_norm", "dual_attention_layers": (0, 1)}  # SD3.5-Medium's MMDiT-X in blocks 0, 1
+
+
+def tiny_auraflow_transformer():
+    """AuraFlow, 2 joint MMDiT + 2 single DiT blocks, 4 heads x 8, joint dim 32 (random init)."""
+    from diffusers import AuraFlowTransformer2DModel
+
+    return AuraFlowTransformer2DModel(
+        sample_size=TINY_SIZE // 8,
+        patch_size=2,
+        in_channels=4,
+        num_mmdit_layers=2,
+        num_single_dit_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        joint_attention_dim=32,
+        caption_projection_dim=32,
+        out_channels=4,
         pos_embed_max_size=64,
     )
 
@@ -208,15 +233,16 @@ def _eval(pipe):
     return pipe
 
 
-def build_tiny_sd3(seed: int = PRESET_SEED):
-    """A complete StableDiffusion3Pipeline with tiny random weights (CLIP-L, CLIP-G, T5, VAE)."""
+def build_tiny_sd3(seed: int = PRESET_SEED, **sd35):
+    """A complete StableDiffusion3Pipeline with tiny random weights (CLIP-L, CLIP-G, T5, VAE);
+    ``sd35``: the transformer's SD3.5 options (TINY_SD35 for the tiny-sd35 preset)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
     from transformers import CLIPTextModelWithProjection
 
     clip_tok = build_clip_tokenizer()
     t5_tok = build_t5_tokenizer()
     torch.manual_seed(seed)
-    transformer = tiny_sd3_transformer()
+    transformer = tiny_sd3_transformer(**sd35)
     text_encoder = CLIPTextModelWithProjection(_clip_text_config())
     text_encoder_2 = CLIPTextModelWithProjection(_clip_text_config())
     text_encoder_3 = _t5_encoder(len(t5_tok))
@@ -265,6 +291,35 @@ def build_tiny_flux(seed: int = PRESET_SEED):
     ))
 
 
+def build_tiny_auraflow(seed: int = PRESET_SEED):
+    """A complete AuraFlowPipeline with tiny random weights (UMT5 encoder, 4-channel VAE without shift)."""
+    from diffusers import AuraFlowPipeline, AutoencoderKL, FlowMatchEulerDiscreteScheduler
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    t5_tok = build_t5_tokenizer()
+    torch.manual_seed(seed)
+    transformer = tiny_auraflow_transformer()
+    text_encoder = UMT5EncoderModel(UMT5Config(
+        vocab_size=len(t5_tok), d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", dropout_rate=0.0, is_encoder_decoder=False,
+    ))
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+        latent_channels=4, norm_num_groups=4, sample_size=TINY_SIZE, scaling_factor=0.13025,
+    )
+    return _eval(AuraFlowPipeline(tokenizer=t5_tok, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                                  scheduler=FlowMatchEulerDiscreteScheduler(shift=1.73)))
+
+
+PRESET_BUILDERS = {
+    "tiny-sd3": build_tiny_sd3,
+    "tiny-flux": build_tiny_flux,
+    "tiny-sd35": lambda: build_tiny_sd3(**TINY_SD35),
+    "tiny-auraflow": build_tiny_auraflow,
+}
+
+
 @dataclass(frozen=True)
 class ModelSettings:
     """Defaults a model folder may carry in amo_engine.json (real folders fall back to family
@@ -309,7 +364,7 @@ def ensure_preset(name: str, cache_dir: Path | str | None = None) -> Path:
     if (folder / "model_index.json").is_file():
         return folder
     root.mkdir(parents=True, exist_ok=True)
-    pipe = build_tiny_sd3() if name == "tiny-sd3" else build_tiny_flux()
+    pipe = PRESET_BUILDERS[name]()
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
     try:
         pipe.save_pretrained(tmp, safe_serialization=True)

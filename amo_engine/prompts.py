@@ -137,8 +137,8 @@ def span_cut(tokenizer, prompt: str, spans: Sequence[Span], max_length: int) -> 
 
 @dataclass(frozen=True)
 class TextPart:
-    name: str  # "CLIP" or "T5", for messages
-    tokenizer: object
+    name: str  # "CLIP", "T5" or "registers", for messages
+    tokenizer: object  # None: positions no prompt text reaches (AuraFlow's register tokens)
     length: int
 
 
@@ -152,20 +152,27 @@ class TextLayout:
     def length(self) -> int:
         return sum(p.length for p in self.parts)
 
+    @property
+    def text_parts(self) -> tuple[TextPart, ...]:
+        """The parts prompt text reaches (not register tokens)."""
+        return tuple(p for p in self.parts if p.tokenizer is not None)
+
     def span_mask(self, prompts: Sequence[str]) -> torch.Tensor:
         """[B, T] float mask of quoted-text tokens, the span marked in every part."""
         return self.mask_of(prompts, [find_quoted_spans(prompt) for prompt in prompts])
 
     def mask_of(self, prompts: Sequence[str], spans: Sequence[Sequence[Span]]) -> torch.Tensor:
         """[B, T] float mask of the tokens overlapping ``spans[i]`` (character spans) of ``prompts[i]``."""
-        rows = [torch.cat([token_mask(p.tokenizer, prompt, row, p.length) for p in self.parts])
+        rows = [torch.cat([token_mask(p.tokenizer, prompt, row, p.length) if p.tokenizer is not None
+                           else torch.zeros(p.length) for p in self.parts])
                 for prompt, row in zip(prompts, spans)]
         return torch.stack(rows) if rows else torch.zeros(0, self.length)  # [B, T]
 
     def cutting_parts(self, prompt: str) -> list[TextPart]:
         """The parts whose token limit cuts some of ``prompt``'s quoted text (empty: none cut)."""
         spans = find_quoted_spans(prompt)
-        return [p for p in self.parts if spans and span_cut(p.tokenizer, prompt, spans, p.length)]
+        return [p for p in self.parts
+                if spans and p.tokenizer is not None and span_cut(p.tokenizer, prompt, spans, p.length)]
 
 
 def sd3_layout(clip_tokenizer, t5_tokenizer, clip_length: int, t5_length: int) -> TextLayout:
@@ -176,3 +183,8 @@ def sd3_layout(clip_tokenizer, t5_tokenizer, clip_length: int, t5_length: int) -
 def flux_layout(t5_tokenizer, t5_length: int) -> TextLayout:
     """FLUX: the T5 sequence only (512 for dev, 256 for schnell)."""
     return TextLayout((TextPart("T5", t5_tokenizer, t5_length),))
+
+
+def auraflow_layout(t5_tokenizer, registers: int, t5_length: int) -> TextLayout:
+    """AuraFlow: the transformer's learned register tokens (8), then the T5 sequence (256 by default)."""
+    return TextLayout((TextPart("registers", None, registers), TextPart("T5", t5_tokenizer, t5_length)))

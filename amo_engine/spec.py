@@ -52,6 +52,7 @@ class IOSpec:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     dims: Mapping[str, int] = field(default_factory=dict)
+    ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # value range of inputs (timestep)
 
     @property
     def input_names(self) -> list[str]:
@@ -94,14 +95,18 @@ class IOSpec:
         def enc(ts: tuple[TensorSpec, ...]) -> list[dict]:
             return [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in ts]
 
-        return {"inputs": enc(self.inputs), "outputs": enc(self.outputs), "dims": dict(self.dims)}
+        data = {"inputs": enc(self.inputs), "outputs": enc(self.outputs), "dims": dict(self.dims)}
+        if self.ranges:
+            data["ranges"] = {k: list(v) for k, v in self.ranges.items()}
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping) -> "IOSpec":
         def dec(items) -> tuple[TensorSpec, ...]:
             return tuple(TensorSpec(d["name"], d["dtype"], tuple(d["shape"])) for d in items)
 
-        return cls(dec(data["inputs"]), dec(data["outputs"]), dict(data["dims"]))
+        ranges = {k: tuple(v) for k, v in data.get("ranges", {}).items()}
+        return cls(dec(data["inputs"]), dec(data["outputs"]), dict(data["dims"]), ranges)
 
 
 def sample_feeds(spec: IOSpec, device: torch.device | str = "cpu", seed: int = 0) -> dict[str, torch.Tensor]:
@@ -113,8 +118,9 @@ def sample_feeds(spec: IOSpec, device: torch.device | str = "cpu", seed: int = 0
         if t.name == "span_mask":
             v = (torch.rand(shape, generator=g) < 0.15).float()
             v[:, 0] = 1.0
-        elif t.name == "timestep":
-            v = torch.rand(shape, generator=g) * (1000.0 if "img_ids" not in spec.input_names else 1.0)
+        elif t.name == "timestep":  # the family's range (sigma 0..1 as this model's timestep input)
+            lo, hi = spec.ranges.get("timestep", (0.0, 1.0))
+            v = lo + torch.rand(shape, generator=g) * (hi - lo)
         elif t.name == "guidance":
             v = torch.full(shape, 3.5)
         elif t.name == "input_ids":  # token ids inside the stage's vocabulary

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny seeded SD3 / FLUX transformers and feeds built from their IOSpec."""
+"""Shared fixtures: tiny seeded SD3 / SD3.5 / FLUX / AuraFlow transformers and feeds built from their IOSpec."""
 
 from __future__ import annotations
 
@@ -8,31 +8,38 @@ import pytest
 import torch
 
 from amo_engine.backbone import HookConfig, make_backbone
-from amo_engine.presets import tiny_flux_transformer, tiny_sd3_transformer
+from amo_engine.families.auraflow import REGISTER_TOKENS
+from amo_engine.presets import TINY_SD35, tiny_auraflow_transformer, tiny_flux_transformer, tiny_sd3_transformer
 
-FAMILIES = ("sd3", "flux")
+FAMILIES = ("sd3", "flux", "sd35", "auraflow")  # the tiny presets tiny-<name>: every family and SD3.5's options
 HEIGHT = WIDTH = 128
-TEXT_LEN = {"sd3": 77 + 16, "flux": 24}
+FAMILY_NAMES = {"sd3": "sd3", "sd35": "sd3", "flux": "flux", "auraflow": "auraflow"}  # preset -> Family.name
+TEXT_LEN = {"sd3": 77 + 16, "sd35": 77 + 16, "flux": 24, "auraflow": REGISTER_TOKENS + 16}
+TRANSFORMERS = {"sd3": tiny_sd3_transformer, "sd35": lambda: tiny_sd3_transformer(**TINY_SD35),
+                "flux": tiny_flux_transformer, "auraflow": tiny_auraflow_transformer}
 
 
 def tiny_transformer(family: str, seed: int = 0):
     torch.manual_seed(seed)
-    model = tiny_sd3_transformer() if family == "sd3" else tiny_flux_transformer()
-    return model.eval()
+    return TRANSFORMERS[family]().eval()
 
 
 def random_feeds(backbone, batch: int = 2, seed: int = 1, span_prob: float = 0.2) -> dict[str, torch.Tensor]:
-    """Feeds for ``backbone`` at the test size: random states, a random span mask, valid ids."""
-    spec = backbone.io_spec(batch, HEIGHT, WIDTH, TEXT_LEN[backbone.family.name])
+    """Feeds for ``backbone`` at the test size: random states, a random span mask (never on
+    AuraFlow's register tokens), the family's timestep scale, valid FLUX ids."""
+    fam = backbone.family
+    spec = backbone.io_spec(batch, HEIGHT, WIDTH, TEXT_LEN[fam.name])
     g = torch.Generator().manual_seed(seed)
     feeds = {n: torch.randn(spec.shape(n), generator=g) for n in spec.input_names}
     feeds["span_mask"] = (torch.rand(spec.shape("span_mask"), generator=g) < span_prob).float()
-    feeds["span_mask"][:, 1] = 1.0  # at least one span token per row
-    if backbone.family.name == "sd3":
-        feeds["timestep"] = torch.rand(batch, generator=g) * 1000
-    else:
-        feeds["timestep"] = torch.rand(batch, generator=g)
+    registers = spec.dims.get("text_len", 0) - spec.dims.get("prompt_len", spec.dims.get("text_len", 0))
+    feeds["span_mask"][:, :registers] = 0.0
+    feeds["span_mask"][:, registers + 1] = 1.0  # at least one span token per row
+    feeds["timestep"] = torch.tensor([fam.timestep(float(s), fam.reference_scheduler)
+                                      for s in torch.rand(batch, generator=g)])
+    if "guidance" in feeds:
         feeds["guidance"] = torch.full((batch,), 3.5)
+    if "img_ids" in feeds:
         side = HEIGHT // 16
         img_ids = torch.zeros(side * side, 3)
         img_ids[:, 1] = torch.arange(side * side) // side

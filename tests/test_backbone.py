@@ -36,7 +36,8 @@ def test_velocity_equals_stock_transformer(backbone_and_stock):
 def explicit_reference_scores(backbone, stock, feeds) -> torch.Tensor:
     """Full L x L softmax per hooked block from the block's own inputs, span rows by boolean mask."""
     captured = []
-    blocks = [stock.transformer_blocks[i].attn for i in backbone.hooked_blocks]
+    joint_attns, _ = backbone.family.attentions(stock)
+    blocks = [joint_attns[i] for i in backbone.hooked_blocks]
     hooks = [
         a.register_forward_pre_hook(lambda mod, args, kwargs: captured.append((mod, kwargs)), with_kwargs=True)
         for a in blocks

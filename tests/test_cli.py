@@ -9,7 +9,7 @@ from PIL import Image
 
 from amo_engine.cli import build_parser, main
 
-from conftest import cli_in_fresh_process
+from conftest import FAMILY_NAMES, cli_in_fresh_process
 
 
 def test_generate_writes_png_and_overlay(tmp_path, capsys, family):
@@ -23,7 +23,7 @@ def test_generate_writes_png_and_overlay(tmp_path, capsys, family):
     assert Image.open(out).size == (128, 128)
     assert Image.open(attn).size[0] > 128
     printed = capsys.readouterr().out
-    assert "ms/step" in printed and f"amo on {family}" in printed
+    assert "ms/step" in printed and f"amo on {FAMILY_NAMES[family]}" in printed
     assert not list(tmp_path.glob(".*.png"))  # no temp files left behind
 
 

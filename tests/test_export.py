@@ -19,6 +19,7 @@ from amo_engine.pipeline import AmoPipeline, GenerateConfig
 from amo_engine.spec import sample_feeds
 from amo_engine.verify import engine_parity
 
+from conftest import FAMILY_NAMES
 from test_backbone import explicit_reference_scores, stock_velocity
 
 
@@ -54,7 +55,7 @@ def engines(models, tmp_path_factory):
 def test_export_and_inspect_verify(engines, family, exporter, preset_cache, capsys):
     folder = engines[family, exporter]
     manifest = read_manifest(folder)
-    assert manifest["family"] == family and manifest["onnx"]["exporter"] == exporter
+    assert manifest["family"] == FAMILY_NAMES[family] and manifest["onnx"]["exporter"] == exporter
     assert manifest["graph"]["trt_ok"] and manifest["graph"]["fusion_ok"]
     assert manifest["graph"]["float64"] == []
     assert manifest["graph"]["score_softmax"] == len(manifest["hooked_blocks"])

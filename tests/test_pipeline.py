@@ -45,7 +45,7 @@ def test_euler_matches_the_diffusers_pipeline(models, family):
     pipe = model.pipe
     kwargs = dict(prompt=PROMPT, num_inference_steps=4, height=128, width=128, output_type="latent",
                   generator=torch.Generator().manual_seed(3), max_sequence_length=64)
-    kwargs["guidance_scale"] = 7.0 if family == "sd3" else 3.5
+    kwargs["guidance_scale"] = model.default_guidance
     with torch.inference_mode():
         theirs = pipe(**kwargs).images
     err = (ours - theirs).abs().max().item()
@@ -122,6 +122,14 @@ def test_batch_mates_never_change_an_image(models, family, sampler):
     second = run(model, seed=8, **kw)
     assert len(two.images) == 2 and torch.equal(two.latents[0], alone.latents[0])
     assert torch.equal(two.latents[1], second.latents[0])
+
+
+def test_sd35_defaults_and_its_fp16_note(models):
+    assert models["sd3"].default_guidance == 7.0 and models["sd35"].default_guidance == 4.5  # Medium-like preset
+    large = {"qk_norm": "rms_norm", "num_layers": 38, "dual_attention_layers": []}
+    assert SD3.default_guidance(large) == 3.5
+    assert "use --dtype bf16" in SD3.precision_notes(large, torch.float16)[0]
+    assert SD3.precision_notes(large, torch.bfloat16) == [] and SD3.precision_notes({"num_layers": 24}, torch.float16) == []
 
 
 def test_row_seeds():

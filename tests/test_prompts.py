@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from amo_engine.presets import build_clip_tokenizer, build_t5_tokenizer, prompts
-from amo_engine.prompts import find_quoted_spans, flux_layout, sd3_layout, token_mask
+from amo_engine.prompts import auraflow_layout, find_quoted_spans, flux_layout, sd3_layout, token_mask
 
 PROMPTS = prompts()
 
@@ -113,6 +113,16 @@ def test_flux_layout_and_batch(t5_tok):
     masks = layout.span_mask(["a 'Hello' b", "a 'Good Night Moon' b"])
     assert masks.shape == (2, 48)
     assert 0 < masks[0].sum() < masks[1].sum()
+
+
+def test_auraflow_layout_leaves_the_register_tokens_unmarked(t5_tok):
+    layout = auraflow_layout(t5_tok, 8, 48)
+    prompt = "a 'Hello' b " + "word " * 60 + "'Cut Off'"
+    masks = layout.span_mask(["a 'Hello' b", prompt])
+    assert masks.shape == (2, 8 + 48) and masks[:, :8].sum() == 0
+    assert masks[0, 8:].sum() > 0
+    assert [p.name for p in layout.cutting_parts(prompt)] == ["T5"]  # registers never cut
+    assert [p.name for p in layout.text_parts] == ["T5"]
 
 
 def test_truncated_span_marks_only_kept_tokens(clip_tok):

@@ -69,7 +69,7 @@ def with_spec(backend, model, **kw):
     """Give a Faulty backend the IOSpec the pipeline will ask for (it passes the spec check)."""
     family = model.family
     rows = family.rows(1, family.uses_cfg_rows(model.default_guidance))
-    text = family.text_length(model.pipe.tokenizer_max_length, model.max_sequence_length)
+    text = family.text_layout(model.pipe, model.max_sequence_length).length
     backend.spec = AmoPipeline(model).backbone().io_spec(rows, 128, 128, text)
     return backend
 

@@ -39,6 +39,20 @@ def test_flux_grid_equals_diffusers(steps, tokens):
     assert ours == sched.sigmas.tolist()
 
 
+@pytest.mark.parametrize("steps", [4, 28, 50])
+def test_auraflow_grid_and_timestep_equal_its_pipeline(steps):
+    import torch
+
+    from amo_engine.families.auraflow import AURAFLOW
+
+    sched = FlowMatchEulerDiscreteScheduler(shift=1.73)  # AuraFlow's scheduler config
+    sched.set_timesteps(steps)  # what AuraFlowPipeline does (no sigmas passed)
+    ours = AURAFLOW.sigmas(sched.config, steps, image_tokens=4096)
+    assert ours == sched.sigmas.tolist()
+    for sigma, t in zip(ours, sched.timesteps):  # the pipeline's timestep input: torch.tensor([t / 1000])
+        assert torch.tensor([AURAFLOW.timestep(sigma, sched.config)]).item() == torch.tensor([t / 1000]).item()
+
+
 def test_grid_errors():
     with pytest.raises(ValueError, match="image_seq_len"):
         flow_match_sigmas(FLUX_CONFIG, 4)

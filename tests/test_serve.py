@@ -83,6 +83,20 @@ def test_renderer_batch_mates_never_change_an_image(renderer):
         "no quoted text in the prompt: AMO ran as plain overshoot (quote the text to render)"]
 
 
+def test_renderer_serves_every_family(preset_cache):
+    """The renderer is family-blind: AuraFlow (register tokens, CFG rows) batches bit-identically too."""
+    from amo_engine.runtime import Runtime
+    from amo_engine.serve.renderer import Renderer
+
+    r = Renderer(Runtime(model="tiny-auraflow", cache_dir=preset_cache), batch=2, max_steps=8)
+    try:
+        ask = [parse_request(body(steps=2, seed=s), r.limits) for s in (3, 5)]
+        alone, both = r.render(ask[:1])[0], r.render(ask)
+    finally:
+        r.close()
+    assert both[0].images[0]["b64_json"] == alone.images[0]["b64_json"] and both[0].batch["requests"] == 2
+
+
 # ------------------------------------------------------------------ the live service
 
 

@@ -18,7 +18,14 @@ from conftest import random_feeds, tiny_transformer
 
 A = "a sign that says 'HELLO'"
 B = "a sign that says 'WORLD'"
-BLOCK = 1  # a joint block of both tiny families (SD3 has 4, FLUX 2)
+BLOCK = 1  # a joint block of every tiny family (SD3 has 4, FLUX and AuraFlow 2)
+
+
+def moved(change: float, err: float) -> bool:
+    """The swap moved an image by far more than the equivalence error (a floor of 1e-6). Not an
+    absolute size: the random-init tiny AuraFlow's text barely reaches the image (a wholly other
+    text moves one velocity by ~1e-4, a one-block swap by ~5e-5; SD3's by ~1e-2)."""
+    return change > 20 * max(err, 1e-6)
 STEPS = 4
 
 
@@ -88,17 +95,18 @@ def test_one_call_swap_equals_patching_recorded_kv(family):
         rows = [{k: (v[i : i + 1] if v.dim() and v.shape[0] == 2 and k not in ("img_ids", "txt_ids") else v)
                  for k, v in feeds.items() if not k.startswith("kv_")} for i in (0, 1)]
         tape = []
-        ref._processors[BLOCK] = RecordTextKV(BLOCK, family == "sd3", tape)
+        ref._processors[BLOCK] = RecordTextKV(BLOCK, ref.family.image_first, tape)
         v_b, _ = ref(**rows[1])
-        ref._processors[BLOCK] = PatchTextKV(BLOCK, family == "sd3", tape)
+        ref._processors[BLOCK] = PatchTextKV(BLOCK, ref.family.image_first, tape)
         v_a, attn_a = ref(**rows[0])
-    assert (v_edit[0] - v_a[0]).abs().max().item() <= 1e-5
+    err = (v_edit[0] - v_a[0]).abs().max().item()
+    assert err <= 1e-5
     assert (attn_edit[0] - attn_a[0]).abs().max().item() <= 1e-6
     assert (v_edit[1] - v_b[0]).abs().max().item() <= 1e-5
     plain = make_backbone(model)
     with torch.no_grad():
         v_plain, _ = plain(**rows[0])
-    assert (v_edit[0] - v_plain[0]).abs().max().item() > 1e-3  # the swap changed A
+    assert moved((v_edit[0] - v_plain[0]).abs().max().item(), err)  # the swap changed A
 
 
 def two_pass_edit(model, sampler, start, seed=5, steps=STEPS):
@@ -125,7 +133,7 @@ def test_edit_equals_two_pass_reference_eager(models, family, sampler, start):
     print(f"{family} {sampler} start {start}: edit vs two-pass A {err_a:.2e}, B {err_b:.2e}")
     assert err_a <= 1e-5 and err_b <= 1e-5
     plain_a = AmoPipeline(model)(GenerateConfig([A], steps=STEPS, sampler=sampler, seed=5)).latents
-    assert (edit[0] - plain_a[0]).abs().max().item() > 1e-3
+    assert moved((edit[0] - plain_a[0]).abs().max().item(), err_a)
 
 
 def test_extra_rows_leave_the_other_images_as_generated_alone(models, family):

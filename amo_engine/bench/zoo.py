@@ -117,9 +117,10 @@ def reference_amo(transformer, family: Family, blocks, stock_procs: dict | None 
     the map is one per batch (the official code's), expanded to the rows for the sampler."""
     sink: list = []
     procs = []
+    joint_attns, _ = family.attentions(transformer)
     for i in blocks:
         p = ReferenceScoreProcessor(family, sink, None)
-        transformer.transformer_blocks[i].attn.set_processor(p)
+        joint_attns[i].set_processor(p)
         procs.append(p)
 
     def call(feeds):

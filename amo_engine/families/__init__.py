@@ -59,6 +59,21 @@ class Family:
     edit_blocks: tuple[int, ...] | None = None  # published text-localized joint blocks (Paper A), if any
     edit_start_step: int = 0  # the step the text K/V swap starts at by default
     explicit_sigmas: bool = False  # the pipeline passes linspace(1, 1/n, n) sigmas to the scheduler
+    attention_kwargs_name: str = "joint_attention_kwargs"  # the transformer's per-call processor kwargs
+
+    # ---------------------------------------------------------------- blocks
+
+    def joint_block_count(self, transformer_config) -> int:
+        """Joint (image + text stream) blocks: the ones the hook replaces the processor of."""
+        return transformer_config.num_layers
+
+    def attentions(self, transformer) -> tuple[list, list]:
+        """(the joint blocks' attention modules, in order; the other attention modules that diffusers
+        hands the same per-call kwargs: SD3.5's image-only ``attn2``, FLUX's single-stream blocks)."""
+        blocks = transformer.transformer_blocks
+        other = [b.attn2 for b in blocks if getattr(b, "attn2", None) is not None]
+        other += [b.attn for b in getattr(transformer, "single_transformer_blocks", ())]
+        return [b.attn for b in blocks], other
 
     # ---------------------------------------------------------------- shapes
 
@@ -73,6 +88,14 @@ class Family:
     def rows(self, images: int, cfg_rows: bool) -> int:
         """Backbone rows per call for ``images`` images (``cfg_rows``: guidance batched as rows)."""
         return images * (2 if cfg_rows and self.batches_cfg else 1)
+
+    def default_guidance(self, transformer_config) -> float:
+        """The guidance a model folder that names none runs at."""
+        return self.guidance
+
+    def precision_notes(self, transformer_config, dtype) -> list[str]:
+        """Warnings for running this model in ``dtype`` (a torch dtype), said before it loads."""
+        return []
 
     def uses_cfg_rows(self, guidance: float) -> bool:
         return self.batches_cfg and guidance > 1.0
@@ -125,6 +148,45 @@ class Family:
         return f"<family {self.name}>"
 
 
+def config_value(config, key: str, default=None):
+    """``key`` of a diffusers config (a dict, or the attribute namespace of an engine's stand-in)."""
+    return config.get(key, default) if isinstance(config, dict) else getattr(config, key, default)
+
+
+def guided_loop(family: Family, pipe, inputs: DenoiseInputs, spec, backend, feeds: dict, latents,
+                cfg_rows: bool) -> Denoise:
+    """The loop of a family whose latents go to the backbone as they are ([B, C, h, w]) and whose
+    classifier-free guidance runs as [uncond ; cond] rows (SD3, AuraFlow): the span mask fills the
+    conditional rows (unconditional rows read no span), the latents both halves, and the velocity
+    is ``v_uncond + guidance * (v_cond - v_uncond)``. ``feeds`` hold the text inputs already."""
+    import torch
+
+    from ..samplers import StepOut
+
+    images = len(inputs.prompts)
+    rows = family.rows(images, cfg_rows)
+    feeds["span_mask"][rows - images :].copy_(inputs.span_mask)  # cond rows only; uncond rows stay 0
+    image_tokens = spec.dims["image_tokens"]
+    attn_sum = torch.zeros(images, image_tokens, device=latents.device)  # [B, N]
+    hidden, timestep = feeds["hidden_states"], feeds["timestep"]
+    scheduler_config, guidance = pipe.scheduler.config, inputs.guidance
+
+    def step(x, sigma):
+        hidden[:images].copy_(x)
+        if cfg_rows:
+            hidden[images:].copy_(x)
+        timestep.fill_(family.timestep(sigma, scheduler_config))
+        out = backend(feeds)
+        v, attn = out["velocity"], out["attn"][rows - images :]
+        if cfg_rows:
+            v_uncond, v_cond = v[:images], v[images:]
+            v = v_uncond + guidance * (v_cond - v_uncond)
+        attn_sum.add_(attn)
+        return StepOut(v, attn)
+
+    return Denoise(step, latents, image_tokens, attn_sum, feeds)
+
+
 def decode_with_vae(pipe, latents) -> list:
     """Unscale, unshift and decode [B, C, h, w] latents with the pipeline's VAE; PIL images."""
     import torch
@@ -137,10 +199,11 @@ def decode_with_vae(pipe, latents) -> list:
 
 
 def _registry() -> dict[str, Family]:
+    from .auraflow import AURAFLOW
     from .flux import FLUX
     from .sd3 import SD3
 
-    return {f.name: f for f in (SD3, FLUX)}
+    return {f.name: f for f in (SD3, FLUX, AURAFLOW)}
 
 
 def family_named(name: str) -> Family:

@@ -1,10 +1,14 @@
-"""Stable Diffusion 3 (MMDiT): latents [B, C, h, w] patched by the transformer, text = CLIP tokens
-followed by T5 tokens, joint attention order [image ; text], classifier-free guidance batched as
-[uncond ; cond] rows, timestep = sigma x the scheduler's training steps (1000)."""
+"""Stable Diffusion 3 and 3.5 (MMDiT): latents [B, C, h, w] patched by the transformer, text = CLIP
+tokens followed by T5 tokens, joint attention order [image ; text], classifier-free guidance batched
+as [uncond ; cond] rows, timestep = sigma x the scheduler's training steps (1000).
+
+SD3.5 is the same pipeline and transformer class with RMS q/k norms (applied in the hook's
+projections like the stock processor) and, in SD3.5-Medium, MMDiT-X blocks whose second,
+image-only self-attention ``attn2`` the hook leaves to its own processor (``Family.attentions``)."""
 
 from __future__ import annotations
 
-from . import Denoise, DenoiseInputs, Family
+from . import Denoise, DenoiseInputs, Family, config_value, guided_loop
 
 
 class SD3Family(Family):
@@ -20,6 +24,22 @@ class SD3Family(Family):
     edit_blocks = (10,)  # SD3-medium, Paper A's localized joint block (0-based, of 24)
     edit_start_step = 2
     reference_scheduler = {"shift": 3.0, "num_train_timesteps": 1000}
+
+    def default_guidance(self, transformer_config):
+        if config_value(transformer_config, "qk_norm") is None:
+            return self.guidance  # SD3
+        # SD3.5, as its model cards run it: Medium (MMDiT-X blocks) 4.5, Large 3.5
+        return 4.5 if config_value(transformer_config, "dual_attention_layers") else 3.5
+
+    def precision_notes(self, transformer_config, dtype):
+        import torch
+
+        large = config_value(transformer_config, "qk_norm") is not None and \
+            config_value(transformer_config, "num_layers", 0) >= 38
+        if dtype == torch.float16 and large:
+            return ["SD3.5-Large in fp16: its late blocks' activations overflow fp16 (public fp16 builds keep one "
+                    "block in fp32; amo-engine does not split precision): use --dtype bf16"]
+        return []
 
     def pixels_per_token(self, vae_scale_factor, patch_size):
         return vae_scale_factor * patch_size
@@ -46,8 +66,6 @@ class SD3Family(Family):
     def prepare(self, pipe, inputs: DenoiseInputs, backend_for) -> Denoise:
         import torch
 
-        from ..samplers import StepOut
-
         device, dtype = pipe.transformer.device, pipe.transformer.dtype
         images = len(inputs.prompts)
         cfg_rows = self.uses_cfg_rows(inputs.guidance)
@@ -58,33 +76,13 @@ class SD3Family(Family):
                 negative_prompt=[inputs.negative_prompt or ""] * images if cfg_rows else None,
                 max_sequence_length=inputs.max_sequence_length,
             )
-        rows = self.rows(images, cfg_rows)
-        spec, backend = backend_for(rows, embeds.shape[1])
+        spec, backend = backend_for(self.rows(images, cfg_rows), embeds.shape[1])
         feeds = spec.allocate("inputs", device)
         feeds["encoder_hidden_states"].copy_(torch.cat([neg_embeds, embeds]) if cfg_rows else embeds)
         feeds["pooled_projections"].copy_(torch.cat([neg_pooled, pooled]) if cfg_rows else pooled)
-        feeds["span_mask"][rows - images :].copy_(inputs.span_mask)  # cond rows only; uncond rows stay 0
         latents = pipe.prepare_latents(images, pipe.transformer.config.in_channels, inputs.height, inputs.width,
                                        dtype, device, inputs.generator, inputs.latents)  # [B, C, H/f, W/f]
-        image_tokens = spec.dims["image_tokens"]
-        attn_sum = torch.zeros(images, image_tokens, device=device)  # [B, N]
-        hidden, timestep = feeds["hidden_states"], feeds["timestep"]
-        scheduler_config, guidance = pipe.scheduler.config, inputs.guidance
-
-        def step(x, sigma):
-            hidden[:images].copy_(x)
-            if cfg_rows:
-                hidden[images:].copy_(x)
-            timestep.fill_(self.timestep(sigma, scheduler_config))
-            out = backend(feeds)
-            v, attn = out["velocity"], out["attn"][rows - images :]
-            if cfg_rows:
-                v_uncond, v_cond = v[:images], v[images:]
-                v = v_uncond + guidance * (v_cond - v_uncond)
-            attn_sum.add_(attn)
-            return StepOut(v, attn)
-
-        return Denoise(step, latents, image_tokens, attn_sum, feeds)
+        return guided_loop(self, pipe, inputs, spec, backend, feeds, latents, cfg_rows)
 
 
 SD3 = SD3Family()
