@@ -749,7 +749,7 @@ SERVE_EPILOG = """examples:
   amo-engine export --model glyph --out engines/glyph --batch 4
   amo-engine serve --model glyph --engine engines/glyph --replicas 2 --port 8000
   curl -s localhost:8000/v1/images/generations -H 'Content-Type: application/json' \\
-      -d '{"prompt": "a dark sign that says \'HAPPY\'", "seed": 0, "steps": 28}'
+      -d "{\\"prompt\\": \\"a dark sign that says 'HAPPY'\\", \\"seed\\": 0}"
 """
 
 LOADTEST_EPILOG = """examples:
