@@ -161,6 +161,35 @@ class _Backbone(nn.Module):
         """IOSpec for latents of ``height x width`` pixels (``vae_scale_factor``) and ``text_len`` text tokens."""
         raise NotImplementedError
 
+    def _spatial_io_spec(self, batch: int, height: int, width: int, dtype: torch.dtype, conditioning,
+                         text_dims: dict) -> IOSpec:
+        """The IOSpec of a backbone on spatial latents [B, C, h, w] patched p x p (SD3, AuraFlow): latents,
+        ``conditioning(dtype name)`` (the prompt inputs, in order), timestep, span mask and the hook's
+        inputs; velocity and attn. ``text_dims``: the text dims the conditioning names."""
+        cfg = self.config
+        f, p = self.vae_scale_factor, cfg.patch_size
+        if height % (f * p) or width % (f * p):
+            raise ValueError(f"height and width must be multiples of {f * p} for this model, got {height}x{width}")
+        lat_h, lat_w = height // f, width // f
+        dt = dtype_name(dtype)
+        return IOSpec(
+            inputs=(
+                TensorSpec("hidden_states", dt, ("batch", cfg.in_channels, "latent_h", "latent_w")),
+                *conditioning(dt),
+                TensorSpec("timestep", dt, ("batch",)),
+                TensorSpec("span_mask", dt, ("batch", "text_len")),
+                *self._kv_swap_specs(),
+                *self._modulation_specs(),
+            ),
+            outputs=(
+                TensorSpec("velocity", dt, ("batch", cfg.out_channels, "latent_h", "latent_w")),
+                TensorSpec("attn", "float32", ("batch", "image_tokens")),
+            ),
+            ranges=self._ranges(),
+            dims={"batch": batch, "latent_h": lat_h, "latent_w": lat_w, **text_dims,
+                  "image_tokens": (lat_h // p) * (lat_w // p)},
+        )
+
 
 class SD3Backbone(_Backbone):
     """SD3 MMDiT: latents [B, C, H, W], text [B, T, D], joint order [image ; text]."""
@@ -187,34 +216,10 @@ class SD3Backbone(_Backbone):
 
     def io_spec(self, batch, height, width, text_len, dtype=torch.float32):
         cfg = self.config
-        f, p = self.vae_scale_factor, cfg.patch_size
-        lat_h, lat_w = height // f, width // f
-        if height % (f * p) or width % (f * p):
-            raise ValueError(f"height and width must be multiples of {f * p} for this model, got {height}x{width}")
-        dt = dtype_name(dtype)
-        return IOSpec(
-            inputs=(
-                TensorSpec("hidden_states", dt, ("batch", cfg.in_channels, "latent_h", "latent_w")),
-                TensorSpec("encoder_hidden_states", dt, ("batch", "text_len", cfg.joint_attention_dim)),
-                TensorSpec("pooled_projections", dt, ("batch", cfg.pooled_projection_dim)),
-                TensorSpec("timestep", dt, ("batch",)),
-                TensorSpec("span_mask", dt, ("batch", "text_len")),
-                *self._kv_swap_specs(),
-                *self._modulation_specs(),
-            ),
-            outputs=(
-                TensorSpec("velocity", dt, ("batch", cfg.out_channels, "latent_h", "latent_w")),
-                TensorSpec("attn", "float32", ("batch", "image_tokens")),
-            ),
-            ranges=self._ranges(),
-            dims={
-                "batch": batch,
-                "latent_h": lat_h,
-                "latent_w": lat_w,
-                "text_len": text_len,
-                "image_tokens": (lat_h // p) * (lat_w // p),
-            },
-        )
+        return self._spatial_io_spec(batch, height, width, dtype, lambda dt: (
+            TensorSpec("encoder_hidden_states", dt, ("batch", "text_len", cfg.joint_attention_dim)),
+            TensorSpec("pooled_projections", dt, ("batch", cfg.pooled_projection_dim)),
+        ), {"text_len": text_len})
 
 
 class FluxBackbone(_Backbone):
@@ -304,31 +309,12 @@ class AuraFlowBackbone(_Backbone):
                          encoder_hidden_states=encoder_hidden_states, timestep=timestep)
 
     def io_spec(self, batch, height, width, text_len, dtype=torch.float32):
-        cfg = self.config
-        f, p = self.vae_scale_factor, cfg.patch_size
-        if height % (f * p) or width % (f * p):
-            raise ValueError(f"height and width must be multiples of {f * p} for this model, got {height}x{width}")
         if text_len <= REGISTER_TOKENS:
             raise ValueError(f"text_len counts AuraFlow's {REGISTER_TOKENS} register tokens too: give more than that")
-        lat_h, lat_w = height // f, width // f
-        dt = dtype_name(dtype)
-        return IOSpec(
-            inputs=(
-                TensorSpec("hidden_states", dt, ("batch", cfg.in_channels, "latent_h", "latent_w")),
-                TensorSpec("encoder_hidden_states", dt, ("batch", "prompt_len", cfg.joint_attention_dim)),
-                TensorSpec("timestep", dt, ("batch",)),
-                TensorSpec("span_mask", dt, ("batch", "text_len")),
-                *self._kv_swap_specs(),
-                *self._modulation_specs(),
-            ),
-            outputs=(
-                TensorSpec("velocity", dt, ("batch", cfg.out_channels, "latent_h", "latent_w")),
-                TensorSpec("attn", "float32", ("batch", "image_tokens")),
-            ),
-            ranges=self._ranges(),
-            dims={"batch": batch, "latent_h": lat_h, "latent_w": lat_w, "text_len": text_len,
-                  "prompt_len": text_len - REGISTER_TOKENS, "image_tokens": (lat_h // p) * (lat_w // p)},
-        )
+        cfg = self.config
+        return self._spatial_io_spec(batch, height, width, dtype, lambda dt: (
+            TensorSpec("encoder_hidden_states", dt, ("batch", "prompt_len", cfg.joint_attention_dim)),
+        ), {"text_len": text_len, "prompt_len": text_len - REGISTER_TOKENS})
 
 
 def _all_or_none(inputs: dict, names: tuple[str, ...], label: str) -> dict:

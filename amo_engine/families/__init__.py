@@ -153,21 +153,29 @@ def config_value(config, key: str, default=None):
     return config.get(key, default) if isinstance(config, dict) else getattr(config, key, default)
 
 
-def guided_loop(family: Family, pipe, inputs: DenoiseInputs, spec, backend, feeds: dict, latents,
+def guided_loop(family: Family, pipe, inputs: DenoiseInputs, backend_for: Callable, text_feeds: dict, text_len: int,
                 cfg_rows: bool) -> Denoise:
     """The loop of a family whose latents go to the backbone as they are ([B, C, h, w]) and whose
-    classifier-free guidance runs as [uncond ; cond] rows (SD3, AuraFlow): the span mask fills the
-    conditional rows (unconditional rows read no span), the latents both halves, and the velocity
-    is ``v_uncond + guidance * (v_cond - v_uncond)``. ``feeds`` hold the text inputs already."""
+    classifier-free guidance runs as [uncond ; cond] rows (SD3, AuraFlow). ``text_feeds``: the
+    encoded prompt inputs by feed name, rows already [uncond ; cond]; ``text_len``: the backbone's
+    text length. The span mask fills the conditional rows (unconditional rows read no span), the
+    latents both halves, and the velocity is ``v_uncond + guidance * (v_cond - v_uncond)``."""
     import torch
 
     from ..samplers import StepOut
 
+    device, dtype = pipe.transformer.device, pipe.transformer.dtype
     images = len(inputs.prompts)
     rows = family.rows(images, cfg_rows)
+    spec, backend = backend_for(rows, text_len)
+    feeds = spec.allocate("inputs", device)
+    for name, value in text_feeds.items():
+        feeds[name].copy_(value)
     feeds["span_mask"][rows - images :].copy_(inputs.span_mask)  # cond rows only; uncond rows stay 0
+    latents = pipe.prepare_latents(images, pipe.transformer.config.in_channels, inputs.height, inputs.width,
+                                   dtype, device, inputs.generator, inputs.latents)  # [B, C, H/f, W/f]
     image_tokens = spec.dims["image_tokens"]
-    attn_sum = torch.zeros(images, image_tokens, device=latents.device)  # [B, N]
+    attn_sum = torch.zeros(images, image_tokens, device=device)  # [B, N]
     hidden, timestep = feeds["hidden_states"], feeds["timestep"]
     scheduler_config, guidance = pipe.scheduler.config, inputs.guidance
 

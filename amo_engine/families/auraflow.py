@@ -59,21 +59,16 @@ class AuraFlowFamily(Family):
     def prepare(self, pipe, inputs: DenoiseInputs, backend_for) -> Denoise:
         import torch
 
-        device, dtype = pipe.transformer.device, pipe.transformer.dtype
         images = len(inputs.prompts)
         cfg_rows = self.uses_cfg_rows(inputs.guidance)
         with torch.inference_mode():
             embeds, _, neg_embeds, _ = pipe.encode_prompt(
                 prompt=list(inputs.prompts), negative_prompt=[inputs.negative_prompt or ""] * images,
-                do_classifier_free_guidance=cfg_rows, num_images_per_prompt=1, device=device,
+                do_classifier_free_guidance=cfg_rows, num_images_per_prompt=1, device=pipe.transformer.device,
                 max_sequence_length=inputs.max_sequence_length,
             )  # [B, T, D], padding positions zeroed as the pipeline does
-        spec, backend = backend_for(self.rows(images, cfg_rows), REGISTER_TOKENS + embeds.shape[1])
-        feeds = spec.allocate("inputs", device)
-        feeds["encoder_hidden_states"].copy_(torch.cat([neg_embeds, embeds]) if cfg_rows else embeds)
-        latents = pipe.prepare_latents(images, pipe.transformer.config.in_channels, inputs.height, inputs.width,
-                                       dtype, device, inputs.generator, inputs.latents)  # [B, 4, H/8, W/8]
-        return guided_loop(self, pipe, inputs, spec, backend, feeds, latents, cfg_rows)
+        text = {"encoder_hidden_states": torch.cat([neg_embeds, embeds]) if cfg_rows else embeds}
+        return guided_loop(self, pipe, inputs, backend_for, text, REGISTER_TOKENS + embeds.shape[1], cfg_rows)
 
     def decode(self, pipe, latents, height, width):
         import torch

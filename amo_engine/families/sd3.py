@@ -66,23 +66,18 @@ class SD3Family(Family):
     def prepare(self, pipe, inputs: DenoiseInputs, backend_for) -> Denoise:
         import torch
 
-        device, dtype = pipe.transformer.device, pipe.transformer.dtype
         images = len(inputs.prompts)
         cfg_rows = self.uses_cfg_rows(inputs.guidance)
         with torch.inference_mode():
             embeds, neg_embeds, pooled, neg_pooled = pipe.encode_prompt(
-                prompt=list(inputs.prompts), prompt_2=None, prompt_3=None, device=device, num_images_per_prompt=1,
-                do_classifier_free_guidance=cfg_rows,
+                prompt=list(inputs.prompts), prompt_2=None, prompt_3=None, device=pipe.transformer.device,
+                num_images_per_prompt=1, do_classifier_free_guidance=cfg_rows,
                 negative_prompt=[inputs.negative_prompt or ""] * images if cfg_rows else None,
                 max_sequence_length=inputs.max_sequence_length,
             )
-        spec, backend = backend_for(self.rows(images, cfg_rows), embeds.shape[1])
-        feeds = spec.allocate("inputs", device)
-        feeds["encoder_hidden_states"].copy_(torch.cat([neg_embeds, embeds]) if cfg_rows else embeds)
-        feeds["pooled_projections"].copy_(torch.cat([neg_pooled, pooled]) if cfg_rows else pooled)
-        latents = pipe.prepare_latents(images, pipe.transformer.config.in_channels, inputs.height, inputs.width,
-                                       dtype, device, inputs.generator, inputs.latents)  # [B, C, H/f, W/f]
-        return guided_loop(self, pipe, inputs, spec, backend, feeds, latents, cfg_rows)
+        text = {"encoder_hidden_states": torch.cat([neg_embeds, embeds]) if cfg_rows else embeds,
+                "pooled_projections": torch.cat([neg_pooled, pooled]) if cfg_rows else pooled}
+        return guided_loop(self, pipe, inputs, backend_for, text, embeds.shape[1], cfg_rows)
 
 
 SD3 = SD3Family()
