@@ -12,7 +12,7 @@ import dataclasses
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -30,6 +30,10 @@ from .samplers import SAMPLERS, sample_amo, sample_euler, sample_overshoot
 
 class NonFiniteLatentsError(FloatingPointError):
     """The denoising loop produced NaN/Inf latents; no image is decoded."""
+
+
+class GenerationCancelled(RuntimeError):
+    """``GenerateConfig.should_stop`` said so between two steps; no image is decoded."""
 
 
 @dataclass
@@ -51,6 +55,7 @@ class GenerateConfig:
     modulation: ModulationPlan | None = None  # Paper B: per-step attention knobs (modulation_plan.py)
     groups: str | None = None  # entity phrases "a|b" for the group knobs (default: the heuristic chunker)
     pad_images_to: int | None = None  # run at least this many images per call, filler rows discarded (see __call__)
+    should_stop: Callable[[], bool] | None = None  # asked after every step (a host call, no device sync)
 
 
 @dataclass
@@ -310,6 +315,8 @@ class AmoPipeline:
 
         def on_step(i: int, x: torch.Tensor) -> None:
             nonlocal bad_step
+            if cfg.should_stop is not None and cfg.should_stop():
+                raise GenerationCancelled(f"stopped after step {i + 1} of {cfg.steps}")
             broken = ~torch.isfinite(x).all()
             bad_step = torch.where(broken & (bad_step < 0), i, bad_step)  # stays on the device
             if bar is not None:

@@ -79,6 +79,8 @@ def test_renderer_batch_mates_never_change_an_image(renderer):
     assert mixed[1].batch == {"requests": 2, "images": 2, "padded_to": 2}
     assert mixed[1].images[0]["b64_json"] == alone.images[0]["b64_json"]  # same PNG bytes
     assert mixed[2].images[0]["b64_json"] != alone.images[0]["b64_json"]  # other steps: other image
+    stopped = renderer.render([ask(seed=4, steps=8)], cancelled=lambda request_id: True)[0]
+    assert stopped.status == 499 and "stopped after step 1 of 8" in stopped.message and renderer.cancelled_calls == 1
     assert renderer.render([ask(prompt="no quotes", sampler="amo")])[0].notes == [
         "no quoted text in the prompt: AMO ran as plain overshoot (quote the text to render)"]
 
@@ -113,7 +115,8 @@ def service(preset_cache):
 
     port = free_port()
     cfg = app.ServiceConfig(runtime={"model": "tiny-sd3", "cache_dir": str(preset_cache), "threads": 1},
-                            max_batch=2, batch_wait_ms=300, max_queued=1, max_steps=50, max_body_bytes=4096)
+                            max_batch=2, batch_wait_ms=300, max_queued=1, max_steps=5000, max_body_bytes=4096,
+                            request_timeout_s=8.0)
     app.start(cfg, port=port, num_cpus=4)
     yield f"http://127.0.0.1:{port}"
     app.stop()
@@ -161,7 +164,7 @@ def test_service_concurrent_requests_equal_single_requests(service):
 @pytest.mark.parametrize("raw,status,match", [
     (b"{not json", 400, "not JSON"),
     (json.dumps({"steps": 2}).encode(), 400, "\"prompt\" is missing"),
-    (body(steps=-1), 400, "\"steps\" must be an integer from 1 to 50"),
+    (body(steps=-1), 400, "\"steps\" must be an integer from 1 to 5000"),
     (body(sampler="dpm"), 400, "unknown sampler 'dpm'"),
     (body(size="64x64"), 400, "size 64x64 is not served"),
     (body(prompt="y" * 5000), 413, "over 4096 bytes"),
@@ -181,3 +184,15 @@ def test_service_full_queue_answers_503_with_retry_after(service):
     status, answer, headers = next(a for a in answers if a[0] == 503)
     assert "at capacity" in answer["error"]["message"] and int(headers["retry-after"]) >= 1
     assert post(service, body(steps=1))[0] == 200
+
+
+def test_service_timeout_answers_504_and_stops_the_work(service):
+    status, answer, _ = post(service, body(steps=5000))  # minutes of work, an 8 s limit
+    assert status == 504 and "took over 8 s and was cancelled" in answer["error"]["message"]
+    start = time.perf_counter()
+    assert post(service, body(steps=1))[0] == 200
+    from ray import serve
+
+    info = serve.get_deployment_handle("renderer", app_name="amo-engine").describe.remote().result()
+    assert info["cancelled_calls"] >= 1, info  # the timed-out call stopped between steps
+    print(f"next request after the timeout answered in {time.perf_counter() - start:.2f} s")

@@ -16,8 +16,10 @@ Local: ``amo-engine serve``. A cluster: ``serve deploy`` a config whose applicat
 
 import asyncio
 import collections
+import dataclasses
 import os
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -71,6 +73,7 @@ class RenderReplica:
         self.renderer = Renderer(Runtime(**runtime), cfg.max_batch, cfg.max_steps)
         self.render.set_max_batch_size(self.renderer.batch)
         self.render.set_batch_wait_timeout_s(cfg.batch_wait_ms / 1000)
+        self._cancelled: set[str] = set()  # request ids whose caller stopped waiting
         self._batch_images = metrics.Histogram("amo_batch_images", "images per render call (before padding)",
                                                boundaries=[1, 2, 4, 8, 16, 32])
         self._call_ms = metrics.Histogram("amo_render_call_ms", "render call wall time (ms)",
@@ -78,18 +81,25 @@ class RenderReplica:
 
     def describe(self) -> dict:
         return {**self.renderer.describe(), "pid": os.getpid(), "calls": self.renderer.calls,
-                "rendered_images": self.renderer.rendered_images}
+                "rendered_images": self.renderer.rendered_images, "cancelled_calls": self.renderer.cancelled_calls}
 
     @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.01, batch_size_fn=_images)
     async def render(self, requests: list) -> list:
         start = time.perf_counter()
-        answers = await asyncio.to_thread(self.renderer.render, requests)
+        answers = await asyncio.to_thread(self.renderer.render, requests, self._cancelled.__contains__)
+        self._cancelled.difference_update(r.request_id for r in requests)
         self._batch_images.observe(_images(requests))
         self._call_ms.observe(1000 * (time.perf_counter() - start))
         return answers
 
     async def __call__(self, request):
-        return await self.render(request)
+        try:
+            return await self.render(request)
+        except asyncio.CancelledError:  # timed out or its client went away: a running call stops at its next step
+            if len(self._cancelled) > 4096:  # ids of requests dropped before their call ran are never removed
+                self._cancelled.clear()
+            self._cancelled.add(request.request_id)
+            raise
 
 
 api = FastAPI(title="amo-engine", description="text-to-image with better rendered text (AMO sampler)")
@@ -141,7 +151,7 @@ class Gateway:
         try:
             if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
                 raise BadRequest(413, f"the request body is over {limits.max_body_bytes} bytes: send a shorter prompt")
-            req = parse_request(await request.body(), limits)
+            req = dataclasses.replace(parse_request(await request.body(), limits), request_id=uuid.uuid4().hex)
         except BadRequest as err:
             return self._error(err.status, str(err))
         answer = None
@@ -153,6 +163,9 @@ class Gateway:
             except BackPressureError:
                 return self._error(503, f"the service is at capacity ({self.cfg.max_queued} requests queued): retry "
                                         f"after {self.cfg.retry_after_s} s", self._retry())
+            except asyncio.CancelledError:  # the client went away: stop its work too
+                response.cancel()
+                raise
             except (asyncio.TimeoutError, TimeoutError):
                 response.cancel()
                 return self._error(504, f"the request took over {self.cfg.request_timeout_s:g} s and was cancelled: "

@@ -15,7 +15,7 @@ import time
 import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .schema import ImageRequest, Limits
 
@@ -87,6 +87,7 @@ class Renderer:
         self.limits = Limits(sizes=((width, height),), max_images=self.batch, max_steps=max_steps)
         self.rendered_images = 0  # images returned (filler rows not counted)
         self.calls = 0
+        self.cancelled_calls = 0  # calls stopped because every request in them was cancelled
 
     def close(self) -> None:
         self._stack.close()
@@ -96,17 +97,19 @@ class Renderer:
         return {"model": model.source, "family": model.family.name, "batch": self.batch,
                 "sizes": self.limits.size_names, "max_steps": self.limits.max_steps}
 
-    def render(self, requests: Sequence[ImageRequest]) -> list[Rendered | RenderError]:
-        """One answer per request, in order; a failed call fails only its own requests."""
+    def render(self, requests: Sequence[ImageRequest],
+               cancelled: Callable[[str], bool] = lambda request_id: False) -> list[Rendered | RenderError]:
+        """One answer per request, in order; a failed call fails only its own requests. A call whose
+        requests are all ``cancelled`` (by id) stops at its next step."""
         answers: list[Rendered | RenderError | None] = [None] * len(requests)
         for members in pack(requests, self.batch):
             call = [requests[i] for i in members]
-            for i, answer in zip(members, self._call(call)):
+            for i, answer in zip(members, self._call(call, cancelled)):
                 answers[i] = answer
         return answers
 
-    def _call(self, call: list[ImageRequest]) -> list[Rendered | RenderError]:
-        from ..pipeline import GenerateConfig, NonFiniteLatentsError
+    def _call(self, call: list[ImageRequest], cancelled: Callable[[str], bool]) -> list[Rendered | RenderError]:
+        from ..pipeline import GenerateConfig, GenerationCancelled, NonFiniteLatentsError
 
         first = call[0]
         cfg = GenerateConfig(
@@ -114,7 +117,7 @@ class Renderer:
             seed=[s for r in call for s in r.row_seeds()],
             negative_prompt=first.negative_prompt, height=first.height, width=first.width, steps=first.steps,
             guidance=first.guidance, sampler=first.sampler, c=first.c, max_sequence_length=self.max_sequence_length,
-            pad_images_to=self.batch,
+            pad_images_to=self.batch, should_stop=lambda: all(cancelled(r.request_id) for r in call),
         )
         try:
             with warnings.catch_warnings():
@@ -122,6 +125,9 @@ class Renderer:
                 result = self.pipeline(cfg)
         except NonFiniteLatentsError as err:
             return [RenderError(500, str(err))] * len(call)
+        except GenerationCancelled as err:  # nobody waits for these answers
+            self.cancelled_calls += 1
+            return [RenderError(499, f"cancelled: {err}")] * len(call)
         except ValueError as err:
             return [RenderError(422, str(err))] * len(call)
         self.calls += 1

@@ -52,6 +52,7 @@ class ImageRequest:
     guidance: float | None  # None: the model's default
     negative_prompt: str | None
     return_attention: bool
+    request_id: str = ""  # set by the gateway; not part of what the image depends on
 
     def batch_key(self) -> tuple:
         """Requests with equal keys run in one call (one shape, step count and setting)."""
