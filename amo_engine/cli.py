@@ -52,7 +52,8 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
                         "amo: overshoot scaled per image patch by the quoted text's attention (default)")
     p.add_argument("--c", type=float, default=2.0, help="overshoot strength c >= 0 (0 = Euler; default 2.0)")
     p.add_argument("--steps", type=int, default=28, help="denoising steps (default 28)")
-    p.add_argument("--seed", type=int, default=10, help="seed for the initial noise and the renoising (default 10)")
+    p.add_argument("--seed", type=int, default=10, help="seed for the initial noise and the renoising; image i of the batch draws from its own "
+                        "generator seeded seed + i, so batch-mates never change an image (default 10)")
     p.add_argument("--guidance", type=float, default=None, help="SD3: CFG scale (default 7.0); FLUX: guidance input (default 3.5)")
     p.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's)")
     p.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's)")

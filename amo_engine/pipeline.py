@@ -274,7 +274,8 @@ class AmoPipeline:
             plan.check(cfg.steps, self.joint_blocks, used, self.hook.modulation_blocks)
         sampler, notes = cfg.sampler, vocabulary_notes(self.model.settings.vocabulary, cfg.prompts)
         if sampler == "amo":
-            sampler, span_notes = amo_span_notes(layout, prompts, span_mask, self.hook.max_span_tokens)
+            sampler, span_notes = amo_span_notes(layout, prompts[:wanted], span_mask[:wanted],
+                                                 self.hook.max_span_tokens)  # the user's rows, not fillers
             notes += span_notes
         for note in notes:
             warnings.warn(note, stacklevel=2)
