@@ -9,7 +9,13 @@ from PIL import Image
 
 from amo_engine.cli import build_parser, main
 
-from conftest import FAMILY_NAMES, cli_in_fresh_process
+from conftest import FAMILY_NAMES, FEATURE_FAMILIES, cli_in_fresh_process
+
+
+@pytest.fixture(params=FEATURE_FAMILIES)
+def family(request) -> str:
+    """This module's features on every family once (conftest.FEATURE_FAMILIES)."""
+    return request.param
 
 
 def test_generate_writes_png_and_overlay(tmp_path, capsys, family):

@@ -232,6 +232,20 @@ def test_dynamic_batch_graph_runs_at_other_batches(models, tmp_path):
         export_engine(models["flux"], ExportConfig(out=tmp_path / "x", dynamic_batch=True, exporter="torchscript", log=False))
 
 
+def test_fixed_batch_engine_pads_fewer_images_and_batch_mates_change_nothing(models, tmp_path):
+    """An engine exported for 2 images serves 1 (a filler row, dropped), and that image is
+    bit-identical to the same prompt and seed beside another one."""
+    model = models["sd3"]
+    folder = tmp_path / "b2"
+    export_engine(model, ExportConfig(out=folder, batch=2, log=False))
+    with open_backend("ort", folder, model) as backend:
+        pipe = AmoPipeline(model, open_engine(folder).hook, backend)
+        assert pipe.images_per_call(model.default_guidance) == 2
+        alone = pipe(GenerateConfig([PROMPT], steps=3, seed=4))
+        beside = pipe(GenerateConfig(["plain grass", PROMPT], steps=3, seed=[9, 4]))
+    assert len(alone.images) == 1 and torch.equal(alone.latents[0], beside.latents[1])
+
+
 def test_verify_gates_follow_the_engine_dtype():
     """A healthy fp16 engine (cosine 0.99995, 0.4% relative error) passes its gates, though its
     absolute errors would fail the fp32 gates; a broken one fails."""

@@ -12,7 +12,13 @@ from amo_engine.backbone import HookConfig, make_backbone
 from amo_engine.modulation import KNOBS, Modulation, explicit_logits, modulated_attention
 from amo_engine.spec import sample_feeds
 
-from conftest import random_feeds, tiny_transformer
+from conftest import FEATURE_FAMILIES, random_feeds, tiny_transformer
+
+
+@pytest.fixture(params=FEATURE_FAMILIES)
+def family(request) -> str:
+    """This module's features on every family once (conftest.FEATURE_FAMILIES)."""
+    return request.param
 
 
 def random_qkv(b=2, h=3, n_img=12, n_txt=7, d=8, seed=0) -> JointQKV:

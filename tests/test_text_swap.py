@@ -14,7 +14,13 @@ from amo_engine.backbone import HookConfig, make_backbone
 from amo_engine.text_swap import TextSwap
 from amo_engine.pipeline import AmoPipeline, GenerateConfig
 
-from conftest import random_feeds, tiny_transformer
+from conftest import FEATURE_FAMILIES, random_feeds, tiny_transformer
+
+
+@pytest.fixture(params=FEATURE_FAMILIES)
+def family(request) -> str:
+    """This module's features on every family once (conftest.FEATURE_FAMILIES)."""
+    return request.param
 
 A = "a sign that says 'HELLO'"
 B = "a sign that says 'WORLD'"

@@ -31,6 +31,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from .renderer import RenderError
 from .schema import BadRequest, Limits, parse_request, response_body
 
 APP_NAME = "amo-engine"
@@ -171,12 +172,12 @@ class Gateway:
                 return self._error(504, f"the request took over {self.cfg.request_timeout_s:g} s and was cancelled: "
                                         "retry, or ask for fewer steps")
             except (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError) as err:
-                self.retries += 1
                 if attempt == 1:
                     return self._error(503, f"a renderer replica failed twice under this request "
                                             f"({type(err).__name__}); Ray is restarting it: retry after "
                                             f"{self.cfg.retry_after_s} s", self._retry())
-        if not hasattr(answer, "images"):  # a RenderError
+                self.retries += 1
+        if isinstance(answer, RenderError):
             return self._error(answer.status, answer.message)
         total_ms = 1000 * (time.perf_counter() - start)
         spent = answer.timings["encode_ms"] + answer.timings["loop_ms"] + answer.timings["decode_ms"]
