@@ -871,7 +871,11 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     try:
         lt = loadtest.LoadTest(url.rstrip("/"), tuple(args.concurrency), args.requests, args.payloads, args.steps,
                                args.sampler, max_seconds=args.max_seconds, kill_replica_after_s=args.kill_replica_after)
-        result = loadtest.run(lt, args.replicas)
+        try:
+            result = loadtest.run(lt, args.replicas)
+        except (RuntimeError, TimeoutError) as err:  # the service is not there, or fails alone
+            print(f"amo-engine loadtest: error: {err}", file=sys.stderr)
+            return 1
         from .bench.harness import cpu_facts
 
         result["machine"] = cpu_facts()  # the client's; with a service started here, the server's too
