@@ -10,6 +10,7 @@ from pathlib import Path
 from . import __version__
 from .backends import BACKENDS
 from .bench import CONFIGS as BENCH_CONFIGS
+from .glyph.variants import VARIANTS as GLYPH_MODELS
 
 EPILOG = """\
 examples:
@@ -233,8 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--report-only", action="store_true", help="only rebuild the report from rows.jsonl")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    t = sub.add_parser("train-glyph", help="train the glyph model (a small SD3 pipeline that renders words) on this machine")
+    t = sub.add_parser("train-glyph", help="train a glyph model (a small SD3 pipeline that renders words) on this machine")
     t.add_argument("--run-dir", type=Path, required=True, help="folder for checkpoints, log.jsonl and the trained model/")
+    t.add_argument("--model", default="glyph", choices=list(GLYPH_MODELS),
+                   help="glyph (flat ground, 32x96) or glyph-scene (textured ground named in the prompt, 48x128); "
+                        "default glyph")
+    t.add_argument("--init-from", default=None, metavar="MODEL",
+                   help="start from another glyph model's weights (a folder, or glyph: the shipped one); "
+                        "default: random init")
     t.add_argument("--steps", type=int, default=None,
                    help="optimiser steps (default 5000, what the shipped weights used)")
     t.add_argument("--batch", type=int, default=64, help="images per step (default 64)")
@@ -369,12 +376,33 @@ def check_generate_args(args: argparse.Namespace) -> None:
         raise ValueError("--safe-text pairs each prompt with its twin: use --num-images 1 (repeat --prompt instead)")
     if getattr(args, "edit_start", None) is not None and not 0 <= args.edit_start < args.steps:
         raise ValueError(f"--edit-start {args.edit_start} must be a step index 0..{args.steps - 1}")
+    _check_quoted_words_fit(args)
     factor = size_factor(args.model, args.cache_dir)
     for name in ("height", "width"):
         value = getattr(args, name)
         if value is not None and factor is not None and (value <= 0 or value % factor):
             raise ValueError(f"--{name} {value} must be a positive multiple of {factor} for this model "
                              f"(e.g. {max(factor, value - value % factor)})")
+
+
+def _check_quoted_words_fit(args: argparse.Namespace) -> None:
+    """On a glyph model (a sign of one letter per cell), every quoted word must fit its canvas."""
+    from .glyph.render import check_word_fits
+    from .glyph.variants import of_settings
+    from .presets import SHIPPED, ModelSettings, ensure_preset
+    from .prompts import find_quoted_spans
+
+    path = Path(args.model).expanduser()
+    if args.model in SHIPPED:
+        path = ensure_preset(args.model)
+    if not (path / "model_index.json").is_file():
+        return  # not readable without building or downloading: the pipeline says what it must
+    settings = ModelSettings.read(path)
+    variant = of_settings(settings) if settings.vocabulary else None
+    if variant is not None:
+        for prompt in args.prompt if isinstance(args.prompt, list) else [args.prompt]:
+            for span in find_quoted_spans(prompt):
+                check_word_fits(span.text(prompt), variant)
 
 
 def check_edit_args(args: argparse.Namespace) -> None:
@@ -687,8 +715,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.report_only:
         run_eval(_eval_config(args))
     settings = ModelSettings.read(resolve_folder(args.model, args.cache_dir))
-    print(write_report(args.out_dir, args.ocr, tones=settings.tones))
-    print(f"wrote {args.out_dir}/rows.jsonl, summary.md, summary.json, plot.png, grid.png")
+    print(write_report(args.out_dir, settings, args.ocr))
+    print(f"wrote {args.out_dir}/rows.jsonl, summary.md, summary.json, plot.png, grid.png, grid-s*-c*.png, figure.png")
     return 0
 
 
@@ -696,7 +724,7 @@ def cmd_train_glyph(args: argparse.Namespace) -> int:
     from .glyph.train import TrainConfig, Trainer
 
     steps = {} if args.steps is None else {"steps": args.steps}  # default: TrainConfig's
-    cfg = TrainConfig(run_dir=args.run_dir, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
+    cfg = TrainConfig(run_dir=args.run_dir, model=args.model, init_from=args.init_from, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
                       device=args.device, workers=args.workers,
                       checkpoint_every=args.checkpoint_every, check_every=args.check_every, progress=not args.quiet,
                       extend=args.extend, **steps)
@@ -709,7 +737,7 @@ def cmd_train_glyph(args: argparse.Namespace) -> int:
         print(f"exported the EMA weights of step {trainer.step} -> {folder}")
         return 0
     folder = trainer.run(args.export)
-    print(f"trained glyph model -> {folder}")
+    print(f"trained {args.model} model -> {folder}")
     return 0
 
 

@@ -156,14 +156,31 @@ def amo_span_notes(layout: TextLayout, prompts: Sequence[str], span_mask: torch.
     return "amo", notes
 
 
-def vocabulary_notes(vocabulary: Sequence[str] | None, prompts: Sequence[str]) -> list[str]:
-    """A note for each quoted word outside a closed-vocabulary model's training words."""
-    if not vocabulary:
-        return []
-    known = set(vocabulary)
-    unknown = sorted({sp.text(p) for p in prompts for sp in find_quoted_spans(p)} - known)
-    return [f"{word!r} is not one of this model's {len(known)} training words: it is spelled from letters the model "
-            "knows, but expect more misspellings" for word in unknown]
+def vocabulary_notes(settings, prompts: Sequence[str]) -> list[str]:
+    """A note for each quoted word outside a closed-vocabulary model's training words, and on a
+    model trained on named ground textures, for each prompt whose texture it never saw."""
+    notes = []
+    if settings.vocabulary:
+        known = set(settings.vocabulary)
+        unknown = sorted({sp.text(p) for p in prompts for sp in find_quoted_spans(p)} - known)
+        notes += [f"{word!r} is not one of this model's {len(known)} training words: it is spelled from letters the "
+                  "model knows, but expect more misspellings" for word in unknown]
+    if settings.textures and settings.prompt_template:
+        import re
+
+        pattern = re.escape(settings.prompt_template)
+        for name in ("tone", "word", "texture"):
+            pattern = pattern.replace(re.escape("{" + name + "}"), f"(?P<{name}>.*?)")
+        choices = ", ".join(settings.textures)
+        for p in dict.fromkeys(prompts):
+            match = re.fullmatch(pattern, p.strip())
+            if match is None:
+                notes.append(f"{p!r} does not end with a ground texture the model knows ({choices}): it draws some "
+                             f"ground; prompt as {settings.prompt_template!r}")
+            elif match["texture"] not in settings.textures:
+                notes.append(f"{match['texture']!r} is not one of this model's {len(settings.textures)} ground "
+                             f"textures ({choices}): it draws some ground, not that one")
+    return notes
 
 
 class AmoPipeline:
@@ -272,7 +289,7 @@ class AmoPipeline:
         if plan is not None:
             text_groups, used = group_masks(layout, prompts, cfg.groups, self.hook.max_groups)  # [B, T, G]
             plan.check(cfg.steps, self.joint_blocks, used, self.hook.modulation_blocks)
-        sampler, notes = cfg.sampler, vocabulary_notes(self.model.settings.vocabulary, cfg.prompts)
+        sampler, notes = cfg.sampler, vocabulary_notes(self.model.settings, cfg.prompts)
         if sampler == "amo":
             sampler, span_notes = amo_span_notes(layout, prompts[:wanted], span_mask[:wanted],
                                                  self.hook.max_span_tokens)  # the user's rows, not fillers

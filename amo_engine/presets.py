@@ -20,10 +20,11 @@ from pathlib import Path
 
 import torch
 
-PRESETS = ("tiny-sd3", "tiny-flux", "tiny-sd35", "tiny-auraflow", "glyph")
+from .glyph.variants import CELL, VARIANTS as SHIPPED  # the models trained here, shipped as package data
+
+PRESETS = ("tiny-sd3", "tiny-flux", "tiny-sd35", "tiny-auraflow", *SHIPPED)
 PRESET_SIZE_FACTORS = {"tiny-sd3": 16, "tiny-flux": 16, "tiny-sd35": 16, "tiny-auraflow": 16,
-                       "glyph": 8}  # pixels per image token side
-GLYPH_FOLDER = "data/glyph"  # the trained glyph pipeline, package data
+                       **{name: CELL for name in SHIPPED}}  # pixels per image token side
 PRESET_VERSION = 1
 PRESET_SEED = 0
 SETTINGS_FILE = "amo_engine.json"  # per-model defaults (text length, size) read by the pipeline
@@ -334,6 +335,8 @@ class ModelSettings:
     held_out: tuple[str, ...] | None = None  # words kept out of training (generalisation checks)
     prompt_template: str | None = None  # e.g. "a {tone} sign that says '{word}'"
     tones: tuple[str, ...] | None = None  # values of {tone} in the template
+    textures: tuple[str, ...] | None = None  # values of {texture} in the template (ground texture classes)
+    sign_rows: tuple[int, ...] | None = None  # cell rows the sign always occupies (the other rows are ground)
     edit_blocks: tuple[int, ...] | None = None  # joint blocks whose text K/V decide the word (amo-engine localize)
     edit_start_step: int | None = None  # the first step the text K/V swap is on
 
@@ -354,10 +357,10 @@ def ensure_preset(name: str, cache_dir: Path | str | None = None) -> Path:
     """Folder of preset ``name``, built and saved on first use (atomically: temp dir, then rename)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    if name == "glyph":
-        folder = Path(str(resources.files("amo_engine").joinpath(GLYPH_FOLDER)))
+    if name in SHIPPED:
+        folder = Path(str(resources.files("amo_engine").joinpath(SHIPPED[name].folder)))
         if not (folder / "model_index.json").is_file():
-            raise FileNotFoundError(f"the glyph model is missing from {folder}; reinstall amo-engine")
+            raise FileNotFoundError(f"the {name} model is missing from {folder}; reinstall amo-engine")
         return folder
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder = root / f"{name}-v{PRESET_VERSION}-seed{PRESET_SEED}"

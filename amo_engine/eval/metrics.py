@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from ..glyph.locate import longest_run
+
 GROUND_DIFF = 40  # grey levels from the ground level that count as "not ground"
 SIGN_COLUMN_FRACTION = 0.3  # a column may be part of the sign when this share of it is not ground
 
@@ -20,25 +22,6 @@ def mcnemar_exact(fixed: int, broken: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def _longest_run(cols: np.ndarray, max_gap: int) -> np.ndarray:
-    """The longest run of True in ``cols`` after closing gaps of up to ``max_gap`` False values."""
-    closed = cols.copy()
-    idx = np.flatnonzero(cols)
-    for a, b in zip(idx[:-1], idx[1:]):
-        if 1 < b - a <= max_gap + 1:
-            closed[a:b] = True
-    best, start, out = 0, None, np.zeros_like(cols)
-    for i, v in enumerate(list(closed) + [False]):
-        if v and start is None:
-            start = i
-        elif not v and start is not None:
-            if i - start > best:
-                best, out = i - start, np.zeros_like(cols)
-                out[start:i] = True
-            start = None
-    return out
-
-
 def ground_region(grey: np.ndarray) -> np.ndarray:
     """[H, W] bool: the columns left and right of the sign (1-pixel margin), i.e. outside the text.
 
@@ -51,7 +34,7 @@ def ground_region(grey: np.ndarray) -> np.ndarray:
     border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
     level = np.median(border)
     off = np.abs(g - level) > GROUND_DIFF  # [H, W]
-    sign_cols = _longest_run(off.mean(axis=0) > SIGN_COLUMN_FRACTION, max_gap=3)  # [W]
+    sign_cols = longest_run(off.mean(axis=0) > SIGN_COLUMN_FRACTION, max_gap=3)  # [W]
     if sign_cols.any():  # grow by one pixel each side
         sign_cols = sign_cols | np.roll(sign_cols, 1) | np.roll(sign_cols, -1)
     return np.broadcast_to(~sign_cols[None, :], g.shape)

@@ -72,11 +72,15 @@ def word_list(source: str, settings, model: str, max_words: int | None = None) -
     return words[:max_words] if max_words else words
 
 
-def prompt_of(settings, word: str, index: int) -> tuple[str, str | None]:
-    """(prompt, tone) for the ``index``-th image of ``word`` (tones alternate over words and seeds)."""
+def prompt_of(settings, word: str, index: int) -> tuple[str, str | None, str | None]:
+    """(prompt, tone, texture) for the ``index``-th image of ``word``: tones alternate over words and
+    seeds, and on a textured model the textures cycle every len(tones) images, so every (tone,
+    texture) pair comes up equally often."""
     template = settings.prompt_template or DEFAULT_TEMPLATE
-    tone = settings.tones[index % len(settings.tones)] if settings.tones else None
-    return template.format(word=word, tone=tone or ""), tone
+    tones, textures = settings.tones or (), settings.textures or ()
+    tone = tones[index % len(tones)] if tones else None
+    texture = textures[(index // max(len(tones), 1)) % len(textures)] if textures else None
+    return template.format(word=word, tone=tone or "", texture=texture or ""), tone, texture
 
 
 def done_keys(path: Path) -> set[tuple]:
@@ -121,11 +125,18 @@ def _render_and_read(cfg: EvalConfig, pipe, reader, words: list[str], vocab: set
     import numpy as np
     from tqdm.auto import tqdm
 
+    from ..glyph.locate import read_words
+    from ..glyph.variants import of_settings
     from ..ocr import ned, normalise
     from ..pipeline import GenerateConfig, save_png
     from .metrics import outside_text
+    from .texture import fit_reference
 
     settings = pipe.model.settings
+    textured = of_settings(settings) if settings.textures else None
+    if settings.textures and textured is None:
+        raise ValueError(f"{cfg.model} names ground textures but is not a glyph model this version knows")
+    reference = fit_reference(textured.name) if textured else None
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     rows_path = cfg.out_dir / ROWS_FILE
     done = done_keys(rows_path)
@@ -140,22 +151,28 @@ def _render_and_read(cfg: EvalConfig, pipe, reader, words: list[str], vocab: set
             out.write("\n")  # a line cut by a kill stays alone (and is skipped when read)
         for seed, ci, chunk, sampler in jobs:
             first = ci * cfg.batch  # index of the chunk's first word in the list
-            prompts, tones = zip(*(prompt_of(settings, w, first + j + seed) for j, w in enumerate(chunk)))
+            prompts, tones, textures = zip(*(prompt_of(settings, w, first + j + seed) for j, w in enumerate(chunk)))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # out-of-vocabulary notes: said once above
                 result = pipe(GenerateConfig(prompts=list(prompts), sampler=sampler, c=cfg.c, steps=cfg.steps,
                                              guidance=cfg.guidance, seed=[1000 * seed + first + j for j in range(len(chunk))],
                                              pad_images_to=cfg.batch))
             images = result.images[: len(chunk)]
-            reads = reader(images)
-            for word, tone, image, read in zip(chunk, tones, images, reads):
+            reads = read_words(reader, images, settings)
+            for word, tone, texture, image, read in zip(chunk, tones, textures, images, reads):
                 rel = Path("images") / f"c{cfg.c:g}-s{cfg.steps}" / sampler / f"{word}-{seed}.png"
                 save_png(image, cfg.out_dir / rel)
                 grey = np.asarray(image.convert("L"))
+                exact = normalise(read) == normalise(word)
                 row = {"word": word, "tone": tone, "seed": seed, "sampler": sampler, "c": cfg.c, "steps": cfg.steps,
-                       "ran": result.sampler, "read": read, "exact": normalise(read) == normalise(word),
-                       "ned": ned(normalise(read), normalise(word)), "in_vocab": word in vocab,
-                       **outside_text(grey), "image": str(rel)}
+                       "ran": result.sampler, "read": read, "exact": exact,
+                       "ned": ned(normalise(read), normalise(word)), "in_vocab": word in vocab, "image": str(rel)}
+                if reference is None:
+                    row |= outside_text(grey)
+                else:
+                    texture_row = reference.measure(grey, texture, tone)
+                    row |= {"texture": texture, **texture_row,
+                            "image_right": exact and texture_row["texture_right"]}
                 out.write(json.dumps(row) + "\n")
                 out.flush()
             bar.update(len(chunk))

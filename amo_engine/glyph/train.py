@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .model import GUIDANCE, TEXT_LENGTH
-from .render import HEIGHT, WIDTH, render_batch
+from .model import GUIDANCE
+from .render import render_batch
+from .variants import GLYPH, Variant, variant
 from .words import TONES, TRAIN_WORDS, prompt_for
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -34,6 +35,8 @@ LOG = "log.jsonl"
 @dataclass
 class TrainConfig:
     run_dir: Path
+    model: str = "glyph"  # which glyph model: glyph | glyph-scene (variants.py)
+    init_from: str | None = None  # a glyph pipeline folder (or "glyph": the shipped one) to start from
     steps: int = 5000  # what the shipped weights used
     batch: int = 64
     lr: float = 7e-4
@@ -61,16 +64,23 @@ class TrainConfig:
             raise ValueError("--empty-prompt-prob must be in [0, 1)")
         if self.device != "cpu" and not (self.device.startswith("cuda") and torch.cuda.is_available()):
             raise ValueError(f"--device {self.device}: no CUDA device here; use --device cpu")
+        variant(self.model)  # names the choices when unknown
+
+    @property
+    def variant(self) -> Variant:
+        return variant(self.model)
 
 
-def sample_batch(seed: int, step: int, batch: int, empty_prob: float):
+def sample_batch(seed: int, step: int, batch: int, empty_prob: float, model: Variant = GLYPH):
     """(prompts, pixels [B, 3, H, W] in [-1, 1]) for one step, a pure function of (seed, step)."""
     rng = np.random.default_rng([seed, step])
     words = [TRAIN_WORDS[i] for i in rng.integers(0, len(TRAIN_WORDS), batch)]
     tones = [TONES[i] for i in rng.integers(0, len(TONES), batch)]
-    pixels = torch.from_numpy(render_batch(words, tones, rng)).expand(-1, 3, -1, -1)  # [B, 3, H, W]
+    textures = [model.textures[i] for i in rng.integers(0, len(model.textures), batch)] if model.textures else None
+    pixels = torch.from_numpy(render_batch(words, tones, rng, model, textures)).expand(-1, 3, -1, -1)  # [B, 3, H, W]
     empty = rng.random(batch) < empty_prob
-    prompts = ["" if e else prompt_for(w, t) for w, t, e in zip(words, tones, empty)]
+    prompts = ["" if e else prompt_for(w, t, model, x) for w, t, x, e in
+               zip(words, tones, textures or [None] * batch, empty)]
     return prompts, pixels
 
 
@@ -78,10 +88,10 @@ class StepBatches(torch.utils.data.Dataset):
     """Batch ``step`` of a run, for a DataLoader whose workers render ahead of the optimiser."""
 
     def __init__(self, cfg: "TrainConfig"):
-        self.seed, self.batch, self.empty_prob = cfg.seed, cfg.batch, cfg.empty_prompt_prob
+        self.seed, self.batch, self.empty_prob, self.model = cfg.seed, cfg.batch, cfg.empty_prompt_prob, cfg.variant
 
     def __getitem__(self, step: int):
-        return sample_batch(self.seed, step, self.batch, self.empty_prob)
+        return sample_batch(self.seed, step, self.batch, self.empty_prob, self.model)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -107,7 +117,10 @@ class Trainer:
         self.cfg = cfg
         cfg.phases = cfg.phases or ((cfg.steps, cfg.lr),)
         self.device = torch.device(cfg.device)
-        self.pipe = build_glyph_pipeline(cfg.seed).to(self.device)
+        self.pipe = build_glyph_pipeline(cfg.seed, cfg.variant)
+        if cfg.init_from:
+            warm_start(self.pipe, cfg.init_from)
+        self.pipe.to(self.device)
         for name in ("text_encoder", "text_encoder_2", "vae"):
             getattr(self.pipe, name).requires_grad_(False)
         self.trained = {"transformer": self.pipe.transformer, "text_encoder_3": self.pipe.text_encoder_3}
@@ -149,7 +162,9 @@ class Trainer:
             return False
         meta = json.loads((run / CHECKPOINT_META).read_text())
         saved = meta["config"]
-        for key in ("seed", "batch", "warmup", "ema_decay", "empty_prompt_prob"):
+        saved.setdefault("model", "glyph")  # runs from before the scene model
+        saved.setdefault("init_from", None)
+        for key in ("model", "init_from", "seed", "batch", "warmup", "ema_decay", "empty_prompt_prob"):
             if saved[key] != getattr(self.cfg, key):
                 raise ValueError(f"{run} was trained with {key}={saved[key]}, not {getattr(self.cfg, key)}: "
                                  f"pass --{key.replace('_', '-')} {saved[key]} or use a new --run-dir")
@@ -188,7 +203,7 @@ class Trainer:
     def loss(self, step: int, batch=None) -> torch.Tensor:
         """The loss of batch ``step`` (``batch``: that batch, already drawn by a worker)."""
         cfg, pipe = self.cfg, self.pipe
-        prompts, pixels = batch or sample_batch(cfg.seed, step, cfg.batch, cfg.empty_prompt_prob)
+        prompts, pixels = batch or sample_batch(cfg.seed, step, cfg.batch, cfg.empty_prompt_prob, cfg.variant)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         vae = pipe.vae
         pixels = pixels.to(self.device)
@@ -199,7 +214,7 @@ class Trainer:
         x_t = (1 - s) * x0 + s * noise
         embeds, _, pooled, _ = pipe.encode_prompt(
             prompt=prompts, prompt_2=None, prompt_3=None, device=self.device,
-            do_classifier_free_guidance=False, max_sequence_length=TEXT_LENGTH,
+            do_classifier_free_guidance=False, max_sequence_length=cfg.variant.text_length,
         )
         pred = pipe.transformer(hidden_states=x_t, encoder_hidden_states=embeds, pooled_projections=pooled,
                                 timestep=sigma * pipe.scheduler.config.num_train_timesteps, return_dict=False)[0]
@@ -224,12 +239,16 @@ class Trainer:
         from ..pipeline import AmoPipeline, GenerateConfig
         from ..ocr import normalise
 
-        n = self.cfg.check_images
+        from .locate import read_words
+
+        n, model = self.cfg.check_images, self.cfg.variant
         words = [TRAIN_WORDS[(i * 37) % len(TRAIN_WORDS)] for i in range(n)]
-        prompts = [prompt_for(w, TONES[i % 2]) for i, w in enumerate(words)]
-        model = LoadedModel(self.ema_pipeline(), SD3, "glyph (training)", None, glyph_settings())
-        result = AmoPipeline(model)(GenerateConfig(prompts=prompts, sampler="euler", steps=20, seed=self.step))
-        reads = reader(result.images)
+        textures = [model.textures[i % len(model.textures)] if model.textures else None for i in range(n)]
+        prompts = [prompt_for(w, TONES[i % 2], model, x) for i, (w, x) in enumerate(zip(words, textures))]
+        settings = glyph_settings(model)
+        loaded = LoadedModel(self.ema_pipeline(), SD3, f"{model.name} (training)", None, settings)
+        result = AmoPipeline(loaded)(GenerateConfig(prompts=prompts, sampler="euler", steps=20, seed=self.step))
+        reads = read_words(reader, result.images, settings)
         hits = sum(normalise(r) == w for r, w in zip(reads, words))
         return {"step": self.step, "ocr_exact": hits / n, "reads": reads[:8], "words": words[:8]}
 
@@ -287,7 +306,7 @@ class Trainer:
 
     def export(self, folder: Path) -> Path:
         """Write the EMA pipeline as a diffusers folder (fp16 safetensors) with its amo_engine.json."""
-        return save_glyph_folder(self.ema_pipeline(), folder)
+        return save_glyph_folder(self.ema_pipeline(), folder, self.cfg.variant)
 
 
 def plot_training_log(run_dir: Path, path: Path | None = None) -> Path:
@@ -322,17 +341,44 @@ def plot_training_log(run_dir: Path, path: Path | None = None) -> Path:
     return path
 
 
-def glyph_settings():
-    """The amo_engine.json of a glyph model folder: size, text length, guidance, vocabulary, prompt."""
+def glyph_settings(model: Variant = GLYPH):
+    """The amo_engine.json of a glyph model folder: size, text length, guidance, vocabulary, prompt,
+    and on a textured model its ground textures and the sign's cell rows (the rest is ground)."""
     from ..presets import ModelSettings
-    from .words import HELD_OUT_WORDS, PROMPT_TEMPLATE
+    from .words import HELD_OUT_WORDS
 
-    return ModelSettings(max_sequence_length=TEXT_LENGTH, height=HEIGHT, width=WIDTH, guidance=GUIDANCE,
-                         vocabulary=TRAIN_WORDS, held_out=HELD_OUT_WORDS, prompt_template=PROMPT_TEMPLATE,
-                         tones=TONES)
+    return ModelSettings(max_sequence_length=model.text_length, height=model.height, width=model.width,
+                         guidance=GUIDANCE, vocabulary=TRAIN_WORDS, held_out=HELD_OUT_WORDS,
+                         prompt_template=model.template, tones=TONES, textures=model.textures or None,
+                         sign_rows=model.sign_rows if model.textures else None)
 
 
-def save_glyph_folder(pipe, folder: Path) -> Path:
+def warm_start(pipe, source: str) -> None:
+    """Start ``pipe`` (a glyph model, untrained) from another glyph pipeline's weights: ``source`` is a
+    folder or a preset name. Every tensor of the same shape is copied; the transformer's position
+    table is rebuilt for the new canvas (a fixed sin-cos buffer); T5's token table keeps the source's
+    rows (the scene tokenizer appends its pieces after glyph's) and its new rows' init."""
+    from ..models import load_model
+
+    src = load_model(source).pipe
+    for name in ("transformer", "text_encoder", "text_encoder_2", "text_encoder_3"):
+        target, given = getattr(pipe, name), getattr(src, name).state_dict()
+        state = target.state_dict()
+        for key, tensor in state.items():
+            if key.endswith("pos_embed.pos_embed") or key not in given:
+                continue
+            value = given[key].to(tensor.dtype)
+            if value.shape == tensor.shape:
+                tensor.copy_(value)
+            elif value.ndim == 2 and value.shape[1] == tensor.shape[1] and value.shape[0] < tensor.shape[0]:
+                tensor[: value.shape[0]].copy_(value)  # token table: the source's tokens, then the new ones
+            else:
+                raise ValueError(f"cannot start {name}.{key} {tuple(tensor.shape)} from {source}'s "
+                                 f"{tuple(value.shape)}: not a glyph model of this recipe")
+        target.load_state_dict(state)
+
+
+def save_glyph_folder(pipe, folder: Path, model: Variant = GLYPH) -> Path:
     import shutil
     import tempfile
 
@@ -345,7 +391,7 @@ def save_glyph_folder(pipe, folder: Path) -> Path:
         half = {k: (copy.deepcopy(v).half() if isinstance(v, torch.nn.Module) and k != "vae" else v)
                 for k, v in pipe.components.items()}
         type(pipe)(**half).save_pretrained(tmp, safe_serialization=True)
-        (tmp / SETTINGS_FILE).write_text(json.dumps(glyph_settings().to_json(), indent=2) + "\n")
+        (tmp / SETTINGS_FILE).write_text(json.dumps(glyph_settings(model).to_json(), indent=2) + "\n")
         if folder.exists():
             shutil.rmtree(folder)
         tmp.rename(folder)

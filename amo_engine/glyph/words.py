@@ -25,12 +25,14 @@ PANDA PEARL QUEST RAVEN SHELF SOLAR TOWER TULIP UNCLE VELVET WHALE YARD ZERO
 # The attribute the prompt controls besides the word: the sign's tone against its ground.
 TONES: tuple[str, ...] = ("dark", "light")
 
-PROMPT_TEMPLATE = "a {tone} sign that says '{word}'"
 
 
-def prompt_for(word: str, tone: str) -> str:
-    """The prompt the glyph model was trained on for ``word`` on a ``tone`` sign."""
-    return PROMPT_TEMPLATE.format(tone=tone, word=word)
+def prompt_for(word: str, tone: str, model=None, texture: str | None = None) -> str:
+    """The prompt a glyph model (``model``: a Variant, default glyph) was trained on for ``word`` on a
+    ``tone`` sign (over a ``texture`` ground on the scene model)."""
+    from .variants import GLYPH
+
+    return (model or GLYPH).template.format(tone=tone, word=word, texture=texture)
 
 
 def in_vocabulary(word: str) -> bool:

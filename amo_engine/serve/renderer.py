@@ -155,7 +155,7 @@ def request_notes(req: ImageRequest, model) -> list[str]:
     from ..pipeline import vocabulary_notes
     from ..prompts import find_quoted_spans
 
-    notes = vocabulary_notes(model.settings.vocabulary, [req.prompt])
+    notes = vocabulary_notes(model.settings, [req.prompt])
     if req.sampler == "amo" and not find_quoted_spans(req.prompt):
         notes.append("no quoted text in the prompt: AMO ran as plain overshoot (quote the text to render)")
     return notes
