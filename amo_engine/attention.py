@@ -14,6 +14,9 @@ in the joint order ([image ; text] for SD3, [text ; image] for FLUX) and FLUX's 
 * **taps**: read the block without changing it. ``span_image_scores`` (AMO): for the S selected
   span query rows only, ``softmax(Q_span K_all^T / sqrt(d))`` ([B, H, S, L], S << L), image-key
   columns, summed over span rows and averaged over heads -> [B, N_img]. No L x L tensor.
+  ``group_image_scores`` (Paper B's entity groups, with modulation inputs): the same mass for the
+  text query rows of each group -> [B, G, N_img] ([B, H, T, L], T << L), beside the span map, so
+  placing the groups never touches what AMO reads.
 
 All per-call inputs travel in a ``CallContext`` passed as ``joint_attention_kwargs={"amo": ctx}``;
 processors hold only their block index and the family's order, and a processor given no context
@@ -68,6 +71,21 @@ class SpanTap:
 
 
 @dataclass
+class GroupTap:
+    """Entity-group maps for one call: each group's text tokens as query rows, one [B, G, N_img]
+    map per active block."""
+
+    text_groups: torch.Tensor  # [B, T, G] 0/1
+    active: frozenset[int] = frozenset()
+    maps: list[torch.Tensor] = field(default_factory=list)
+
+    def finish(self) -> torch.Tensor:
+        if not self.maps:
+            raise RuntimeError("no hooked attention block ran; check the hooked block indices")
+        return torch.stack(self.maps, 0).mean(0)  # [B, G, N_img]
+
+
+@dataclass
 class KvSwap:
     """Paper A's text K/V swap for one call: each row's donor row and a gate per joint block."""
 
@@ -82,6 +100,7 @@ class CallContext:
     taps: SpanTap | None = None
     kv_swap: KvSwap | None = None
     modulation: Modulation | None = None  # Paper B's logit knobs (modulation.py)
+    group_taps: GroupTap | None = None  # with modulation: the entity groups' maps
 
 
 # ---------------------------------------------------------------- stages
@@ -155,13 +174,28 @@ def span_image_scores(
     """
     b, h, _, d = query_text.shape
     idx = span_index[:, None, :, None].expand(b, h, span_index.shape[1], d)  # [B, H, S, D]
-    q_span = torch.gather(query_text, 2, idx) * (d**-0.5)  # [B, H, S, D], scale folded into the S rows
-    logits = torch.matmul(q_span, key.transpose(-1, -2))  # [B, H, S, L] in the model dtype
-    probs = torch.softmax(logits, dim=-1, dtype=torch.float32)  # [B, H, S, L], fp32 softmax
-    image_probs = probs[..., image_start : image_start + n_image]  # [B, H, S, N_img]
-    weight = span_weight.to(torch.float32)[:, None, None, :]  # [B, 1, 1, S]
-    mass = torch.matmul(weight, image_probs).squeeze(2)  # [B, H, N_img]: weighted sum over span rows
-    return mass.mean(dim=1)  # [B, N_img]
+    q_span = torch.gather(query_text, 2, idx)  # [B, H, S, D]
+    return image_mass(q_span, key, span_weight[:, None, :], image_start, n_image)[:, 0]  # [B, N_img]
+
+
+def group_image_scores(query_text: torch.Tensor, key: torch.Tensor, text_groups: torch.Tensor, image_start: int,
+                       n_image: int) -> torch.Tensor:
+    """Tap: for each entity group, the attention mass its text query rows put on image keys,
+    averaged over heads. text_groups [B, T, G] 0/1 -> [B, G, N_img] in float32."""
+    return image_mass(query_text, key, text_groups.transpose(1, 2), image_start, n_image)
+
+
+def image_mass(query_rows: torch.Tensor, key: torch.Tensor, row_weight: torch.Tensor, image_start: int,
+               n_image: int) -> torch.Tensor:
+    """query_rows [B, H, R, D] against key [B, H, L, D]: softmax over keys, image-key columns,
+    weighted sums over the rows by row_weight [B, M, R], mean over heads -> [B, M, N_img] float32."""
+    d = query_rows.shape[-1]
+    logits = torch.matmul(query_rows * (d**-0.5), key.transpose(-1, -2))  # [B, H, R, L], scale on the R rows
+    probs = torch.softmax(logits, dim=-1, dtype=torch.float32)  # [B, H, R, L], fp32 softmax
+    image_probs = probs[..., image_start : image_start + n_image]  # [B, H, R, N_img]
+    weight = row_weight.to(torch.float32)[:, None]  # [B, 1, M, R]
+    mass = torch.matmul(weight, image_probs)  # [B, H, M, N_img]: weighted sums over the rows
+    return mass.mean(dim=1)  # [B, M, N_img]
 
 
 # ---------------------------------------------------------------- processors
@@ -190,9 +224,12 @@ class JointAttnProcessor:
                                                  joint(qkv.img_v, qkv.txt_v, self.image_first),
                                                  attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
         taps = amo.taps if amo is not None else None
+        image_start = 0 if self.image_first else n_txt
         if taps is not None and self.block in taps.active:
-            image_start = 0 if self.image_first else n_txt
             taps.maps.append(span_image_scores(qkv.txt_q, key, taps.span_index, taps.span_weight, image_start, n_img))
+        groups = amo.group_taps if amo is not None else None
+        if groups is not None and self.block in groups.active:
+            groups.maps.append(group_image_scores(qkv.txt_q, key, groups.text_groups, image_start, n_img))
         out = out.transpose(1, 2).reshape(b, n_img + n_txt, -1).to(qkv.img_q.dtype)  # [B, L, C]
         img_out, txt_out = (out[:, :n_img], out[:, n_img:]) if self.image_first else (out[:, n_txt:], out[:, :n_txt])
         img_out = attn.to_out[1](attn.to_out[0](img_out.contiguous()))

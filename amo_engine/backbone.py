@@ -1,5 +1,6 @@
 """Backbone modules: a diffusers transformer behind a flat, tensor-only forward in IOSpec names,
-returning (velocity, attn). The same module runs eagerly and is what gets exported.
+returning (velocity, attn), and with the modulation inputs also ``group_attn`` [B, G, N_img] (each
+entity group's map, beside AMO's span map). The same module runs eagerly and is what gets exported.
 
 ``HookConfig`` says what the hook adds to the graph: the AMO score tap (always; ``hooked_blocks``
 and ``max_span_tokens``) and, with ``kv_swap``, Paper A's text K/V swap inputs ``kv_donor_index``
@@ -16,7 +17,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .attention import CONTEXT_KEY, CallContext, ContextFreeProcessor, JointAttnProcessor, KvSwap, SpanTap
+from .attention import CONTEXT_KEY, CallContext, ContextFreeProcessor, GroupTap, JointAttnProcessor, KvSwap, SpanTap
 from .modulation import KNOBS, Modulation
 from .families import Family, of_transformer
 from .families.auraflow import AURAFLOW, REGISTER_TOKENS
@@ -111,9 +112,14 @@ class _Backbone(nn.Module):
         self._processors = [JointAttnProcessor(i, self.family.image_first) for i in range(self.n_joint_blocks)]
         self._rope: nn.Module | None = None  # FLUX: fp32 RoPE used inside our calls
 
-    def _run(self, span_mask: torch.Tensor, hook_inputs: dict, **model_inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """What forward returns, in order: velocity, attn, and group_attn with the modulation inputs."""
+        return ("velocity", "attn", "group_attn") if self.hook.modulation else ("velocity", "attn")
+
+    def _run(self, span_mask: torch.Tensor, hook_inputs: dict, **model_inputs) -> tuple[torch.Tensor, ...]:
         """One call: the hook's inputs (``KV_SWAP_INPUTS``, ``KNOBS``; each group all or none) become
-        the call's context; ``model_inputs`` go to the transformer."""
+        the call's context; ``model_inputs`` go to the transformer. Returns ``output_names``' tensors."""
         unknown = sorted(set(hook_inputs) - set(KV_SWAP_INPUTS) - set(KNOBS))
         if unknown:
             raise TypeError(f"unexpected backbone inputs {unknown}; the hook takes {KV_SWAP_INPUTS + KNOBS}")
@@ -122,13 +128,19 @@ class _Backbone(nn.Module):
         if swap and tuple(swap["kv_swap_gate"].shape) != (self.n_joint_blocks,):
             raise ValueError(f"kv_swap_gate has shape {tuple(swap['kv_swap_gate'].shape)}; this model takes one gate "
                              f"per joint block: ({self.n_joint_blocks},)")
+        if bool(knobs) != self.hook.modulation:
+            raise ValueError("this backbone was built " + ("with" if self.hook.modulation else "without")
+                             + " the modulation inputs; give " + ("all of them" if self.hook.modulation else "none"))
         ctx = CallContext(SpanTap.for_call(span_mask, self.hook.max_span_tokens, self.hooked_blocks),
                           KvSwap(swap["kv_donor_index"], swap["kv_swap_gate"]) if swap else None,
                           Modulation(**knobs, path=self.hook.modulation_path, blocks=self.modulation_blocks)
-                          if knobs else None)
+                          if knobs else None,
+                          GroupTap(knobs["text_groups"], frozenset(self.hooked_blocks)) if knobs else None)
         with hooked(self.transformer, self.family, self._processors, self._rope):
             velocity = self.transformer(**model_inputs, **{self.family.attention_kwargs_name: {CONTEXT_KEY: ctx}},
                                         return_dict=False)[0]
+        if ctx.group_taps is not None:
+            return velocity, ctx.taps.finish(), ctx.group_taps.finish()
         return velocity, ctx.taps.finish()
 
     def _ranges(self) -> dict[str, tuple[float, float]]:
@@ -150,6 +162,13 @@ class _Backbone(nn.Module):
                 TensorSpec("text_groups", "float32", ("batch", "text_len", g)),
                 TensorSpec("image_groups", "float32", ("batch", "image_tokens", g)),
                 TensorSpec("group_gate", "float32", (n,))]
+
+    def _tap_specs(self) -> tuple[TensorSpec, ...]:
+        """The score outputs: AMO's span map, and the entity groups' maps with the modulation inputs."""
+        attn = TensorSpec("attn", "float32", ("batch", "image_tokens"))
+        if not self.hook.modulation:
+            return (attn,)
+        return attn, TensorSpec("group_attn", "float32", ("batch", self.hook.max_groups, "image_tokens"))
 
     @property
     def config(self):
@@ -183,7 +202,7 @@ class _Backbone(nn.Module):
             ),
             outputs=(
                 TensorSpec("velocity", dt, ("batch", cfg.out_channels, "latent_h", "latent_w")),
-                TensorSpec("attn", "float32", ("batch", "image_tokens")),
+                *self._tap_specs(),
             ),
             ranges=self._ranges(),
             dims={"batch": batch, "latent_h": lat_h, "latent_w": lat_w, **text_dims,
@@ -204,7 +223,7 @@ class SD3Backbone(_Backbone):
         timestep: torch.Tensor,  # [B] in the scheduler's 0..1000 scale
         span_mask: torch.Tensor,  # [B, T] 1 on quoted-text tokens
         **hook_inputs: torch.Tensor,  # KV_SWAP_INPUTS (HookConfig.kv_swap), KNOBS (HookConfig.modulation)
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, ...]:
         return self._run(
             span_mask,
             hook_inputs,
@@ -247,7 +266,7 @@ class FluxBackbone(_Backbone):
         span_mask: torch.Tensor,  # [B, T]
         guidance: torch.Tensor | None = None,  # [B] (guidance-distilled models only)
         **hook_inputs: torch.Tensor,  # KV_SWAP_INPUTS (HookConfig.kv_swap), KNOBS (HookConfig.modulation)
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, ...]:
         return self._run(
             span_mask,
             hook_inputs,
@@ -283,7 +302,7 @@ class FluxBackbone(_Backbone):
             inputs=tuple(inputs),
             outputs=(
                 TensorSpec("velocity", dt, ("batch", "image_tokens", cfg.out_channels or cfg.in_channels)),
-                TensorSpec("attn", "float32", ("batch", "image_tokens")),
+                *self._tap_specs(),
             ),
             ranges=self._ranges(),
             dims={"batch": batch, "image_tokens": n_img, "text_len": text_len},
@@ -304,7 +323,7 @@ class AuraFlowBackbone(_Backbone):
         timestep: torch.Tensor,  # [B] sigma in [0, 1]
         span_mask: torch.Tensor,  # [B, REGISTER_TOKENS + T_prompt]; register positions 0
         **hook_inputs: torch.Tensor,  # KV_SWAP_INPUTS (HookConfig.kv_swap), KNOBS (HookConfig.modulation)
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, ...]:
         return self._run(span_mask, hook_inputs, hidden_states=hidden_states,
                          encoder_hidden_states=encoder_hidden_states, timestep=timestep)
 

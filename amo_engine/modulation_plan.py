@@ -171,10 +171,10 @@ def with_modulation(loop, plan: ModulationPlan, text_groups, groups: int, images
     """``loop`` (a families.Denoise) with the knobs of ``plan`` written into its feeds before each
     step, on the device (per-step values stacked once; no host sync). ``text_groups`` [images, T, G]
     fill the conditional rows (the last ``images`` rows; unconditional rows stay ungrouped). For
-    the first ``groups`` steps the score taps read group g's tokens at step g (the span-mask feed of
-    the conditional rows is that group's mask); from then on each patch belongs to the group whose
-    map is strongest there, relative to that map's mean (patches where no map beats its mean stay
-    ungrouped), and the group mask may act."""
+    the first ``groups`` steps the loop reads group g's map at step g from the backbone's
+    ``group_attn`` output (the span mask, and so AMO's map, is never touched); from then on each
+    patch belongs to the group whose map is strongest there, relative to that map's mean (patches
+    where no map beats its mean stay ungrouped), and the group mask may act."""
     import dataclasses
 
     import torch
@@ -196,8 +196,6 @@ def with_modulation(loop, plan: ModulationPlan, text_groups, groups: int, images
     bias = torch.einsum("itg,sg->sit", groups_t, weights)  # [steps, images, T]
     feeds["text_groups"].zero_()
     feeds["text_groups"][rows - images :].copy_(groups_t)
-    span_mask = feeds["span_mask"][rows - images :]
-    quoted = span_mask.clone()  # [images, T]
     probes: list = []
     index = {float(s): i for i, s in enumerate(sigmas)}
 
@@ -206,14 +204,14 @@ def with_modulation(loop, plan: ModulationPlan, text_groups, groups: int, images
         feeds["quadrant_scale"].copy_(quadrant[i])
         feeds["group_gate"].copy_(gate[i])
         feeds["text_bias"][rows - images :].copy_(bias[i])
-        if i < groups:  # probe: this step's taps read group i's tokens
-            span_mask.copy_(groups_t[..., i])
-        elif i == groups and groups:
-            span_mask.copy_(quoted)
+        if i == groups and groups:
             feeds["image_groups"][rows - images :].copy_(patch_groups(torch.stack(probes, -1), groups_t.shape[-1]))
         out = loop.step(x, sigma)
-        if i < groups:
-            probes.append(out.attn.float().clone())  # [images, N]
+        if i < groups:  # probe: group i's map from this step
+            if out.group_attn is None:
+                raise ValueError("placing entity groups needs the backbone's group_attn output: re-export the "
+                                 "engine with this amo-engine (export --modulation)")
+            probes.append(out.group_attn[:, i].float().clone())  # [images, N]
         return out
 
     return dataclasses.replace(loop, step=step)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 class StepOut:
     velocity: torch.Tensor  # same shape as x
     attn: torch.Tensor | None = None  # [B, N_img] span->image attention mass, or None
+    group_attn: torch.Tensor | None = None  # [B, G, N_img] each entity group's map (modulation engines only)
 
 
 VelocityFn = Callable[[torch.Tensor, float], StepOut]

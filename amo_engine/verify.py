@@ -22,12 +22,14 @@ class ParityGate:
     velocity_cosine: float | None = None  # at least
     velocity_rel: float | None = None  # ||got - want|| / ||want|| at most
     attn_cosine: float | None = None  # at least
+    group_attn_max_abs: float | None = None  # modulation engines' entity-group maps (gated like attn)
+    group_attn_cosine: float | None = None
 
 
 PARITY_GATES = {
-    "float32": ParityGate(velocity_max_abs=1e-4, attn_max_abs=1e-6),
-    "float16": ParityGate(velocity_cosine=0.999, velocity_rel=0.03, attn_cosine=0.999),
-    "bfloat16": ParityGate(velocity_cosine=0.995, velocity_rel=0.08, attn_cosine=0.995),
+    "float32": ParityGate(velocity_max_abs=1e-4, attn_max_abs=1e-6, group_attn_max_abs=1e-6),
+    "float16": ParityGate(velocity_cosine=0.999, velocity_rel=0.03, attn_cosine=0.999, group_attn_cosine=0.999),
+    "bfloat16": ParityGate(velocity_cosine=0.995, velocity_rel=0.08, attn_cosine=0.995, group_attn_cosine=0.995),
 }
 
 
@@ -36,7 +38,7 @@ def judge_parity(p: dict, dtype: str) -> tuple[bool, str]:
     gate = PARITY_GATES[dtype]
     checks, ok = [], True
     for name, limit in vars(gate).items():
-        if limit is None:
+        if limit is None or name not in p:  # group_attn: modulation engines only
             continue
         at_least = name.endswith("cosine")
         good = p[name] >= limit if at_least else p[name] <= limit
@@ -57,7 +59,7 @@ def engine_parity(model, engine: Engine | Path | str, kind: str = "ort", device:
         v_want, v_got = want["velocity"].float().flatten(), got["velocity"].float().flatten()
         a_want, a_got = want["attn"].float().flatten(), got["attn"].float().flatten()
         cos = torch.nn.functional.cosine_similarity
-        return {
+        out = {
             "backend": kind,
             "velocity_max_abs": float((v_got - v_want).abs().max()),
             "attn_max_abs": float((a_got - a_want).abs().max()),
@@ -65,6 +67,11 @@ def engine_parity(model, engine: Engine | Path | str, kind: str = "ort", device:
             "velocity_rel": float((v_got - v_want).norm() / v_want.norm().clamp(min=1e-30)),
             "attn_cosine": float(cos(a_got, a_want, dim=0)),
         }
+        if "group_attn" in want:
+            g_want, g_got = want["group_attn"].float().flatten(), got["group_attn"].float().flatten()
+            out["group_attn_max_abs"] = float((g_got - g_want).abs().max())
+            out["group_attn_cosine"] = float(cos(g_got, g_want, dim=0))
+        return out
 
 
 

@@ -97,8 +97,10 @@ def test_knobs_export_with_parity_and_the_tensorrt_parser_check(models, tmp_path
     assert manifest["modulation"] == {"max_groups": 4, "path": "split", "blocks": None}
     engine = open_engine(tmp_path / "engine", model)
     assert engine.hook.modulation and all(k in engine.spec.input_names for k in KNOBS)
-    ok, detail = judge_parity(engine_parity(model, engine, "ort"), "float32")  # sample feeds: knobs on
-    assert ok, detail
+    assert engine.spec.output_names == ["velocity", "attn", "group_attn"]
+    parity = engine_parity(model, engine, "ort")  # sample feeds: knobs on
+    ok, detail = judge_parity(parity, "float32")
+    assert ok and "group attn max abs" in detail, detail
 
 
 # ---------------------------------------------------------------- plans, groups, the loop
@@ -183,12 +185,43 @@ def test_schedule_reaches_the_feeds_step_by_step(models, family):
         assert feeds["quadrant_scale"][0].tolist() == [1, 1, 1, 1]  # only block 1 modulates
         assert feeds["group_gate"][1].item() == (1.0 if 2 <= i < 3 else 0.0)  # probes at steps 0 and 1
         groups = feeds["text_groups"][cond]
-        if i < 2:  # probe: the taps read group i's tokens
-            assert torch.equal(feeds["span_mask"][cond], groups[:, i])
+        assert torch.equal(feeds["span_mask"], backend.calls[0]["span_mask"])  # probes never touch AMO's span mask
         assert torch.allclose(feeds["text_bias"][cond], (0.5 * groups[:, 0]) if i < 3 else torch.zeros_like(groups[:, 0]))
     assert backend.calls[0]["image_groups"].sum() == 0 and backend.calls[2]["image_groups"][cond].sum() > 0
     if models[family].family.batches_cfg:
         assert backend.calls[2]["text_groups"][0].sum() == 0  # the unconditional row stays ungrouped
+
+
+def test_group_probes_leave_the_amo_map_alone(models, family):
+    """Placing entity groups reads their own map (``group_attn``): under identity knobs, AMO's map
+    and the image with the probe steps equal those without them, bit for bit."""
+    model = models[family]
+    pipe = AmoPipeline(model, HookConfig(modulation=True))
+    steps = 4
+    probing = ModulationPlan("probe", (StepKnobs(),) * steps, needs_groups=True)
+    quiet = ModulationPlan("identity", (StepKnobs(),) * steps)
+    with_probes = pipe(GenerateConfig([PROMPT], steps=steps, sampler="amo", seed=3, modulation=probing))
+    without = pipe(GenerateConfig([PROMPT], steps=steps, sampler="amo", seed=3, modulation=quiet))
+    assert with_probes.sampler == "amo"
+    assert torch.equal(with_probes.attn_map, without.attn_map) and torch.equal(with_probes.latents, without.latents)
+
+
+def test_group_maps_read_each_groups_tokens(models, family):
+    """group_attn[:, g] is the span tap's map for group g's tokens (same gather, softmax and mass)."""
+    model = models[family]
+    backbone = make_backbone(model.pipe.transformer, HookConfig(modulation=True), model.pipe.vae_scale_factor)
+    feeds = sample_feeds(backbone.io_spec(2, 32, 32, 16), "cpu")
+    feeds["text_groups"].zero_()
+    feeds["text_groups"][:, 9:11, 0] = 1  # past AuraFlow's 8 register tokens
+    feeds["text_groups"][:, 12:14, 1] = 1
+    with torch.inference_mode():
+        _, _, group_attn = backbone(**feeds)
+        for g, (a, b) in enumerate(((9, 11), (12, 14))):
+            span = torch.zeros_like(feeds["span_mask"])
+            span[:, a:b] = 1
+            _, attn, _ = backbone(**{**feeds, "span_mask": span})
+            torch.testing.assert_close(group_attn[:, g], attn, rtol=1e-6, atol=1e-8)
+    assert group_attn[:, 2:].abs().max() == 0  # empty groups carry no mass
 
 
 def test_identity_schedule_is_plain_generation(models, family):

@@ -46,13 +46,13 @@ class AotiBackend(ClosingBackend):
                                  f"{self.spec.shape(name)}; export an engine for this shape")
         if self._graph is None:
             with torch.no_grad():
-                velocity, attn = self.runner(**{n: feeds[n] for n in self.spec.input_names})
+                outputs = self.runner(**{n: feeds[n] for n in self.spec.input_names})
         else:
             for name, buf in self.inputs.items():
                 if feeds[name] is not buf:
                     buf.copy_(feeds[name])
-            velocity, attn = self._graph()
-        return {"velocity": velocity, "attn": attn}
+            outputs = self._graph()
+        return dict(zip(self.spec.output_names, outputs))
 
     def close(self) -> None:
         self._graph = None

@@ -21,5 +21,5 @@ class EagerBackend(ClosingBackend):
 
     def __call__(self, feeds: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
         with torch.inference_mode():
-            velocity, attn = self.backbone(**feeds)
-        return {"velocity": velocity, "attn": attn}
+            outputs = self.backbone(**feeds)
+        return dict(zip(self.backbone.output_names, outputs))

@@ -190,7 +190,8 @@ def guided_loop(family: Family, pipe, inputs: DenoiseInputs, backend_for: Callab
             v_uncond, v_cond = v[:images], v[images:]
             v = v_uncond + guidance * (v_cond - v_uncond)
         attn_sum.add_(attn)
-        return StepOut(v, attn)
+        groups = out.get("group_attn")
+        return StepOut(v, attn, None if groups is None else groups[rows - images :])
 
     return Denoise(step, latents, image_tokens, attn_sum, feeds)
 

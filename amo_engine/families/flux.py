@@ -75,7 +75,7 @@ class FluxFamily(Family):
             timestep.fill_(self.timestep(sigma, scheduler_config))
             out = backend(feeds)
             attn_sum.add_(out["attn"])
-            return StepOut(out["velocity"], out["attn"])
+            return StepOut(out["velocity"], out["attn"], out.get("group_attn"))
 
         return Denoise(step, latents, image_tokens, attn_sum, feeds)
 
