@@ -1,3 +1,7 @@
 """amo-engine: AMO sampling for SD3 / FLUX transformers, eager or exported to ONNX / TensorRT."""
 
+from .threads import prefer_passive_waits
+
 __version__ = "0.1.0"
+
+prefer_passive_waits()  # before torch loads OpenMP: a busy neighbour then costs its share, not 20x (threads.py)

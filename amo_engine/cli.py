@@ -192,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="manifest, I/O table, op census, TensorRT compatibility; --verify runs parity")
     i.add_argument("engine", type=Path, help="engine folder")
     i.add_argument("--verify", action="store_true", help="run the engine and eager on the same random feeds")
+    i.add_argument("--measure", action="store_true",
+                   help="time ORT against AOTInductor on this CPU (engine exported with --aoti) and record the "
+                        "faster as the engine's default here (--backend auto); refused while the machine is busy")
     i.add_argument("--backend", default="ort", choices=[b for b in BACKENDS if b != "eager"],
                    help="runtime for --verify (default ort)")
     i.add_argument("--model", default=None, help="model for --verify (default: the one in the manifest)")
@@ -656,13 +659,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         io = "; ".join(f"{t.name} {list(stage_spec.shape(t.name))}" for t in stage_spec.inputs + stage_spec.outputs)
         trt = "compatible" if st["trt_ok"] else f"NOT compatible (unsupported {st['unsupported_ops']})"
         print(f"stage {name} ({st['kind']}): {io}; TensorRT parser: {trt}")
-    if not args.verify:
+    if not (args.verify or args.measure):
         return 0
     from .models import load_model
-    from .verify import engine_parity, judge_parity
 
     model = load_model(args.model or manifest["model"], manifest["dtype"], args.device, args.cache_dir)
     engine.check_model(model)
+    if args.measure:
+        return _measure_default_backend(engine, model)
+    from .verify import engine_parity, judge_parity
+
     p = engine_parity(model, engine, args.backend, args.device)
     ok, detail = judge_parity(p, manifest["dtype"])
     print(f"\nverify ({args.backend} vs eager, {manifest['dtype']} gates): {detail}: {'PASS' if ok else 'FAIL'}")
@@ -676,6 +682,26 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             verdict = f"(<= {gate:g}): {'PASS' if good else 'FAIL'}" if gate is not None else "(not gated)"
             print(f"verify stage {name} (ort vs eager, {manifest['dtype']}): max abs {err:.3g} {verdict}")
     return 0 if ok else 1
+
+
+def _measure_default_backend(engine, model) -> int:
+    """inspect --measure: ORT against AOTInductor here, recorded in the manifest unless the machine was busy."""
+    from . import default_backend
+    from .engine import MANIFEST, EngineError, write_json_atomic
+
+    aoti = engine.manifest.get("aoti")
+    if aoti is None or aoti.get("device") != "cpu":
+        raise EngineError(f"{engine.folder} holds no CPU AOTInductor package to measure against ORT: export it "
+                          f"with amo-engine export --model {engine.manifest['model']} --aoti --out {engine.folder}")
+    try:
+        record = default_backend.measure(engine, model)
+    except default_backend.BusyMachine as err:
+        print(f"amo-engine inspect: {err}", file=sys.stderr)
+        return 2
+    write_json_atomic(engine.folder / MANIFEST, {**engine.manifest, "default_backend": record})
+    print(f"\ndefault CPU engine here: {record['backend']} ("
+          + ", ".join(f"{k} {v:.1f} ms" for k, v in record["p50_ms"].items()) + f"), recorded for {record['machine']}")
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -349,15 +349,6 @@ def export_engine(model, cfg: ExportConfig, hook: HookConfig = HookConfig()) -> 
             "timings": timings,
             "files": file_records(tmp),
         }
-        if aoti and aoti["device"] == "cpu":  # both artifacts on this CPU: record which one is faster here
-            from . import default_backend
-            from .engine import Engine
-
-            start = time.perf_counter()
-            manifest["default_backend"] = default_backend.measure(Engine(tmp, manifest), model)
-            timings["default_backend_s"] = time.perf_counter() - start
-            _say(cfg, f"default CPU engine here: {manifest['default_backend']['backend']} ("
-                      + ", ".join(f"{k} {v:.1f} ms" for k, v in manifest["default_backend"]["p50_ms"].items()) + ")")
         write_json_atomic(tmp / MANIFEST, manifest)
     total = sum(timings.values())
     _say(cfg, f"exported {out} in {total:.1f} s; TensorRT-parser compatible: {report.trt_ok}"

@@ -20,20 +20,23 @@ class Runtime:
     device: str = "cpu"
     dtype: str = "fp32"
     cache_dir: Path | None = None
-    threads: int | None = None  # torch's and ONNX Runtime's CPU threads
+    threads: int | None = None  # torch's and ONNX Runtime's CPU threads (default: threads.usable_cpus())
     ort_opt_level: str = "all"
     cuda_graph: bool = False
     blocks: tuple[int, ...] | None = None  # eager: the blocks feeding AMO's map (engines carry theirs)
     max_span_tokens: int | None = None
 
     def backend_options(self) -> dict:
-        """What the chosen backend is asked for (and torch's thread count, set here)."""
-        if self.threads is not None:
-            import torch
+        """What the chosen backend is asked for (and torch's thread count, set here): the cores this
+        process may use unless ``threads`` says otherwise."""
+        import torch
 
-            torch.set_num_threads(self.threads)
+        from .threads import usable_cpus
+
+        threads = self.threads or usable_cpus()
+        torch.set_num_threads(threads)
         if self.backend == "ort":
-            return {"opt_level": self.ort_opt_level, "threads": self.threads}
+            return {"opt_level": self.ort_opt_level, "threads": threads}
         return {"cuda_graph": True} if self.cuda_graph else {}
 
 

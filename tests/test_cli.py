@@ -113,3 +113,12 @@ def test_engine_score_config_wins_and_flags_that_disagree_are_named(tmp_path, ca
 
     assert _plain_warning(notes[0], UserWarning, "x.py", 3) == f"amo-engine: warning: {notes[0]}\n"  # no source line
     assert seen["title"] == "quoted-text attention (shown only: euler does not use it)"
+
+
+def test_cli_refuses_cuda_graph_without_cuda(capsys):
+    """Needs no compiler: it lives here, not in the AOTInductor module that skips without one."""
+    from amo_engine.cli import main
+
+    assert main(["generate", "--model", "glyph", "--prompt", "a sign", "--backend", "ort", "--engine", "engines/x",
+                 "--cuda-graph"]) == 2
+    assert "--cuda-graph needs --backend aoti or trt on --device cuda" in capsys.readouterr().err
