@@ -349,8 +349,8 @@ def check_generate_args(args: argparse.Namespace) -> None:
     if args.max_sequence_length is not None and args.max_sequence_length < 1:
         raise ValueError(f"--max-sequence-length must be >= 1, got {args.max_sequence_length}")
     if args.backend != "eager" and args.engine is None:
-        raise ValueError(f"--backend {args.backend} needs --engine DIR; make one with: "
-                         f"amo-engine export --model {args.model} --out engines/NAME")
+        raise ValueError(f"--backend {args.backend} needs --engine DIR; make one with: {_engine_for_args(args)} "
+                         "(then pass --engine with that folder)")
     if args.ocr is not None:
         from .ocr import check_available
 
@@ -406,6 +406,19 @@ def _check_quoted_words_fit(args: argparse.Namespace) -> None:
         for prompt in args.prompt if isinstance(args.prompt, list) else [args.prompt]:
             for span in find_quoted_spans(prompt):
                 check_word_fits(span.text(prompt), variant)
+
+
+def _engine_for_args(args: argparse.Namespace) -> str:
+    """The export command of an engine that runs what generate's or edit's flags ask for."""
+    from .engine import engine_folder_for, export_command
+
+    edit, safe_text = args.command == "edit", getattr(args, "safe_text", None) is not None
+    images = (3 if getattr(args, "keep_originals", False) else 2) if edit else (2 if safe_text else 1) * args.num_images
+    return export_command(args.model, engine_folder_for(args.model), batch=images, height=args.height,
+                          width=args.width, dtype=args.dtype, max_sequence_length=args.max_sequence_length,
+                          blocks=args.blocks, kv_swap=edit or safe_text,
+                          modulation=getattr(args, "modulate", None) is not None,
+                          aoti=args.backend == "aoti", device=args.device if args.backend == "aoti" else "cpu")
 
 
 def check_edit_args(args: argparse.Namespace) -> None:
@@ -855,13 +868,16 @@ def check_serve_args(args: argparse.Namespace) -> None:
             raise ValueError("--kill-replica-after kills a replica of a service started here: drop --url")
     if not starts:
         return
+    from .engine import engine_folder_for, export_command
+
     backend = args.backend or ("ort" if args.engine is not None else "eager")
     if backend != "eager" and args.engine is None:
         raise ValueError(f"--backend {backend} needs --engine DIR; make one with: "
-                         f"amo-engine export --model {args.model} --out engines/NAME --batch 4")
+                         f"{export_command(args.model, engine_folder_for(args.model), batch=args.max_batch or 4)} "
+                         "(then pass --engine with that folder)")
     if args.engine is not None and not (args.engine / "manifest.json").is_file():
         raise ValueError(f"{args.engine} is not an engine folder (no manifest.json); make one with: "
-                         f"amo-engine export --model {args.model} --out {args.engine} --batch 4")
+                         f"{export_command(args.model, args.engine, batch=args.max_batch or 4)}")
     if backend == "eager" and args.engine is not None:
         raise ValueError("--engine needs --backend ort, aoti or trt: add --backend ort")
     try:

@@ -82,14 +82,76 @@ def file_records(folder: Path) -> dict[str, dict]:
     }
 
 
-def export_hint(folder: Path, model: str | None) -> str:
-    """A pasteable export command for ``folder`` (the model named when the caller knows it)."""
+def export_command(model: str, out: Path | str, *, batch: int = 1, height: int | None = None, width: int | None = None,
+                   dtype: str = "fp32", device: str = "cpu", cfg_rows: bool = True, max_sequence_length: int | None = None,
+                   opset: int = 18, exporter: str = "dynamo", dynamic_batch: bool = False, blocks=None,
+                   max_span_tokens: int = 64, kv_swap: bool = False, modulation: bool = False, modulation_blocks=None,
+                   stages: bool = False, aoti: bool = False, aoti_weights: str = "embedded") -> str:
+    """A pasteable ``amo-engine export`` command line; flags at their defaults are left out. Keyword
+    names and defaults are export's options (cli.py), so a hint built here parses as written."""
     import shlex
 
+    def q(v) -> str:
+        return shlex.quote(str(v))
+
+    parts = ["amo-engine export", f"--model {q(model)}", f"--out {q(out)}"]
+    parts += [f"--batch {batch}"] if batch != 1 else []
+    parts += [f"--height {height}"] if height is not None else []
+    parts += [f"--width {width}"] if width is not None else []
+    parts += [f"--dtype {dtype}"] if dtype != "fp32" else []
+    parts += [f"--device {q(device)}"] if device != "cpu" else []
+    parts += ["--no-cfg"] if not cfg_rows else []
+    parts += [f"--max-sequence-length {max_sequence_length}"] if max_sequence_length is not None else []
+    parts += [f"--opset {opset}"] if opset != 18 else []
+    parts += [f"--exporter {exporter}"] if exporter != "dynamo" else []
+    parts += ["--dynamic-batch"] if dynamic_batch else []
+    parts += [f"--blocks {','.join(map(str, blocks))}"] if blocks is not None else []
+    parts += [f"--max-span-tokens {max_span_tokens}"] if max_span_tokens != 64 else []
+    parts += ["--kv-swap"] if kv_swap else []
+    parts += ["--modulation"] if modulation else []
+    parts += [f"--modulation-blocks {','.join(map(str, modulation_blocks))}"] if modulation_blocks else []
+    parts += ["--stages"] if stages else []
+    parts += ["--aoti"] if aoti else []
+    parts += ["--aoti-weights model"] if aoti and aoti_weights != "embedded" else []
+    return " ".join(parts)
+
+
+def engine_folder_for(model: str) -> Path:
+    """Where a hint suggests exporting ``model``'s engine: engines/<its name>."""
+    import re
+
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(str(model)).name or str(model)).strip("-.") or "engine"
+    return Path("engines") / name
+
+
+DTYPE_FLAGS = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+
+
+def reexport_command(manifest: Mapping, folder: Path | str, model: str | None = None, **changes) -> str:
+    """The export command that wrote ``folder`` again, from its manifest, with ``changes`` (export's
+    option names, e.g. ``kv_swap=True, batch=2``) and ``model`` (default: the manifest's)."""
+    aoti = manifest.get("aoti") or {}
+    modulation = manifest.get("modulation") or {}
+    onnx = manifest.get("onnx") or {}
+    flags = dict(
+        batch=manifest.get("images_per_call", 1), height=manifest.get("height"), width=manifest.get("width"),
+        dtype=DTYPE_FLAGS.get(manifest.get("dtype"), "fp32"), device=aoti.get("device", "cpu"),
+        cfg_rows=manifest.get("cfg_rows", True), max_sequence_length=manifest.get("max_sequence_length"),
+        opset=onnx.get("opset", 18), exporter=onnx.get("exporter", "dynamo"),
+        dynamic_batch=onnx.get("dynamic_batch", False), blocks=manifest.get("hooked_blocks"),
+        max_span_tokens=manifest.get("max_span_tokens", 64), kv_swap=bool(manifest.get("kv_swap")),
+        modulation=bool(modulation), modulation_blocks=modulation.get("blocks"), stages=bool(manifest.get("stages")),
+        aoti=bool(aoti), aoti_weights=aoti.get("weights", "embedded"),
+    )
+    return export_command(model or manifest.get("model") or "glyph", folder, **{**flags, **changes})
+
+
+def export_hint(folder: Path, model: str | None) -> str:
+    """A pasteable export command for ``folder``: of the model named when the caller knows it, else
+    of the default model (glyph), said before the command so the line pastes as it is."""
     if model is not None:
-        return f"amo-engine export --model {shlex.quote(str(model))} --out {shlex.quote(str(folder))}"
-    return (f"amo-engine export --model tiny-sd3 --out {shlex.quote(str(folder))} "
-            "(with your model's preset, folder or id in place of tiny-sd3)")
+        return export_command(model, folder)
+    return f"(for the default glyph model; name yours with --model) {export_command('glyph', folder)}"
 
 
 def read_manifest(folder: Path | str, check_hashes: bool = True, model: str | None = None) -> dict:
@@ -163,7 +225,7 @@ class Engine:
     def _stage(self, stage: str) -> Mapping:
         if stage not in self.manifest.get("stages", {}):
             raise EngineError(f"{self.folder} holds no {stage} stage (it has {self.stages or 'none'}); "
-                              "re-export it with amo-engine export --stages")
+                              f"re-export it with: {reexport_command(self.manifest, self.folder, stages=True)}")
         return self.manifest["stages"][stage]
 
     @property
@@ -186,7 +248,8 @@ class Engine:
         """The file of artifact ``section`` (``onnx``, ``aoti`` or ``trt``), refusing folders without it."""
         if section not in self.manifest:
             hint = {"trt": f"build it: amo-engine build {self.folder}",
-                    "aoti": "re-export the engine with --aoti"}.get(section, "re-export the engine")
+                    "aoti": f"re-export it with: {reexport_command(self.manifest, self.folder, aoti=True)}"}.get(
+                section, f"re-export it with: {reexport_command(self.manifest, self.folder)}")
             raise EngineError(f"{self.folder} holds no {section} artifact (it has {self.artifacts}); {hint}")
         return self.folder / self.manifest[section].get("file", ARTIFACT_FILES[section])
 
@@ -196,7 +259,8 @@ class Engine:
 
     def check_model(self, model) -> None:
         """Refuse running this engine with a LoadedModel of another family or other weights."""
-        check_model_matches(self.manifest, model.family.name, weights_fingerprint(model.folder))
+        check_model_matches(self.manifest, model.family.name, weights_fingerprint(model.folder), self.folder,
+                            model.source)
 
 
 def open_engine(folder: Path | str, model=None, check_hashes: bool = True, model_name: str | None = None) -> Engine:
@@ -210,15 +274,19 @@ def open_engine(folder: Path | str, model=None, check_hashes: bool = True, model
     return engine
 
 
-def check_model_matches(manifest: Mapping, family: str, fingerprint: str | None) -> None:
-    """Refuse an engine exported from another model family or other weights."""
+def check_model_matches(manifest: Mapping, family: str, fingerprint: str | None, folder: Path | str = "ENGINE",
+                        model: str | None = None) -> None:
+    """Refuse an engine exported from another model family or other weights (``model``: the one
+    the caller loaded, named in the fix)."""
     if manifest["family"] != family:
         raise EngineError(f"the engine is a {manifest['family']} model but the loaded model is {family}; "
-                          "pass the --model it was exported from")
+                          f"pass the --model it was exported from ({manifest.get('model')})")
     want = manifest.get("weights_fingerprint")
     if want and fingerprint and want != fingerprint:
+        fix = (f"re-export it from this model: {reexport_command(manifest, folder, model)}" if model is not None
+               else f"pass --model {manifest.get('model')}, or re-export it from yours")
         raise EngineError("the engine was exported from other weights than the loaded model "
-                          f"(manifest model {manifest.get('model')!r}); re-export it from this model")
+                          f"(manifest model {manifest.get('model')!r}); {fix}")
 
 
 @contextlib.contextmanager
@@ -250,7 +318,7 @@ def recover_interrupted(out: Path) -> None:
 
 
 def check_runtime(manifest: Mapping, kind: str, runtime_version: str | None, max_opset: int | None = None,
-                  device: str | None = None) -> None:
+                  device: str | None = None, folder: Path | str = "ENGINE") -> None:
     """Refuse an engine this runtime cannot run faithfully: no artifact for it, an unknown exporter,
     an opset above what the installed ONNX Runtime implements, a TensorRT plan built by another
     TensorRT version, or an AOTInductor package compiled for another torch or device kind."""
@@ -258,17 +326,17 @@ def check_runtime(manifest: Mapping, kind: str, runtime_version: str | None, max
     if section not in manifest:
         if kind == "trt":
             raise EngineError("the engine has no TensorRT plan; build it: amo-engine build ENGINE")
-        extra = " --aoti" if kind == "aoti" else ""
-        raise EngineError(f"the engine holds no {section} artifact for the {kind} runtime; re-export it with "
-                          f"amo-engine export{extra}")
+        raise EngineError(f"the engine holds no {section} artifact for the {kind} runtime; re-export it with: "
+                          f"{reexport_command(manifest, folder, aoti=kind == 'aoti')}")
     if kind == "aoti":
         built, where = manifest["aoti"].get("torch"), manifest["aoti"].get("device")
         if built != runtime_version:
             raise EngineError(f"the AOTInductor package was compiled by torch {built}, this is torch {runtime_version}; "
-                              "packages are version-specific: re-export with amo-engine export --aoti")
+                              f"packages are version-specific: re-export it with: {reexport_command(manifest, folder)}")
         if device is not None and where != torch_device_type(device):
             raise EngineError(f"the AOTInductor package was compiled for {where}, not {device}: run it with --device "
-                              f"{where}, or re-export with --aoti --device {torch_device_type(device)}")
+                              f"{where}, or re-export it with: "
+                              f"{reexport_command(manifest, folder, device=torch_device_type(device))}")
         return
     if kind == "trt":
         built = manifest["trt"].get("version")
@@ -278,11 +346,13 @@ def check_runtime(manifest: Mapping, kind: str, runtime_version: str | None, max
         return
     exporter = manifest["onnx"].get("exporter")
     if exporter not in ("dynamo", "torchscript"):
-        raise EngineError(f"the engine was made by an unknown exporter {exporter!r}; re-export it with this amo-engine")
+        raise EngineError(f"the engine was made by an unknown exporter {exporter!r}; re-export it with: "
+                          f"{reexport_command(manifest, folder, exporter='dynamo')}")
     opset = manifest["onnx"].get("opset", 0)
     if max_opset is not None and opset > max_opset:
         raise EngineError(f"the engine uses ONNX opset {opset} but onnxruntime {runtime_version} implements up to "
-                          f"{max_opset}; upgrade onnxruntime or re-export with --opset {max_opset}")
+                          f"{max_opset}; upgrade onnxruntime or re-export it with: "
+                          f"{reexport_command(manifest, folder, opset=max_opset)}")
 
 
 def torch_device_type(device: str) -> str:

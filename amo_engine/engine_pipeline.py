@@ -123,20 +123,20 @@ def load_engine_model(model: str, engine, device: str = "cpu", cache_dir=None, r
     import transformers
 
     from .backends.ort import OrtBackend
-    from .engine import EngineError, check_model_matches, weights_fingerprint
+    from .engine import EngineError, check_model_matches, reexport_command, weights_fingerprint
     from .models import LoadedModel, family_of_folder, resolve_folder
     from .presets import ModelSettings
     from .spec import DTYPES
 
     folder = resolve_folder(model, cache_dir)
     family = family_of_folder(folder)
-    check_model_matches(engine.manifest, family.name, weights_fingerprint(folder))
+    check_model_matches(engine.manifest, family.name, weights_fingerprint(folder), engine.folder, model)
     index = json.loads((folder / "model_index.json").read_text())
     needed = [k for k, v in index.items() if isinstance(v, list) and v[0] and (k.startswith("text_encoder") or k == "vae")]
     missing = [k for k in needed if k not in engine.stages]
     if missing:
-        raise EngineError(f"{engine.folder} holds no {', '.join(missing)} stage(s): re-export it with amo-engine export "
-                          f"--model {model} --stages")
+        raise EngineError(f"{engine.folder} holds no {', '.join(missing)} stage(s): re-export it with: "
+                          f"{reexport_command(engine.manifest, engine.folder, model, stages=True)}")
     device = torch.device(device)
     components = {}
     for name, entry in index.items():

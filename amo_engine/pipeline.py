@@ -230,7 +230,8 @@ class AmoPipeline:
             self._eager[key] = EagerBackend(backbone)
         return self._eager[key]
 
-    def _backend_for(self, height: int, width: int, images: int, kv_swap: bool = False, modulation: bool = False):
+    def _backend_for(self, height: int, width: int, images: int, kv_swap: bool = False, modulation: bool = False,
+                     max_sequence_length: int | None = None):
         """``(rows, text_len) -> (IOSpec, backend)`` for one request: the eager backbone, or the
         engine after checking that its fixed shapes and inputs fit."""
 
@@ -242,22 +243,33 @@ class AmoPipeline:
             have = self._backend.spec
             if have is None:  # runs any shape
                 return spec, self._backend
+            engine = getattr(self._backend, "engine", None)
+
+            def reexport(**changes) -> str:  # the engine's own export command with what this request needs
+                if engine is None:
+                    return "export one with the flags below"
+                from .engine import reexport_command
+
+                return reexport_command(engine.manifest, engine.folder, self.model.source, **changes)
+
             if kv_swap and "kv_donor_index" not in have.input_names:
-                raise ValueError("this engine was exported without the text K/V swap inputs: re-export it with "
-                                 "amo-engine export --kv-swap (plus your other export flags)")
+                raise ValueError("this engine was exported without the text K/V swap inputs: re-export it with: "
+                                 + reexport(kv_swap=True, batch=max(images, engine.manifest.get("images_per_call", 1)
+                                                                    if engine is not None else images)))
             if modulation and "quadrant_scale" not in have.input_names:
                 raise ValueError("this engine was exported without the attention-modulation inputs: re-export it "
-                                 "with amo-engine export --modulation (plus your other export flags)")
+                                 "with: " + reexport(modulation=True))
             mismatch = [n for n in spec.input_names if n not in have.input_names or have.shape(n) != spec.shape(n)]
             if mismatch:
                 if all(have.dims.get(d) == v for d, v in spec.dims.items() if d != "batch"):  # only the batch
                     fix = (f"it runs {have.dims.get('batch')} rows per call, this request needs {rows} ({images} "
-                           f"images): export an engine with --batch {images}")
+                           f"images): export one for {images} images: {reexport(batch=images)}")
                 else:
                     detail = ", ".join(f"{n}: engine {have.shape(n) if n in have.input_names else 'missing'} vs "
                                        f"needed {spec.shape(n)}" for n in mismatch)
-                    fix = f"{detail}; export an engine for this batch/size/text length"
-                raise ValueError(f"the engine does not fit this request: {fix} (plus your other export flags)")
+                    fix = (f"{detail}; export one for this size and text length: "
+                           + reexport(batch=images, height=height, width=width, max_sequence_length=max_sequence_length))
+                raise ValueError(f"the engine does not fit this request: {fix}")
             return spec, self._backend
 
         return open_for
@@ -304,7 +316,8 @@ class AmoPipeline:
                                cfg.latents)
         start = time.perf_counter()
         loop = self.family.prepare(self.pipe, inputs,
-                                   self._backend_for(height, width, len(prompts), swap is not None, plan is not None))
+                                   self._backend_for(height, width, len(prompts), swap is not None, plan is not None,
+                                                     max_seq))
         sigmas = self.family.sigmas(self.pipe.scheduler.config, cfg.steps, loop.image_tokens)
         if swap is not None:
             loop = with_text_swap(loop, swap, len(prompts), sigmas)

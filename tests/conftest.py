@@ -89,3 +89,18 @@ def cli_in_fresh_process(argv: list[str]):
             "print('diffusers' in sys.modules); sys.exit(rc)")
     return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
 
+
+def pasted_export(message: str):
+    """The ``amo-engine export ...`` command a hint suggests, parsed by the CLI's own parser as a
+    user pasting it would (a hint that does not parse fails the test): the argparse Namespace."""
+    import shlex
+
+    from amo_engine.cli import build_parser
+
+    assert "amo-engine export" in message, message
+    command = message[message.index("amo-engine export"):].split(" (then ")[0].strip()
+    argv = shlex.split(command)[1:]
+    try:
+        return build_parser().parse_args(argv)
+    except SystemExit:
+        raise AssertionError(f"the suggested command does not parse: {command}") from None

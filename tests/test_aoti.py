@@ -20,6 +20,8 @@ from amo_engine.onnx_export import ExportConfig, export_engine
 from amo_engine.pipeline import AmoPipeline, GenerateConfig
 from amo_engine.verify import engine_parity, judge_parity
 
+from conftest import pasted_export
+
 pytestmark = pytest.mark.skipif(cpp_compiler() is None, reason="AOTInductor needs a C++ compiler (apt-get install g++)")
 
 
@@ -110,10 +112,14 @@ def test_refusals(models, flux_aoti, tmp_path):
     folder, manifest = flux_aoti
     no_package = tmp_path / "onnx-only"
     export_engine(models["flux"], ExportConfig(out=no_package, log=False))
-    with pytest.raises(EngineError, match="re-export it with amo-engine export --aoti"):
+    with pytest.raises(EngineError, match="re-export it with: ") as err:
         open_backend("aoti", no_package, models["flux"])
-    with pytest.raises(EngineError, match="compiled by torch 0.0.1.*re-export with amo-engine export --aoti"):
-        check_runtime({**manifest, "aoti": {**manifest["aoti"], "torch": "0.0.1"}}, "aoti", torch.__version__)
+    pasted = pasted_export(str(err.value))
+    assert pasted.aoti and pasted.out == no_package and pasted.model == "tiny-flux"
+    with pytest.raises(EngineError, match="compiled by torch 0.0.1.*re-export it with: ") as err:
+        check_runtime({**manifest, "aoti": {**manifest["aoti"], "torch": "0.0.1"}}, "aoti", torch.__version__,
+                      folder=folder)
+    assert pasted_export(str(err.value)).aoti
     with pytest.raises(EngineError, match="compiled for cpu, not cuda: run it with --device cpu"):
         check_runtime(manifest, "aoti", torch.__version__, device="cuda")
     with pytest.raises(BackendUnavailable, match="--cuda-graph needs a CUDA device"):

@@ -76,7 +76,7 @@ def test_output_files_get_normal_permissions(tmp_path):
     (["--c", "-1"], "--c must be a finite number >= 0"),
     (["--model", "tiny-sd3", "--height", "100"], "--height 100 must be a positive multiple of 16"),
     (["--width", "100"], "--width 100 must be a positive multiple of 8"),  # the glyph model (default)
-    (["--model", "tiny-flux", "--backend", "ort"], "amo-engine export --model tiny-flux --out engines/NAME"),
+    (["--model", "tiny-flux", "--backend", "ort"], "amo-engine export --model tiny-flux --out engines/tiny-flux"),
 ])
 def test_bad_options_fail_before_any_import_or_load(args, message):
     """Checked before diffusers is imported: a fresh process must not have loaded it."""

@@ -18,6 +18,8 @@ from amo_engine.models import load_model
 from amo_engine.ocr import Reader, check_available, ned
 from amo_engine.pipeline import AmoPipeline, GenerateConfig
 
+from conftest import pasted_export
+
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +138,8 @@ def test_eval_refuses_bad_options_before_work(tmp_path, capsys):
     assert main(["eval", "--out-dir", str(tmp_path), "--samplers", "euler,heun"]) == 2
     assert "unknown sampler(s) ['heun']" in capsys.readouterr().err
     assert main(["eval", "--out-dir", str(tmp_path), "--backend", "ort"]) == 2
-    assert "--batch 16 --out engines/NAME" in capsys.readouterr().err
+    pasted = pasted_export(capsys.readouterr().err)
+    assert pasted.batch == 16 and pasted.model == "glyph" and str(pasted.out) == "engines/glyph"
 
 
 def test_train_glyph_smoke_writes_a_loadable_folder(tmp_path):

@@ -12,7 +12,7 @@ from amo_engine.backbone import HookConfig, make_backbone
 from amo_engine.modulation import KNOBS, Modulation, explicit_logits, modulated_attention
 from amo_engine.spec import sample_feeds
 
-from conftest import FEATURE_FAMILIES, random_feeds, tiny_transformer
+from conftest import FEATURE_FAMILIES, pasted_export, random_feeds, tiny_transformer
 
 
 @pytest.fixture(params=FEATURE_FAMILIES)
@@ -239,9 +239,11 @@ def test_modulation_asked_of_an_engine_without_knobs(models, tmp_path):
     model = models["flux"]
     export_engine(model, ExportConfig(out=tmp_path / "plain", exporter="torchscript", log=False))
     with open_backend("ort", tmp_path / "plain", model) as backend:
-        with pytest.raises(ValueError, match="exported without the attention-modulation inputs: re-export it with "
-                                             "amo-engine export --modulation"):
+        with pytest.raises(ValueError, match="exported without the attention-modulation inputs: re-export it with: ") \
+                as err:
             AmoPipeline(model, backend=backend)(GenerateConfig([PROMPT], steps=2, modulation=preset("sharpen", 2, 2)))
+    pasted = pasted_export(str(err.value))
+    assert pasted.modulation and pasted.exporter == "torchscript" and pasted.out == tmp_path / "plain"
 
 
 def test_only_the_listed_blocks_modulate():

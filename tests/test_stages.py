@@ -9,6 +9,8 @@ from amo_engine.engine import EngineError, open_engine
 from amo_engine.onnx_export import ExportConfig, export_engine
 from amo_engine.verify import STAGE_MAX_ABS, stage_parity
 
+from conftest import pasted_export
+
 
 @pytest.mark.parametrize("name,components", [
     ("sd3", {"text_encoder": "clip", "text_encoder_2": "clip", "text_encoder_3": "t5", "vae": "vae_decoder"}),
@@ -33,8 +35,10 @@ def test_stage_refusals(models, tmp_path):
     export_engine(models["flux"], ExportConfig(out=folder, log=False))
     engine = open_engine(folder)
     assert engine.stages == []
-    with pytest.raises(EngineError, match="holds no vae stage .*re-export it with amo-engine export --stages"):
+    with pytest.raises(EngineError, match="holds no vae stage .*re-export it with: ") as err:
         engine.stage_spec("vae")
+    pasted = pasted_export(str(err.value))
+    assert pasted.stages and pasted.model == "tiny-flux" and pasted.out == folder
     with pytest.raises(ValueError, match="--stages exports the engine's fixed shapes: drop --dynamic-batch"):
         export_engine(models["flux"], ExportConfig(out=tmp_path / "x", stages=True, dynamic_batch=True, log=False))
 

@@ -11,7 +11,7 @@ import pytest
 from amo_engine.cli import main
 from amo_engine.text_edit import edit_request, read_word_list, safe_text_request, swap_target
 
-from conftest import cli_in_fresh_process
+from conftest import cli_in_fresh_process, pasted_export
 
 
 def test_swap_target_replaces_the_first_quoted_text():
@@ -97,8 +97,10 @@ def test_edit_on_an_engine_without_swap_inputs_is_refused(tmp_path, capsys, mode
                  "--target-text", "B", "--edit-blocks", "1", "--edit-start", "0", "--steps", "2", "--backend", "ort",
                  "--engine", str(tmp_path / "engine"), "--out", str(tmp_path / "e.png"), "--quiet"])
     assert code == 2 and not (tmp_path / "e.png").exists()
-    assert "exported without the text K/V swap inputs: re-export it with amo-engine export --kv-swap" in \
-        capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "exported without the text K/V swap inputs: re-export it with: " in err
+    pasted = pasted_export(err)  # edit's two images: the engine's --batch 2 kept, --kv-swap added
+    assert pasted.kv_swap and pasted.batch == 2 and pasted.exporter == "torchscript" and pasted.model == "tiny-sd3"
 
 
 def test_localize_smoke_writes_table_plot_grid_and_settings(tmp_path):

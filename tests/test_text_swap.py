@@ -14,7 +14,7 @@ from amo_engine.backbone import HookConfig, make_backbone
 from amo_engine.text_swap import TextSwap
 from amo_engine.pipeline import AmoPipeline, GenerateConfig
 
-from conftest import FEATURE_FAMILIES, random_feeds, tiny_transformer
+from conftest import FEATURE_FAMILIES, pasted_export, random_feeds, tiny_transformer
 
 
 @pytest.fixture(params=FEATURE_FAMILIES)
@@ -235,10 +235,11 @@ def test_edit_refused_by_an_engine_without_swap_inputs(models, ort_engines):
 
     model, engine = models["flux"], ort_engines["flux", "plain"]
     with open_backend("ort", engine, model) as backend:
-        with pytest.raises(ValueError, match="exported without the text K/V swap inputs: re-export it with "
-                                             "amo-engine export --kv-swap"):
+        with pytest.raises(ValueError, match="exported without the text K/V swap inputs: re-export it with: ") as err:
             AmoPipeline(model, engine.hook, backend)(GenerateConfig([A, B], steps=2,
                                                                     text_swap=TextSwap((1, 1), (BLOCK,))))
+    pasted = pasted_export(str(err.value))
+    assert pasted.kv_swap and pasted.batch == 2 and pasted.out == engine.folder and pasted.model == "tiny-flux"
 
 
 def test_an_engine_for_fewer_images_names_the_batch_to_export(models, ort_engines):
@@ -246,7 +247,9 @@ def test_an_engine_for_fewer_images_names_the_batch_to_export(models, ort_engine
 
     model, engine = models["sd3"], ort_engines["sd3", "swap"]
     with open_backend("ort", engine, model) as backend:
-        with pytest.raises(ValueError, match=r"runs 4 rows per call, this request needs 6 \(3 images\): export an "
-                                             r"engine with --batch 3"):
+        with pytest.raises(ValueError, match=r"runs 4 rows per call, this request needs 6 \(3 images\): export one "
+                                             r"for 3 images: ") as err:
             AmoPipeline(model, engine.hook, backend)(GenerateConfig([A, B, A], steps=2,
                                                                     text_swap=TextSwap((1, 1, 2), (BLOCK,))))
+    pasted = pasted_export(str(err.value))
+    assert pasted.batch == 3 and pasted.kv_swap and pasted.out == engine.folder

@@ -79,16 +79,16 @@ def open_backend(kind: str, engine=None, model=None, hook=None, device: str = "c
 
         from .ort import OrtBackend, max_supported_opset
 
-        check_runtime(engine.manifest, "ort", onnxruntime.__version__, max_supported_opset())
+        check_runtime(engine.manifest, "ort", onnxruntime.__version__, max_supported_opset(), folder=engine.folder)
         return OrtBackend(engine, device=device, **options)
     if kind == "aoti":
         import torch
 
         from .aoti import AotiBackend
 
-        check_runtime(engine.manifest, "aoti", torch.__version__, device=device)
+        check_runtime(engine.manifest, "aoti", torch.__version__, device=device, folder=engine.folder)
         return AotiBackend(engine, model, device=device, **options)
     from .trt import TrtBackend, import_tensorrt
 
-    check_runtime(engine.manifest, "trt", import_tensorrt().__version__)
+    check_runtime(engine.manifest, "trt", import_tensorrt().__version__, folder=engine.folder)
     return TrtBackend(engine, device=device, **options)

@@ -21,6 +21,7 @@ class AotiBackend(ClosingBackend):
     kind = "aoti"
 
     def __init__(self, engine: Engine, model=None, device: str = "cpu", cuda_graph: bool = False):
+        self.engine = engine
         self.spec = engine.spec
         self.device = torch.device(device)
         weights_from = None

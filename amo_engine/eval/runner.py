@@ -53,8 +53,10 @@ class EvalConfig:
         if self.words not in ("train", "held-out") and not Path(self.words).is_file():
             raise ValueError(f"--words takes train, held-out or a file of words; {self.words} is none of these")
         if self.backend != "eager" and self.engine is None:
-            raise ValueError(f"--backend {self.backend} needs --engine DIR, exported with: amo-engine export "
-                             f"--model {self.model} --batch {self.batch} --out engines/NAME")
+            from ..engine import engine_folder_for, export_command
+
+            raise ValueError(f"--backend {self.backend} needs --engine DIR, exported with: "
+                             f"{export_command(self.model, engine_folder_for(self.model), batch=self.batch)}")
 
 
 def word_list(source: str, settings, model: str, max_words: int | None = None) -> list[str]:
