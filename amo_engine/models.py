@@ -14,8 +14,11 @@ from pathlib import Path
 
 import torch
 
+from . import quiet
 from .families import Family, by_pipeline_class
 from .presets import PRESET_SIZE_FACTORS, PRESETS, ModelSettings, ensure_preset
+
+quiet.install()  # before any diffusers pipeline import: no look-alike failure lines on a healthy load
 
 
 

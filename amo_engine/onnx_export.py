@@ -94,6 +94,7 @@ class InSpecOrder(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.names = list(names)
+        self.eval()  # an inference graph: nn.Module starts in training mode, which the exporters warn about
 
     def forward(self, *args: torch.Tensor):
         return self.backbone(**dict(zip(self.names, args)))
