@@ -11,6 +11,7 @@ from . import __version__
 from .backends import BACKENDS
 from .bench import CONFIGS as BENCH_CONFIGS
 from .glyph.variants import VARIANTS as GLYPH_MODELS
+from .rules import SAMPLERS
 
 EPILOG = """\
 examples:
@@ -48,7 +49,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
     """Sampling, size, runtime and output options shared by generate and edit."""
     p.add_argument("--negative-prompt", default=None, help="negative prompt (SD3 classifier-free guidance)")
-    p.add_argument("--sampler", default="amo", choices=["euler", "overshoot", "amo"],
+    p.add_argument("--sampler", default="amo", choices=SAMPLERS,
                    help="euler: plain flow ODE; overshoot: step past the target and renoise back (strength --c); "
                         "amo: overshoot scaled per image patch by the quoted text's attention (default)")
     p.add_argument("--c", type=float, default=2.0, help="overshoot strength c >= 0 (0 = Euler; default 2.0)")
@@ -56,6 +57,9 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=10, help="seed for the initial noise and the renoising; image i of the batch draws from its own "
                         "generator seeded seed + i, so batch-mates never change an image (default 10)")
     p.add_argument("--guidance", type=float, default=None, help="SD3: CFG scale (default 7.0); FLUX: guidance input (default 3.5)")
+    p.add_argument("--size", default=None, metavar="WxH",
+                   help="image size in pixels, width x height, e.g. 128x48 (as the HTTP API's size; default: the "
+                        "model's)")
     p.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's)")
     p.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's)")
     p.add_argument("--max-sequence-length", type=int, default=None, help="T5 tokens (default: SD3 256, FLUX 512; presets 64)")
@@ -140,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("--template", default=None,
                     help="prompt template with {word} (default: the model's, else \"a sign that says '{word}'\")")
     lo.add_argument("--steps", type=int, default=28, help="steps per image (default 28)")
-    lo.add_argument("--sampler", default="euler", choices=["euler", "overshoot", "amo"], help="sampler (default euler)")
+    lo.add_argument("--sampler", default="euler", choices=SAMPLERS, help="sampler (default euler)")
     lo.add_argument("--seed", type=int, default=0, help="seed of every pair (default 0)")
     lo.add_argument("--batch", type=int, default=16, help="pairs per loop (default 16)")
     lo.add_argument("--combine", type=int, default=3, help="also try the best 2..N blocks together (default 3)")
@@ -273,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument("--requests", type=int, default=16, help="requests per concurrency level (default 16)")
     lt.add_argument("--payloads", type=int, default=8, help="distinct (prompt, seed) requests cycled (default 8)")
     lt.add_argument("--steps", type=int, default=8, help="steps per request (default 8)")
-    lt.add_argument("--sampler", default="amo", choices=["euler", "overshoot", "amo"])
+    lt.add_argument("--sampler", default="amo", choices=SAMPLERS)
     lt.add_argument("--kill-replica-after", type=float, default=None, metavar="S",
                     help="after the levels, a fault run: clients keep sending and one renderer replica is SIGKILLed S seconds in (needs the service started here)")
     lt.add_argument("--max-seconds", type=float, default=600.0, help="stop sending after this long (default 600)")
@@ -336,7 +340,8 @@ def check_generate_args(args: argparse.Namespace) -> None:
     """Everything about generate's options that can be judged before importing or loading anything."""
     import math
 
-    from .models import size_factor
+    from .models import size_limits
+    from .rules import check_size, parse_size
 
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
@@ -380,12 +385,13 @@ def check_generate_args(args: argparse.Namespace) -> None:
     if getattr(args, "edit_start", None) is not None and not 0 <= args.edit_start < args.steps:
         raise ValueError(f"--edit-start {args.edit_start} must be a step index 0..{args.steps - 1}")
     _check_quoted_words_fit(args)
-    factor = size_factor(args.model, args.cache_dir)
-    for name in ("height", "width"):
-        value = getattr(args, name)
-        if value is not None and factor is not None and (value <= 0 or value % factor):
-            raise ValueError(f"--{name} {value} must be a positive multiple of {factor} for this model "
-                             f"(e.g. {max(factor, value - value % factor)})")
+    if args.size is not None:
+        if args.height is not None or args.width is not None:
+            raise ValueError("--size sets both sides: drop --height and --width")
+        args.width, args.height = parse_size(args.size)
+    limits = size_limits(args.model, args.cache_dir)
+    if limits is not None:
+        check_size(args.width, args.height, *limits, model=args.model)
 
 
 def _check_quoted_words_fit(args: argparse.Namespace) -> None:

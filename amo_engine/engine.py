@@ -17,12 +17,11 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from .atomic import atomic_path
+from .atomic import atomic_path, temp_dir_beside
 from .spec import IOSpec
 
 MANIFEST = "manifest.json"
@@ -291,18 +290,23 @@ def check_model_matches(manifest: Mapping, family: str, fingerprint: str | None,
 
 @contextlib.contextmanager
 def export_lock(out: Path) -> Iterator[None]:
-    """Exclusive lock for writing engine folder ``out``; a second writer fails at once."""
+    """Exclusive lock for writing engine folder ``out``; a second writer fails at once. The lock file
+    is removed by its holder when done (a writer that fails to lock never waits, so none can be left
+    holding an unlinked file it still means to use)."""
     import fcntl
 
     out.parent.mkdir(parents=True, exist_ok=True)
     lock_path = out.parent / f".{out.name}.lock"
-    fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+    fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o666)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise EngineError(f"another export or build is writing {out} right now; wait for it to finish") from None
-        yield
+        try:
+            yield
+        finally:
+            lock_path.unlink(missing_ok=True)
     finally:
         os.close(fd)
 
@@ -367,7 +371,7 @@ def staging_dir(out: Path) -> Iterator[Path]:
     killed writer left (stale temp folders) and restores an engine caught between the two renames."""
     out.parent.mkdir(parents=True, exist_ok=True)
     recover_interrupted(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = temp_dir_beside(out, f".{out.name}.tmp-")
     try:
         yield tmp
         old = None

@@ -98,12 +98,15 @@ def resolve_folder(model: str, cache_dir: Path | str | None = None) -> Path:
     raise ValueError(f"unknown model {model!r}: use a preset ({', '.join(PRESETS)}), a folder path, or an HF model id")
 
 
-def size_factor(model: str, cache_dir: Path | str | None = None) -> int | None:
-    """Pixels per image token side for ``model`` (VAE factor x patch), read from config JSON only —
-    no diffusers import, no weights — so bad sizes fail early. None when it cannot be told yet."""
-    if model in PRESETS:
-        return PRESET_SIZE_FACTORS[model]
-    path = Path(model).expanduser()
+def size_limits(model: str, cache_dir: Path | str | None = None) -> tuple[int, int | None] | None:
+    """(pixels per image token side, the largest side in pixels or None) for ``model``, read from
+    config JSON only — no diffusers import, no weights, no preset built — so bad sizes fail early.
+    None when it cannot be told yet (a model id not in the cache)."""
+    from .presets import SHIPPED, preset_folder
+
+    path = preset_folder(model, cache_dir) if model in PRESETS else Path(model).expanduser()
+    if model in PRESETS and model not in SHIPPED and not (path / "model_index.json").is_file():
+        return PRESET_SIZE_FACTORS[model], None  # not built yet: its limit is told once it is
     if not path.is_dir():
         try:
             path = resolve_folder(model, cache_dir)
@@ -112,10 +115,13 @@ def size_factor(model: str, cache_dir: Path | str | None = None) -> int | None:
     try:
         family = family_of_folder(path)
         vae = json.loads((path / "vae" / "config.json").read_text())
-        patch = json.loads((path / "transformer" / "config.json").read_text()).get("patch_size", 2)
+        transformer = json.loads((path / "transformer" / "config.json").read_text())
     except (ValueError, OSError):
         return None
-    return family.pixels_per_token(2 ** (len(vae.get("block_out_channels", (0,) * 4)) - 1), patch)
+    factor = family.pixels_per_token(2 ** (len(vae.get("block_out_channels", (0,) * 4)) - 1),
+                                     transformer.get("patch_size", 2))
+    tokens = family.max_tokens_per_side(transformer)
+    return factor, (tokens * factor if tokens else None)
 
 
 def load_model(

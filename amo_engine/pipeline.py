@@ -25,7 +25,8 @@ from .modulation_plan import ModulationPlan, group_masks, with_modulation
 from .families import Denoise, DenoiseInputs
 from .models import LoadedModel
 from .prompts import TextLayout, find_quoted_spans
-from .samplers import SAMPLERS, sample_amo, sample_euler, sample_overshoot
+from .rules import SAMPLERS, check_size
+from .samplers import sample_amo, sample_euler, sample_overshoot
 
 
 class NonFiniteLatentsError(FloatingPointError):
@@ -76,7 +77,8 @@ class GenerateResult:
         return self.loop_seconds / self.steps
 
 
-def validate(cfg: GenerateConfig, patch_factor: int) -> None:
+def validate(cfg: GenerateConfig, patch_factor: int, largest: int | None = None) -> None:
+    """Refuse a request this model cannot run (``largest``: the most pixels a side it draws)."""
     if not cfg.prompts or any(not isinstance(p, str) for p in cfg.prompts):
         raise ValueError("prompts must be a non-empty list of strings")
     if cfg.sampler not in SAMPLERS:
@@ -96,10 +98,7 @@ def validate(cfg: GenerateConfig, patch_factor: int) -> None:
             raise ValueError(f"seed must be an int or one int per prompt ({len(cfg.prompts)}), got {cfg.seed!r}")
     if cfg.pad_images_to is not None and cfg.pad_images_to < 1:
         raise ValueError(f"pad_images_to must be >= 1, got {cfg.pad_images_to}")
-    for name in ("height", "width"):
-        value = getattr(cfg, name)
-        if value is not None:
-            validate_size(name, value, patch_factor)
+    check_size(cfg.width, cfg.height, patch_factor, largest)
 
 
 def row_seeds(seed: int | Sequence[int], prompts: int, images_per_prompt: int) -> list[int]:
@@ -110,11 +109,6 @@ def row_seeds(seed: int | Sequence[int], prompts: int, images_per_prompt: int) -
     if isinstance(seed, int):
         return [seed + r for r in range(prompts * images_per_prompt)]
     return [s + j for s in seed for j in range(images_per_prompt)]
-
-
-def validate_size(name: str, value: int, patch_factor: int) -> None:
-    if value <= 0 or value % patch_factor:
-        raise ValueError(f"{name}={value} must be a positive multiple of {patch_factor} for this model")
 
 
 def amo_span_notes(layout: TextLayout, prompts: Sequence[str], span_mask: torch.Tensor,
@@ -260,6 +254,11 @@ class AmoPipeline:
                 raise ValueError("this engine was exported without the attention-modulation inputs: re-export it "
                                  "with: " + reexport(modulation=True))
             mismatch = [n for n in spec.input_names if n not in have.input_names or have.shape(n) != spec.shape(n)]
+            drawn = (engine.manifest.get("width"), engine.manifest.get("height")) if engine is not None else None
+            if mismatch and drawn is not None and drawn != (width, height):
+                raise ValueError(f"the engine draws {drawn[0]}x{drawn[1]} px, this request asks {width}x{height}: ask "
+                                 f"for --size {drawn[0]}x{drawn[1]}, or export one for this size: "
+                                 + reexport(batch=images, height=height, width=width))
             if mismatch:
                 if all(have.dims.get(d) == v for d, v in spec.dims.items() if d != "batch"):  # only the batch
                     fix = (f"it runs {have.dims.get('batch')} rows per call, this request needs {rows} ({images} "
@@ -277,11 +276,12 @@ class AmoPipeline:
     # ------------------------------------------------------------ generation
 
     def __call__(self, cfg: GenerateConfig) -> GenerateResult:
-        validate(cfg, self.patch_factor)
+        tokens = self.family.max_tokens_per_side(self.pipe.transformer.config)
+        largest = tokens * self.patch_factor if tokens else None
+        validate(cfg, self.patch_factor, largest)
         default_h, default_w = self.model.default_size
         height, width = cfg.height or default_h, cfg.width or default_w
-        validate_size("height", height, self.patch_factor)  # the model's defaults too
-        validate_size("width", width, self.patch_factor)
+        check_size(width, height, self.patch_factor, largest)  # the model's defaults too
         max_seq = cfg.max_sequence_length or self.model.max_sequence_length
         guidance = self.model.default_guidance if cfg.guidance is None else cfg.guidance
         prompts = [p for p in cfg.prompts for _ in range(cfg.num_images_per_prompt)]

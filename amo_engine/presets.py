@@ -13,13 +13,13 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import torch
 
+from .atomic import temp_dir_beside, usual_permissions
 from .glyph.variants import CELL, VARIANTS as SHIPPED  # the models trained here, shipped as package data
 
 PRESETS = ("tiny-sd3", "tiny-flux", "tiny-sd35", "tiny-auraflow", *SHIPPED)
@@ -353,26 +353,34 @@ class ModelSettings:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items() if v is not None}
 
 
-def ensure_preset(name: str, cache_dir: Path | str | None = None) -> Path:
-    """Folder of preset ``name``, built and saved on first use (atomically: temp dir, then rename)."""
+def preset_folder(name: str, cache_dir: Path | str | None = None) -> Path:
+    """Where preset ``name`` lives (package data for the models trained here, else the cache), built or not."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     if name in SHIPPED:
-        folder = Path(str(resources.files("amo_engine").joinpath(SHIPPED[name].folder)))
+        return Path(str(resources.files("amo_engine").joinpath(SHIPPED[name].folder)))
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return root / f"{name}-v{PRESET_VERSION}-seed{PRESET_SEED}"
+
+
+def ensure_preset(name: str, cache_dir: Path | str | None = None) -> Path:
+    """Folder of preset ``name``, built and saved on first use (atomically: temp dir, then rename)."""
+    folder = preset_folder(name, cache_dir)
+    if name in SHIPPED:
         if not (folder / "model_index.json").is_file():
             raise FileNotFoundError(f"the {name} model is missing from {folder}; reinstall amo-engine")
         return folder
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    folder = root / f"{name}-v{PRESET_VERSION}-seed{PRESET_SEED}"
     if (folder / "model_index.json").is_file():
         return folder
+    root = folder.parent
     root.mkdir(parents=True, exist_ok=True)
     pipe = PRESET_BUILDERS[name]()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+    tmp = temp_dir_beside(folder, f".{name}-")
     try:
         pipe.save_pretrained(tmp, safe_serialization=True)
         settings = {"max_sequence_length": TINY_T5_MAX_LENGTH, "height": TINY_SIZE, "width": TINY_SIZE}
         (tmp / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
+        usual_permissions(tmp)
         try:
             tmp.rename(folder)
         except OSError:  # another process finished first: keep theirs

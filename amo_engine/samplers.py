@@ -194,4 +194,3 @@ def sample_amo(
     return x
 
 
-SAMPLERS = ("euler", "overshoot", "amo")

@@ -74,8 +74,11 @@ def test_output_files_get_normal_permissions(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--steps", "0"], "--steps must be >= 1"),
     (["--c", "-1"], "--c must be a finite number >= 0"),
-    (["--model", "tiny-sd3", "--height", "100"], "--height 100 must be a positive multiple of 16"),
-    (["--width", "100"], "--width 100 must be a positive multiple of 8"),  # the glyph model (default)
+    (["--model", "tiny-sd3", "--height", "100"], "height 100 px: tiny-sd3 draws sizes in multiples of 16 px (e.g. 96)"),
+    (["--width", "100"], "width 100 px: glyph draws sizes in multiples of 8 px (e.g. 96)"),  # the glyph model (default)
+    (["--size", "200x32"], "width 200 px: glyph draws at most 96 px a side"),  # no diffusers error in latent units
+    (["--size", "96"], "size must be WIDTHxHEIGHT in pixels, e.g. 128x48; got '96'"),
+    (["--size", "96x32", "--height", "32"], "--size sets both sides: drop --height and --width"),
     (["--model", "tiny-flux", "--backend", "ort"], "amo-engine export --model tiny-flux --out engines/tiny-flux"),
 ])
 def test_bad_options_fail_before_any_import_or_load(args, message):

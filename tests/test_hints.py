@@ -69,3 +69,13 @@ def test_the_generate_hint_runs_as_pasted(tmp_path, capsys, monkeypatch):
     pasted = pasted_export(err)
     assert main(["generate", *prompt, "--backend", "ort", "--engine", str(pasted.out), "--out", "o.png"]) == 0
     assert (tmp_path / "o.png").is_file()
+    # a size the engine does not draw is said in pixels, with the export that draws it
+    assert main(["generate", *prompt, "--backend", "ort", "--engine", str(pasted.out), "--size", "64x32"]) == 2
+    err = capsys.readouterr().err
+    assert "the engine draws 96x32 px, this request asks 64x32: ask for --size 96x32" in err
+    again = pasted_export(err)
+    assert (again.width, again.height, again.out) == (64, 32, pasted.out)
+    assert main(["generate", *prompt, "--size", "64x32", "--out", "small.png"]) == 0  # eager draws any size it can
+    from PIL import Image
+
+    assert Image.open(tmp_path / "small.png").size == (64, 32)

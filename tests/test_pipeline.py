@@ -170,10 +170,15 @@ def test_given_initial_noise_is_used(models, family):
     assert torch.equal(a.latents, b.latents) and not torch.equal(a.latents, run(models[family], sampler="euler").latents)
 
 
-def test_preset_size_factors_match_the_loaded_pipelines(models):
-    """The early size check's preset facts equal what the loaded pipelines say."""
+def test_preset_size_factors_match_the_loaded_pipelines(models, preset_cache):
+    """The early size check's facts (config JSON only) equal what the loaded pipelines say."""
+    from amo_engine.models import size_limits
     from amo_engine.presets import PRESET_SIZE_FACTORS
 
     loaded = {**{f"tiny-{f}": m for f, m in models.items()}, "glyph": load_model("glyph")}
     for name, model in loaded.items():
-        assert AmoPipeline(model).patch_factor == PRESET_SIZE_FACTORS[name], name
+        pipe = AmoPipeline(model)
+        assert pipe.patch_factor == PRESET_SIZE_FACTORS[name], name
+        tokens = pipe.family.max_tokens_per_side(model.pipe.transformer.config)
+        assert size_limits(name, preset_cache) == (pipe.patch_factor, tokens * pipe.patch_factor if tokens else None)
+    assert size_limits("glyph") == (8, 96)  # its position table: 12 tokens a side

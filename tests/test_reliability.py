@@ -197,8 +197,9 @@ def test_engine_hints_are_pasteable_commands(tmp_path, models):
     with pytest.raises(EngineError, match=r"amo-engine export --model tiny-flux --out '.*flux engine'$"):
         read_manifest(missing, model="tiny-flux")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(EngineError, match=r"not an engine folder; write one with: amo-engine export --model tiny-sd3 "
-                                          rf"--out {tmp_path / 'empty'} \("):
+    with pytest.raises(EngineError, match=r"not an engine folder; write one with: \(for the default glyph model; name "
+                                          rf"yours with --model\) amo-engine export --model glyph --out "
+                                          rf"{tmp_path / 'empty'}$"):
         read_manifest(tmp_path / "empty")
     with pytest.raises(EngineError, match=r"is a diffusers model folder, not an engine; export one from it with: "
                                           rf"amo-engine export --model {models['sd3'].folder} --out engines/"):
@@ -272,6 +273,23 @@ def test_recover_engine_caught_between_renames(engine, tmp_path):
     recover_interrupted(out)
     read_manifest(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["engine"]
+
+
+def test_written_folders_follow_the_umask_and_leave_no_lock(models, tmp_path):
+    """A shared model folder on a cluster: engine and model folders readable by the group as the
+    umask says (mkdtemp alone makes them 0700), and no hidden lock file left beside them."""
+    from amo_engine.glyph.train import save_glyph_folder
+
+    umask = os.umask(0o022)
+    try:
+        export_engine(models["flux"], ExportConfig(out=tmp_path / "engines" / "e", exporter="torchscript", log=False))
+        save_glyph_folder(load_model("glyph").pipe, tmp_path / "model")
+    finally:
+        os.umask(umask)
+    for folder in (tmp_path / "engines" / "e", tmp_path / "model"):
+        assert folder.stat().st_mode & 0o777 == 0o755, oct(folder.stat().st_mode)
+        assert all(p.stat().st_mode & 0o777 == 0o644 for p in folder.rglob("*") if p.is_file())
+    assert [p.name for p in (tmp_path / "engines").iterdir()] == ["e"]
 
 
 def test_second_process_export_fails_clearly(models, tmp_path):

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from amo_engine.samplers import SAMPLERS
+from amo_engine.rules import SAMPLERS
 from amo_engine.serve import schema
 from amo_engine.serve.renderer import pack
 from amo_engine.serve.schema import BadRequest, Limits, parse_request

@@ -41,7 +41,7 @@ class EvalConfig:
     _word_list: list[str] = field(default_factory=list, repr=False)
 
     def validate(self) -> None:
-        from ..samplers import SAMPLERS
+        from ..rules import SAMPLERS
 
         bad = [s for s in self.samplers if s not in SAMPLERS]
         if bad:

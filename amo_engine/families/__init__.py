@@ -81,6 +81,10 @@ class Family:
         """Pixels per image token side."""
         raise NotImplementedError
 
+    def max_tokens_per_side(self, transformer_config) -> int | None:
+        """The most image tokens a side the transformer's position table reaches (None: no limit)."""
+        return None
+
     def latent_patch(self, transformer_config) -> int:
         """Side of one image token in the latent layout the sampler sees (AMO's patch)."""
         raise NotImplementedError

@@ -6,7 +6,7 @@ VAE shift. AMO's scores come from the joint blocks; the single blocks keep their
 
 from __future__ import annotations
 
-from . import Denoise, DenoiseInputs, Family, guided_loop
+from . import Denoise, DenoiseInputs, Family, config_value, guided_loop
 
 REGISTER_TOKENS = 8  # AuraFlowTransformer2DModel.register_tokens, prepended to the text in every block
 
@@ -26,6 +26,12 @@ class AuraFlowFamily(Family):
 
     def pixels_per_token(self, vae_scale_factor, patch_size):
         return vae_scale_factor * patch_size
+
+    def max_tokens_per_side(self, transformer_config):
+        import math
+
+        size = config_value(transformer_config, "pos_embed_max_size")  # positions in all: a square of patches
+        return math.isqrt(size) if size else None
 
     def latent_patch(self, transformer_config):
         return transformer_config.patch_size

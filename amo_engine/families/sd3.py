@@ -44,6 +44,9 @@ class SD3Family(Family):
     def pixels_per_token(self, vae_scale_factor, patch_size):
         return vae_scale_factor * patch_size
 
+    def max_tokens_per_side(self, transformer_config):
+        return config_value(transformer_config, "pos_embed_max_size")  # a cropped square table of patches
+
     def latent_patch(self, transformer_config):
         return transformer_config.patch_size
 

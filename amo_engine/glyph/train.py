@@ -380,18 +380,18 @@ def warm_start(pipe, source: str) -> None:
 
 def save_glyph_folder(pipe, folder: Path, model: Variant = GLYPH) -> Path:
     import shutil
-    import tempfile
 
+    from ..atomic import temp_dir_beside, usual_permissions
     from ..presets import SETTINGS_FILE
 
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    tmp = temp_dir_beside(folder, f".{folder.name}-")
     try:
         half = {k: (copy.deepcopy(v).half() if isinstance(v, torch.nn.Module) and k != "vae" else v)
                 for k, v in pipe.components.items()}
         type(pipe)(**half).save_pretrained(tmp, safe_serialization=True)
         (tmp / SETTINGS_FILE).write_text(json.dumps(glyph_settings(model).to_json(), indent=2) + "\n")
+        usual_permissions(tmp)
         if folder.exists():
             shutil.rmtree(folder)
         tmp.rename(folder)

@@ -10,7 +10,8 @@ import json
 import math
 from dataclasses import dataclass
 
-SAMPLERS = ("euler", "overshoot", "amo")  # samplers.SAMPLERS (checked equal in the tests)
+from ..rules import SAMPLERS, parse_size
+
 OPENAI_IGNORED = ("model", "user", "quality", "style")  # OpenAI fields clients send that change nothing here
 MAX_PROMPT_CHARS = 2000
 MAX_SEED = 2**63 - 1
@@ -142,7 +143,7 @@ def _size(value, limits: Limits) -> tuple[int, int]:
         return limits.sizes[0]
     served = ", ".join(limits.size_names)
     try:
-        w, h = (int(v) for v in str(value).lower().split("x"))
+        w, h = parse_size(value)
     except ValueError:
         raise BadRequest(400, f"\"size\" must be \"WxH\", one of {served}; got {json.dumps(value)}") from None
     if (w, h) not in limits.sizes:

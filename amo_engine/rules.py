@@ -1,0 +1,31 @@
+"""Rules a generation request must meet, each stated once and torch-free, so the command line (before
+anything heavy loads), the pipeline and the HTTP schema refuse the same things in the same words.
+"""
+
+from __future__ import annotations
+
+SAMPLERS = ("euler", "overshoot", "amo")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"WxH"`` in pixels (the OpenAI images API's ``size``) -> (width, height)."""
+    try:
+        w, h = (int(v) for v in str(text).strip().lower().split("x"))
+    except ValueError:
+        raise ValueError(f"size must be WIDTHxHEIGHT in pixels, e.g. 128x48; got {text!r}") from None
+    return w, h
+
+
+def check_size(width: int | None, height: int | None, factor: int, largest: int | None = None,
+               model: str = "this model") -> None:
+    """Refuse a size ``model`` cannot draw, in pixels: each side a positive multiple of ``factor``
+    (pixels per image token side) and at most ``largest`` (its position table's reach; None: any)."""
+    for name, value in (("width", width), ("height", height)):
+        if value is None:
+            continue
+        if value <= 0 or value % factor:
+            near = max(factor, value - value % factor)
+            raise ValueError(f"{name} {value} px: {model} draws sizes in multiples of {factor} px (e.g. {near})")
+        if largest is not None and value > largest:
+            raise ValueError(f"{name} {value} px: {model} draws at most {largest} px a side (its position table "
+                             f"holds {largest // factor} image tokens a side); ask for {largest} or less")
