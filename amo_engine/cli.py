@@ -336,13 +336,22 @@ def _numbered(path: Path, i: int) -> Path:
     return path if i == 0 else path.with_name(f"{path.stem}_{i}{path.suffix}")
 
 
+def check_model_name(args: argparse.Namespace) -> None:
+    """The model names something that exists here (a preset, a folder, a cached model id): judged
+    before torch or diffusers are imported, so a typo costs no seconds."""
+    from .folders import resolve_folder
+
+    resolve_folder(args.model, getattr(args, "cache_dir", None), build=False)
+
+
 def check_generate_args(args: argparse.Namespace) -> None:
     """Everything about generate's options that can be judged before importing or loading anything."""
     import math
 
-    from .models import size_limits
+    from .folders import size_limits
     from .rules import check_size, parse_size
 
+    check_model_name(args)
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     if not (args.c >= 0 and math.isfinite(args.c)):
@@ -747,6 +756,7 @@ def _eval_config(args: argparse.Namespace):
 def check_eval_args(args: argparse.Namespace) -> None:
     from .ocr import check_available
 
+    check_model_name(args)
     _eval_config(args).validate()
     check_available(args.ocr)
 
@@ -754,7 +764,7 @@ def check_eval_args(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .eval.report import write_report
     from .eval.runner import run_eval
-    from .models import resolve_folder
+    from .folders import resolve_folder
     from .presets import ModelSettings
 
     if not args.report_only:
@@ -804,6 +814,7 @@ def check_localize_args(args: argparse.Namespace) -> None:
 
     from .ocr import check_available
 
+    check_model_name(args)
     _localize_config(args).validate()
     check_available(args.ocr)
     if importlib.util.find_spec("skimage") is None:
@@ -874,6 +885,7 @@ def check_serve_args(args: argparse.Namespace) -> None:
             raise ValueError("--kill-replica-after kills a replica of a service started here: drop --url")
     if not starts:
         return
+    check_model_name(args)
     from .engine import engine_folder_for, export_command
 
     backend = args.backend or ("ort" if args.engine is not None else "eager")
@@ -946,7 +958,8 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         app.start(_service_config(args), args.host, args.port, num_cpus=_ray_cpus(args))
     try:
         lt = loadtest.LoadTest(url.rstrip("/"), tuple(args.concurrency), args.requests, args.payloads, args.steps,
-                               args.sampler, max_seconds=args.max_seconds, kill_replica_after_s=args.kill_replica_after)
+                               args.sampler, max_seconds=args.max_seconds, kill_replica_after_s=args.kill_replica_after,
+                               started_here=started)
         try:
             result = loadtest.run(lt, args.replicas)
         except (RuntimeError, TimeoutError) as err:  # the service is not there, or fails alone
@@ -987,6 +1000,7 @@ COMMANDS = {"generate": cmd_generate, "edit": cmd_edit, "localize": cmd_localize
 
 
 PRECHECKS = {"generate": check_generate_args, "edit": check_edit_args, "localize": check_localize_args,
+             "export": check_model_name,
              "eval": check_eval_args, "serve": check_serve_args, "loadtest": check_serve_args}
 
 
@@ -994,23 +1008,59 @@ def _plain_warning(message, category, filename, lineno, file=None, line=None) ->
     return f"amo-engine: warning: {message}\n"
 
 
+def _unquoted_prompt(argv: list[str], extras: list[str]) -> str | None:
+    """The fix for a prompt typed without quotes (its words after the first land in ``extras``):
+    the whole prompt quoted, its last word quoted inside as the text to render when nothing is."""
+    if "--prompt" not in argv:
+        return None
+    at = argv.index("--prompt") + 1
+    words = []
+    for word in argv[at:]:
+        if word.startswith("--") or (words and word not in extras):
+            break
+        words.append(word)
+    if len(words) < 2:
+        return None
+    if not any(q in " ".join(words) for q in "'\"‘’“”"):
+        words[-1] = f"'{words[-1]}'"
+    return f'--prompt "{" ".join(words)}"'
+
+
+RESUMABLE = {"eval", "train-glyph"}  # commands that keep what they finished and resume from it
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        fix = _unquoted_prompt(argv, extras)
+        if fix is None:
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        print(f"amo-engine {args.command}: error: the prompt has spaces: quote it whole, with the text to render "
+              f"in quotes inside it: {fix}", file=sys.stderr)
+        return 2
     warnings.formatwarning = _plain_warning  # one line per warning, no source-line noise
     warnings.simplefilter("default", UserWarning)
     try:
-        if args.command in PRECHECKS:
-            PRECHECKS[args.command](args)  # before diffusers is imported or any model loaded
-        from .backends import BackendUnavailable
-    except (ValueError, FileNotFoundError, ImportError) as err:
-        print(f"amo-engine {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    _quiet_libraries()
-    try:
-        return COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, FloatingPointError, ImportError, BackendUnavailable) as err:
-        print(f"amo-engine {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        try:
+            if args.command in PRECHECKS:
+                PRECHECKS[args.command](args)  # before diffusers is imported or any model loaded
+            from .backends import BackendUnavailable
+        except (ValueError, FileNotFoundError, ImportError) as err:
+            print(f"amo-engine {args.command}: error: {err}", file=sys.stderr)
+            return 2
+        _quiet_libraries()
+        try:
+            return COMMANDS[args.command](args)
+        except (ValueError, FileNotFoundError, FloatingPointError, ImportError, BackendUnavailable) as err:
+            print(f"amo-engine {args.command}: error: {err}", file=sys.stderr)
+            return 2
+    except KeyboardInterrupt:
+        kept = ("what finished is kept: rerun the same command to resume" if args.command in RESUMABLE
+                else "nothing written")
+        print(f"amo-engine {args.command}: interrupted; {kept}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -124,7 +124,8 @@ def load_engine_model(model: str, engine, device: str = "cpu", cache_dir=None, r
 
     from .backends.ort import OrtBackend
     from .engine import EngineError, check_model_matches, reexport_command, weights_fingerprint
-    from .models import LoadedModel, family_of_folder, resolve_folder
+    from .folders import family_of_folder, resolve_folder
+    from .models import LoadedModel
     from .presets import ModelSettings
     from .spec import DTYPES
 

@@ -354,18 +354,21 @@ class AmoPipeline:
                 bar.update(1)
 
         start = time.perf_counter()
-        if sampler == "euler":
-            latents = sample_euler(loop.step, loop.latents, sigmas, callback=on_step)
-        elif sampler == "overshoot":
-            latents = sample_overshoot(loop.step, loop.latents, sigmas, cfg.c, generator, callback=on_step)
-        else:
-            latents = sample_amo(loop.step, loop.latents, sigmas, cfg.c, generator,
-                                 patch_size=self.family.latent_patch(self.pipe.transformer.config), callback=on_step)
-        if latents.is_cuda:
-            torch.cuda.synchronize(latents.device)
+        try:
+            if sampler == "euler":
+                latents = sample_euler(loop.step, loop.latents, sigmas, callback=on_step)
+            elif sampler == "overshoot":
+                latents = sample_overshoot(loop.step, loop.latents, sigmas, cfg.c, generator, callback=on_step)
+            else:
+                latents = sample_amo(loop.step, loop.latents, sigmas, cfg.c, generator,
+                                     patch_size=self.family.latent_patch(self.pipe.transformer.config),
+                                     callback=on_step)
+            if latents.is_cuda:
+                torch.cuda.synchronize(latents.device)
+        finally:  # an interrupted loop ends its bar's line before anyone prints after it
+            if bar is not None:
+                bar.close()
         loop_seconds = time.perf_counter() - start
-        if bar is not None:
-            bar.close()
         first_bad = int(bad_step)  # the loop's one host sync
         if first_bad >= 0:
             raise NonFiniteLatentsError(

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-import torch
 
 from .atomic import temp_dir_beside, usual_permissions
 from .glyph.variants import CELL, VARIANTS as SHIPPED  # the models trained here, shipped as package data
@@ -228,6 +227,8 @@ def tiny_flux_transformer():
 
 def _eval(pipe):
     """Inference mode for every module, as from_pretrained leaves them (no dropout)."""
+    import torch
+
     for component in pipe.components.values():
         if isinstance(component, torch.nn.Module):
             component.eval()
@@ -237,6 +238,7 @@ def _eval(pipe):
 def build_tiny_sd3(seed: int = PRESET_SEED, **sd35):
     """A complete StableDiffusion3Pipeline with tiny random weights (CLIP-L, CLIP-G, T5, VAE);
     ``sd35``: the transformer's SD3.5 options (TINY_SD35 for the tiny-sd35 preset)."""
+    import torch
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
     from transformers import CLIPTextModelWithProjection
 
@@ -263,6 +265,7 @@ def build_tiny_sd3(seed: int = PRESET_SEED, **sd35):
 
 def build_tiny_flux(seed: int = PRESET_SEED):
     """A complete FluxPipeline (guidance-distilled, like FLUX.1-dev) with tiny random weights."""
+    import torch
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
     from transformers import CLIPTextModel
 
@@ -294,6 +297,7 @@ def build_tiny_flux(seed: int = PRESET_SEED):
 
 def build_tiny_auraflow(seed: int = PRESET_SEED):
     """A complete AuraFlowPipeline with tiny random weights (UMT5 encoder, 4-channel VAE without shift)."""
+    import torch
     from diffusers import AuraFlowPipeline, AutoencoderKL, FlowMatchEulerDiscreteScheduler
     from transformers import UMT5Config, UMT5EncoderModel
 

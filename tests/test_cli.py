@@ -125,3 +125,55 @@ def test_cli_refuses_cuda_graph_without_cuda(capsys):
     assert main(["generate", "--model", "glyph", "--prompt", "a sign", "--backend", "ort", "--engine", "engines/x",
                  "--cuda-graph"]) == 2
     assert "--cuda-graph needs --backend aoti or trt on --device cuda" in capsys.readouterr().err
+
+
+def test_an_unquoted_prompt_is_told_to_quote_it(capsys):
+    assert main(["generate", "--prompt", "a", "dark", "sign", "that", "says", "HAPPY", "--steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().endswith("""quote it whole, with the text to render in quotes inside it: --prompt "a dark sign """
+                                """that says 'HAPPY'\"""") and err.count("\n") == 1
+
+
+def test_an_unknown_model_is_named_before_torch_is_imported():
+    import subprocess
+    import sys
+
+    code = ("import sys; from amo_engine.cli import main; rc = main(sys.argv[1:]); "
+            "print('torch' in sys.modules, 'diffusers' in sys.modules); sys.exit(rc)")
+    for argv in (["generate", "--model", "tiny-sd4", "--prompt", "x"], ["export", "--model", "tiny-sd4", "--out", "e"],
+                 ["eval", "--model", "tiny-sd4", "--out-dir", "e"]):
+        done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and "unknown model 'tiny-sd4'" in done.stderr, done.stderr
+        assert done.stdout.split() == ["False", "False"], argv
+
+
+def test_loadtest_to_a_port_where_nothing_listens_fails_within_seconds(capsys):
+    import socket
+
+    with socket.socket() as s:  # a free port, closed again: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["loadtest", "--url", f"http://127.0.0.1:{port}"]) == 1
+    assert f"nothing listens at http://127.0.0.1:{port} (connection refused)" in capsys.readouterr().err
+
+
+def test_ctrl_c_is_one_line_and_status_130(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from amo_engine.cli import main; "
+                             "sys.exit(main(sys.argv[1:]))", "generate", "--prompt", "a dark sign that says 'HAPPY'",
+                             "--steps", "100000", "--out", str(tmp_path / "x.png")],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:  # the progress bar's first update: the loop is running
+            if "step" in line or "\r" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        err = proc.stderr.read()
+        assert proc.wait(timeout=120) == 130
+    finally:
+        proc.kill()
+    assert err.strip().splitlines()[-1] == "amo-engine generate: interrupted; nothing written"
+    assert "Traceback" not in err and not (tmp_path / "x.png").exists()

@@ -172,7 +172,7 @@ def test_given_initial_noise_is_used(models, family):
 
 def test_preset_size_factors_match_the_loaded_pipelines(models, preset_cache):
     """The early size check's facts (config JSON only) equal what the loaded pipelines say."""
-    from amo_engine.models import size_limits
+    from amo_engine.folders import size_limits
     from amo_engine.presets import PRESET_SIZE_FACTORS
 
     loaded = {**{f"tiny-{f}": m for f, m in models.items()}, "glyph": load_model("glyph")}

@@ -48,6 +48,7 @@ class LoadTest:
     max_seconds: float = 600.0
     max_retries: int = 3  # after a 503 with Retry-After
     kill_replica_after_s: float | None = None  # after the levels: kill a replica this far into a fault run
+    started_here: bool = False  # the service was started by this process (it may still be coming up)
     results: dict = field(default_factory=dict)
 
 
@@ -136,14 +137,24 @@ def run_level(lt: LoadTest, concurrency: int, reference: dict[int, str], deadlin
     }
 
 
-def wait_ready(url: str, timeout: float = 120.0) -> dict:
-    end = time.perf_counter() + timeout
+REFUSED_GRACE_S = 3.0  # how long a refused connection is retried when the service should already be up
+
+
+def wait_ready(url: str, timeout: float = 120.0, refused_grace: float | None = REFUSED_GRACE_S) -> dict:
+    """The service's /readyz answer, waiting up to ``timeout`` for it to become ready; a connection
+    refused for ``refused_grace`` seconds (nothing listens there) fails at once (None: wait it out)."""
+    start = time.perf_counter()
     while True:
         try:
             with urllib.request.urlopen(url + "/readyz", timeout=5) as r:
                 return json.loads(r.read())
-        except (OSError, ValueError):
-            if time.perf_counter() > end:
+        except (OSError, ValueError) as err:
+            waited = time.perf_counter() - start
+            refused = isinstance(getattr(err, "reason", err), ConnectionRefusedError)
+            if refused and refused_grace is not None and waited > refused_grace:
+                raise RuntimeError(f"nothing listens at {url} (connection refused): start the service with "
+                                   "amo-engine serve ..., or pass the --url it listens at") from None
+            if waited > timeout:
                 raise TimeoutError(f"{url}/readyz did not answer ready within {timeout:g} s: is the service "
                                    "running? (amo-engine serve ...)") from None
             time.sleep(0.5)
@@ -219,7 +230,7 @@ def run_fault(lt: LoadTest, concurrency: int, replicas: int, reference: dict[int
 def run(lt: LoadTest, replicas: int = 1) -> dict:
     """Reference images (each payload alone), each concurrency level, then (if asked) the replica kill."""
     deadline = time.perf_counter() + lt.max_seconds
-    info = wait_ready(lt.url)
+    info = wait_ready(lt.url, refused_grace=None if lt.started_here else REFUSED_GRACE_S)
     reference = {}
     for i in range(lt.payloads):  # alone: one request in flight
         outcome = send(lt, i)
