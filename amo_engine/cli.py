@@ -946,7 +946,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_loadtest(args: argparse.Namespace) -> int:
-    import json
 
     from .serve import loadtest
 

@@ -260,23 +260,6 @@ def test_verify_gates_follow_the_engine_dtype():
     assert not ok and "velocity cosine 0.95 (>= 0.995)" in detail
 
 
-def test_ort_accepts_the_no_host_sync_run_option(models, engines):
-    """The run option the CUDA path passes (no stream sync at the end of Run) is one this ORT takes;
-    results with it equal results without it (on the CPU it changes nothing)."""
-    import onnxruntime as ort
-
-    from amo_engine.backends.ort import NO_HOST_SYNC
-
-    engine = open_engine(engines["flux", "dynamo"])
-    with open_backend("ort", engine, models["flux"]) as backend:
-        feeds = sample_feeds(engine.spec, "cpu", seed=0)
-        plain = {k: v.clone() for k, v in backend(feeds).items()}
-        options = ort.RunOptions()
-        options.add_run_config_entry(NO_HOST_SYNC, "1")
-        backend.session.run_with_iobinding(backend.binding, options)
-        assert all(torch.equal(plain[k], backend.outputs[k]) for k in plain)
-
-
 def test_cli_ort_threads_and_optimisation_level_reach_the_session(engines, preset_cache, tmp_path, monkeypatch,
                                                                   capsys):
     import onnxruntime as ort

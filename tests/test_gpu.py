@@ -8,9 +8,8 @@ import torch
 from amo_engine.backbone import make_backbone
 from amo_engine.models import load_model
 from amo_engine.pipeline import AmoPipeline, GenerateConfig
-from amo_engine.samplers import StepOut, sample_amo
 
-from conftest import HEIGHT, WIDTH, TEXT_LEN, random_feeds, tiny_transformer
+from conftest import random_feeds, tiny_transformer
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")]
 PROMPT = "A banner with the message 'Grand Opening, Visit Us Today'"
@@ -32,30 +31,63 @@ def test_backbone_on_cuda_matches_cpu(family):
     assert (a_gpu.cpu() - a_cpu).abs().max() <= 1e-4
 
 
-def test_amo_loop_never_syncs_the_host(family):
-    """The whole AMO loop (eager backbone, feed copies, sampler update) under sync-debug 'error'."""
-    backbone = make_backbone(tiny_transformer(family).cuda())
-    feeds = {k: v.cuda() for k, v in random_feeds(backbone).items()}
-    hidden, timestep = feeds["hidden_states"], feeds["timestep"]
-    fam = backbone.family
-    sigmas = fam.sigmas(fam.reference_scheduler, 8, backbone.io_spec(2, HEIGHT, WIDTH, TEXT_LEN[fam.name]).dims["image_tokens"])
+def test_the_pipeline_loop_never_syncs_the_host(family, cache, monkeypatch):
+    """The real AmoPipeline loop — feed writes, the text-swap and modulation wrappers, the backbone,
+    AMO's update, the step callback — under sync-debug 'error' (the one sync after the loop, reading
+    the NaN check, is outside it)."""
+    import amo_engine.pipeline as pipeline_module
+    from amo_engine.backbone import HookConfig
+    from amo_engine.modulation_plan import ModulationPlan, StepKnobs
+    from amo_engine.text_swap import TextSwap
 
-    def fn(x, sigma):
-        hidden.copy_(x)
-        timestep.fill_(fam.timestep(sigma, fam.reference_scheduler))
-        v, attn = backbone(**feeds)
-        return StepOut(v, attn)
+    model = load_model(f"tiny-{family}", "fp32", "cuda", cache)
+    real = pipeline_module.sample_amo
 
-    x = torch.randn(hidden.shape, device="cuda")
-    g = torch.Generator("cuda").manual_seed(0)
-    with torch.no_grad():
-        fn(x, 1.0)  # warm-up (lazy inits may sync once)
+    def strict(*args, **kwargs):
         torch.cuda.set_sync_debug_mode("error")
         try:
-            out = sample_amo(fn, x, sigmas, c=2.0, generator=g, patch_size=fam.latent_patch(backbone.config))
+            return real(*args, **kwargs)
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    assert torch.isfinite(out).all()
+
+    steps = 6
+    plan = ModulationPlan("probe", (StepKnobs((1.2, 1, 1, 1), (0.3,), 1.0),) * steps, needs_groups=True)
+    prompts = ["a red apple and a sign that says 'OPEN'", "a red apple and a sign that says 'SHUT'"]
+    pipe = AmoPipeline(model, HookConfig(kv_swap=True, modulation=True))
+    pipe(GenerateConfig(prompts, steps=2, sampler="amo", progress=False))  # warm-up: lazy inits may sync once
+    monkeypatch.setattr(pipeline_module, "sample_amo", strict)
+    result = pipe(GenerateConfig(prompts, steps=steps, sampler="amo", progress=False, modulation=plan,
+                                 text_swap=TextSwap((1, 1), (0,))))
+    assert result.sampler == "amo" and torch.isfinite(result.latents).all()
+
+
+def test_ort_cuda_runs_in_the_callers_stream_order(cache):
+    """Feeds written by a slow torch kernel just before the call are what ORT reads, and its outputs
+    are ready for the caller's next kernel, with Run not syncing the host (NO_HOST_SYNC)."""
+    ort = pytest.importorskip("onnxruntime")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime has no CUDA provider (pip install onnxruntime-gpu)")
+    from amo_engine.backends import open_backend
+    from amo_engine.onnx_export import ExportConfig, export_engine
+    from amo_engine.spec import sample_feeds
+
+    cpu_model = load_model("tiny-flux", "fp32", "cpu", cache)
+    folder = cache / "flux-engine"
+    export_engine(cpu_model, ExportConfig(out=folder, log=False))
+    model = load_model("tiny-flux", "fp32", "cuda", cache)
+    with open_backend("ort", folder, model, device="cuda") as backend:
+        feeds = sample_feeds(backend.spec, "cuda", seed=0)
+        want = {k: v.clone() for k, v in backend(feeds).items()}
+        torch.cuda.synchronize()
+        for _ in range(3):
+            stale = feeds["hidden_states"].clone()
+            feeds["hidden_states"].zero_()
+            torch.cuda._sleep(50_000_000)  # the caller's stream is busy for a while ...
+            feeds["hidden_states"].copy_(stale)  # ... then writes the feed ORT must read
+            got = backend(feeds)
+            total = got["velocity"].float().sum()  # queued on the caller's stream after the call
+            torch.cuda.synchronize()
+            assert torch.equal(got["velocity"], want["velocity"]) and torch.isfinite(total)
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
