@@ -13,6 +13,8 @@ from typing import Mapping
 
 import torch
 
+from . import quiet
+
 
 NO_COMPILER = "AOTInductor compiles C++ and finds no compiler: apt-get install -y g++ (or set CXX)"
 
@@ -34,19 +36,22 @@ def compile_package(backbone: torch.nn.Module, feeds: Mapping[str, torch.Tensor]
         from .backends import BackendUnavailable
 
         raise BackendUnavailable(NO_COMPILER)
-    with torch.no_grad():
+    with torch.no_grad(), quiet.torch_internals():
         program = torch.export.export(backbone, args=(), kwargs=dict(feeds), strict=False)
     options = {"aot_inductor.package_constants_in_so": embed_weights}
     if max_autotune:
         options["max_autotune"] = True
-    return Path(torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=options))
+    with quiet.torch_internals():
+        return Path(torch._inductor.aoti_compile_and_package(program, package_path=str(path),
+                                                             inductor_configs=options))
 
 
 def load_package(path: Path | str, weights_from: torch.nn.Module | None = None):
     """The compiled callable of a ``.pt2`` package: ``runner(**feeds) -> (velocity, attn)``.
     ``weights_from``: the module the package was compiled from, whose parameters and buffers a
     package without embedded weights uses in place (no copy; keep the module alive)."""
-    runner = torch._inductor.aoti_load_package(str(path))
+    with quiet.torch_internals():
+        runner = torch._inductor.aoti_load_package(str(path))
     if weights_from is not None:
         state = dict(weights_from.named_parameters()) | dict(weights_from.named_buffers())
         needed = runner.get_constant_fqns()

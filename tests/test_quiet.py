@@ -40,3 +40,14 @@ def test_export_does_not_warn_about_training_mode(tmp_path):
         warnings.simplefilter("always")
         export_engine(model, ExportConfig(out=tmp_path / "e", log=False))
     assert not [w for w in seen if "training mode" in str(w.message)], [str(w.message) for w in seen]
+
+
+def test_torch_internal_deprecations_are_hidden_others_shown():
+    from amo_engine.quiet import torch_internals
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with torch_internals():
+            warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning)
+            warnings.warn("something else is deprecated", FutureWarning)
+    assert [str(w.message) for w in seen] == ["something else is deprecated"]

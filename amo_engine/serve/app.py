@@ -252,6 +252,9 @@ def start(cfg: ServiceConfig, host: str = "127.0.0.1", port: int = 8000, num_cpu
     renderer replicas are up (their model loaded)."""
     import ray
 
+    from .. import quiet
+
+    quiet.install()  # serve.run's "Connecting to existing Serve app" right after serve.start made it
     if not ray.is_initialized():
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     serve.start(http_options={"host": host, "port": port})
