@@ -151,27 +151,30 @@ def amo_span_notes(layout: TextLayout, prompts: Sequence[str], span_mask: torch.
 
 
 def vocabulary_notes(settings, prompts: Sequence[str]) -> list[str]:
-    """A note for each quoted word outside a closed-vocabulary model's training words, and on a
-    model trained on named ground textures, for each prompt whose texture it never saw."""
+    """On a model trained on one prompt form (the glyph models): a note for each prompt not in that
+    form, each quoted word outside its training words, and each ground texture it never saw."""
     notes = []
     if settings.vocabulary:
         known = set(settings.vocabulary)
         unknown = sorted({sp.text(p) for p in prompts for sp in find_quoted_spans(p)} - known)
         notes += [f"{word!r} is not one of this model's {len(known)} training words: it is spelled from letters the "
                   "model knows, but expect more misspellings" for word in unknown]
-    if settings.textures and settings.prompt_template:
+    if settings.prompt_template:
         import re
 
         pattern = re.escape(settings.prompt_template)
         for name in ("tone", "word", "texture"):
             pattern = pattern.replace(re.escape("{" + name + "}"), f"(?P<{name}>.*?)")
-        choices = ", ".join(settings.textures)
+        choices = ", ".join(settings.textures or ())
         for p in dict.fromkeys(prompts):
             match = re.fullmatch(pattern, p.strip())
             if match is None:
-                notes.append(f"{p!r} does not end with a ground texture the model knows ({choices}): it draws some "
-                             f"ground; prompt as {settings.prompt_template!r}")
-            elif match["texture"] not in settings.textures:
+                notes.append(f"{p!r} is not in the one form this model was trained on ({settings.prompt_template!r}"
+                             + (f", texture one of {choices}" if choices else "") + "): expect noise")
+            elif settings.tones and match["tone"] not in settings.tones:
+                notes.append(f"{match['tone']!r} is not a sign tone this model knows ({', '.join(settings.tones)}): "
+                             "it draws some sign")
+            elif settings.textures and match["texture"] not in settings.textures:
                 notes.append(f"{match['texture']!r} is not one of this model's {len(settings.textures)} ground "
                              f"textures ({choices}): it draws some ground, not that one")
     return notes

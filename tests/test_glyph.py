@@ -225,3 +225,21 @@ def test_render_blends_letters_as_pil_draws_them():
         for i, letter in enumerate(word):
             draw.text((box.left + (i + 1.5) * CELL, (box.top + box.bottom) / 2), letter, fill=ink, font=_font(), anchor="mm")
         assert np.abs(image.astype(int) - np.asarray(direct).astype(int)).max() <= 1
+
+
+def test_prompts_outside_the_trained_form_are_named():
+    from amo_engine.glyph.train import glyph_settings
+    from amo_engine.glyph.variants import GLYPH, GLYPH_SCENE
+    from amo_engine.pipeline import vocabulary_notes
+
+    scene, flat = glyph_settings(GLYPH_SCENE), glyph_settings(GLYPH)
+    assert vocabulary_notes(scene, ["a dark sign that says 'HAPPY' on bricks"]) == []
+    assert vocabulary_notes(flat, ["a dark sign that says 'HAPPY'"]) == []
+    [note] = vocabulary_notes(scene, ["a dark sign that says 'HAPPY' on marble"])
+    assert note.startswith("'marble' is not one of this model's 7 ground textures (bricks, stripes")
+    [note] = vocabulary_notes(flat, ["a red apple next to a sign 'OPEN'"])
+    assert "is not in the one form this model was trained on" in note and note.endswith("expect noise")
+    [note] = vocabulary_notes(scene, ["a dark sign that says 'HAPPY'"])  # no texture named
+    assert "texture one of bricks, stripes, checks, dots, waves, gravel, plain" in note
+    [note] = vocabulary_notes(flat, ["a blue sign that says 'HAPPY'"])
+    assert note.startswith("'blue' is not a sign tone this model knows (dark, light)")
