@@ -238,7 +238,10 @@ class AmoPipeline:
             if self._backend is None:
                 return spec, self._eager_backend(kv_swap, modulation)
             have = self._backend.spec
-            if have is None:  # runs any shape
+            if have is None:  # runs any shape: the eager backbone, with the inputs this request needs
+                given = getattr(getattr(self._backend, "backbone", None), "hook", None)
+                if given is not None and ((kv_swap and not given.kv_swap) or (modulation and not given.modulation)):
+                    return spec, self._eager_backend(kv_swap, modulation)
                 return spec, self._backend
             engine = getattr(self._backend, "engine", None)
 

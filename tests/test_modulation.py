@@ -267,3 +267,15 @@ def test_only_the_listed_blocks_modulate():
     plan = ModulationPlan("x", (StepKnobs(),), blocks=(0, 1))
     with pytest.raises(ValueError, match=r"modulates joint blocks \[0\] but the engine modulates only \[1\]"):
         plan.check(1, 4, 0, modulated=(1,))
+
+
+def test_an_eager_backend_opened_without_the_knobs_runs_a_modulated_request(models):
+    """generate --modulate on eager: the CLI opens a plain eager backend; the request gets a backbone
+    with the modulation inputs (and their group maps) instead of a refusal."""
+    from amo_engine.backends import open_backend
+
+    model = models["sd3"]
+    with open_backend("eager", model=model) as backend:
+        plan = preset("separate", 3, 2)
+        result = AmoPipeline(model, backend=backend)(GenerateConfig([PROMPT], steps=3, modulation=plan))
+    assert torch.isfinite(result.latents).all()
