@@ -228,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--words", default="train", help="train | held-out (the model's lists) | a file, one word a line")
     ev.add_argument("--max-words", type=int, default=None, help="only the first N words")
     ev.add_argument("--seeds", type=int, default=3, help="seeds per word (default 3)")
+    ev.add_argument("--first-seed", type=int, default=0,
+                    help="first seed (default 0): seeds FIRST .. FIRST+SEEDS-1, e.g. a split for choosing settings")
     ev.add_argument("--samplers", default="euler,overshoot,amo", help="comma-separated (default euler,overshoot,amo)")
     ev.add_argument("--c", type=float, default=2.0, help="overshoot strength for overshoot and amo (default 2.0)")
     ev.add_argument("--steps", type=int, default=28, help="steps = model evaluations per image (default 28)")
@@ -747,7 +749,7 @@ def _eval_config(args: argparse.Namespace):
     from .eval.runner import EvalConfig
 
     return EvalConfig(model=args.model, out_dir=args.out_dir, words=args.words, max_words=args.max_words,
-                      seeds=args.seeds, samplers=tuple(s for s in args.samplers.split(",") if s), c=args.c,
+                      seeds=args.seeds, first_seed=args.first_seed, samplers=tuple(s for s in args.samplers.split(",") if s), c=args.c,
                       steps=args.steps, guidance=args.guidance, batch=args.batch, ocr=args.ocr,
                       backend=args.backend, engine=args.engine, device=args.device, cache_dir=args.cache_dir,
                       progress=not args.quiet)

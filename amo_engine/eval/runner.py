@@ -27,6 +27,7 @@ class EvalConfig:
     words: str = "train"  # "train" | "held-out" | a text file with one word per line
     max_words: int | None = None
     seeds: int = 3
+    first_seed: int = 0  # seeds first_seed .. first_seed + seeds - 1 (a split of seeds apart from the report's)
     samplers: tuple[str, ...] = ("euler", "overshoot", "amo")
     c: float = 2.0
     steps: int = 28
@@ -46,8 +47,8 @@ class EvalConfig:
         bad = [s for s in self.samplers if s not in SAMPLERS]
         if bad:
             raise ValueError(f"unknown sampler(s) {bad}; choose from {', '.join(SAMPLERS)}")
-        if self.seeds < 1 or self.steps < 1 or self.batch < 1:
-            raise ValueError("--seeds, --steps and --batch must be >= 1")
+        if self.seeds < 1 or self.steps < 1 or self.batch < 1 or self.first_seed < 0:
+            raise ValueError("--seeds, --steps and --batch must be >= 1, --first-seed >= 0")
         if not self.c >= 0:
             raise ValueError(f"--c must be >= 0, got {self.c}")
         if self.words not in ("train", "held-out") and not Path(self.words).is_file():
@@ -143,7 +144,7 @@ def _render_and_read(cfg: EvalConfig, pipe, reader, words: list[str], vocab: set
     rows_path = cfg.out_dir / ROWS_FILE
     done = done_keys(rows_path)
     chunks = [words[i : i + cfg.batch] for i in range(0, len(words), cfg.batch)]
-    jobs = [(seed, ci, chunk, sampler) for seed in range(cfg.seeds) for ci, chunk in enumerate(chunks)
+    jobs = [(seed, ci, chunk, sampler) for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds) for ci, chunk in enumerate(chunks)
             for sampler in cfg.samplers
             if any((w, seed, sampler, cfg.c, cfg.steps) not in done for w in chunk)]
     bar = tqdm(total=sum(len(j[2]) for j in jobs), desc=f"eval c={cfg.c:g} steps={cfg.steps}", unit="img",
