@@ -332,7 +332,8 @@ def plot_training_log(run_dir: Path, path: Path | None = None) -> Path:
         ax2.set_ylabel("OCR exact match (%)")
         ax2.set_ylim(0, 100)
         ax2.legend(loc="center right")
-    ax.legend(loc="upper right")
+    if losses:
+        ax.legend(loc="upper right")
     fig.tight_layout()
     path = path or Path(run_dir) / "loss.png"
     with atomic_path(path) as tmp:
