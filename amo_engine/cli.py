@@ -558,9 +558,11 @@ def cmd_edit(args: argparse.Namespace) -> int:
         save_attention_overlay(result.images[0], result.attn_map[0], args.save_attn,
                                title="quoted-text attention of the edited image")
     if args.ocr is not None:
+        from .glyph.locate import read_words
         from .ocr import Reader
 
-        for (path, _), read in zip(written, Reader(args.ocr)([image for _, image in written])):
+        reads = read_words(Reader(args.ocr), [image for _, image in written], model.settings)
+        for (path, _), read in zip(written, reads):
             print(f"OCR ({args.ocr}) reads {path}: {read or '(nothing)'}")
     swap = config.text_swap
     print(f"edit on {model.family.name} ({args.backend}, {result.sampler}, {result.steps} steps): {args.prompt!r} with "
@@ -606,9 +608,10 @@ def _write_generated(args: argparse.Namespace, model, result) -> None:
             save_attention_overlay(image, result.attn_map[i], _numbered(args.save_attn, i), title=title)
     paths = ", ".join(str(_numbered(args.out, i)) for i in range(len(result.images)))
     if args.ocr is not None:
+        from .glyph.locate import read_words
         from .ocr import Reader
 
-        for i, read in enumerate(Reader(args.ocr)(result.images)):
+        for i, read in enumerate(read_words(Reader(args.ocr), result.images, model.settings)):
             print(f"OCR ({args.ocr}) reads {_numbered(args.out, i)}: {read or '(nothing)'}")
     print(
         f"{result.sampler} on {model.family.name} ({args.backend}): {result.steps} steps, "

@@ -54,7 +54,7 @@ class Variant:
 SIGN_ROWS = 2
 GLYPH = Variant("glyph", rows=4, cols=12, sign_row=1, max_shift=1, text_length=16,
                 template="a {tone} sign that says '{word}'", folder="data/glyph")
-GLYPH_SCENE = Variant("glyph-scene", rows=6, cols=16, sign_row=2, max_shift=None, text_length=20,
+GLYPH_SCENE = Variant("glyph-scene", rows=6, cols=16, sign_row=2, max_shift=1, text_length=20,
                       template="a {tone} sign that says '{word}' on {texture}",
                       textures=("bricks", "stripes", "checks", "dots", "waves", "gravel", "plain"),
                       folder="data/glyph-scene")
