@@ -86,16 +86,21 @@ def wilcoxon_pair(a: list[dict], b: list[dict], field: str) -> dict:
             "p": p}
 
 
+def _arms(rows: list[dict]) -> tuple[dict, dict]:
+    """Rows by (steps, c, sampler, in_vocab), and Euler's by (steps, in_vocab): Euler ignores c, so
+    its rows pair with every c's at the same steps."""
+    groups, euler = defaultdict(list), defaultdict(list)
+    for r in rows:
+        groups[r["steps"], r["c"], r["sampler"], r["in_vocab"]].append(r)
+        if r["sampler"] == "euler":
+            euler[r["steps"], r["in_vocab"]].append(r)
+    return groups, euler
+
+
 def summarise(rows: list[dict]) -> list[dict]:
     """One record per (steps, c, sampler, in_vocab): means of every measure, and the word's pairs
     against Euler at the same steps (fixed = Euler wrong and this right; broken = the reverse)."""
-    groups = defaultdict(list)
-    for r in rows:
-        groups[r["steps"], r["c"], r["sampler"], r["in_vocab"]].append(r)
-    euler = defaultdict(list)
-    for r in rows:
-        if r["sampler"] == "euler":
-            euler[r["steps"], r["in_vocab"]].append(r)
+    groups, euler = _arms(rows)
     textured = any("texture" in r for r in rows)
     out = []
     for (steps, c, sampler, in_vocab), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][3],
@@ -120,13 +125,7 @@ def summarise(rows: list[dict]) -> list[dict]:
 def comparisons(rows: list[dict]) -> list[dict]:
     """Paired comparisons per (steps, c, in_vocab): AMO vs overshoot, and each vs Euler, on every
     binary outcome and texture measure the rows carry."""
-    by = defaultdict(list)
-    for r in rows:
-        by[r["steps"], r["c"], r["sampler"], r["in_vocab"]].append(r)
-    euler = defaultdict(list)
-    for r in rows:
-        if r["sampler"] == "euler":
-            euler[r["steps"], r["in_vocab"]].append(r)
+    by, euler = _arms(rows)
     out = []
     for steps, c, in_vocab in sorted({(s, c, v) for s, c, smp, v in by if smp != "euler"}):
         arms = {"overshoot": by.get((steps, c, "overshoot", in_vocab), []), "amo": by.get((steps, c, "amo", in_vocab), []),
