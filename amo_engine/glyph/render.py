@@ -112,8 +112,8 @@ def render(word: str, tone: str, rng: np.random.Generator | None = None, variant
            texture: str | None = None) -> tuple[np.ndarray, SignBox]:
     """A [H, W] uint8 grey image of ``word`` on a ``tone`` sign over the ground, and the sign's box.
 
-    ``rng`` shifts the sign up to ``variant.max_shift`` cells from the centre (anywhere when None)
-    and jitters the grey levels; None centres it (the left of the two middle columns when there is
+    ``rng`` shifts the sign up to ``variant.max_shift`` cells from the centre and jitters the grey
+    levels; None centres it (the left of the two middle columns when there is
     no exact centre) with the nominal levels. Letters are blended onto the sign by their
     anti-aliased coverage. ``texture``: the ground's texture class (variants with textures only).
     """
@@ -125,10 +125,7 @@ def render(word: str, tone: str, rng: np.random.Generator | None = None, variant
     level = flat if texture is None else TEXTURED_GROUND_LEVELS[tone]
     column = (places - 1) // 2
     if rng is not None:
-        if variant.max_shift is None:
-            column = int(rng.integers(0, places))
-        else:
-            column = int(np.clip(column + rng.integers(-variant.max_shift, variant.max_shift + 1), 0, places - 1))
+        column = int(np.clip(column + rng.integers(-variant.max_shift, variant.max_shift + 1), 0, places - 1))
         level, sign, ink = (int(np.clip(v + rng.integers(-LEVEL_JITTER, LEVEL_JITTER + 1), 0, 255)) for v in (level, sign, ink))
     top = variant.sign_row * CELL
     box = SignBox(column * CELL, top, (column + sign_cells(word)) * CELL, top + SIGN_ROWS * CELL)

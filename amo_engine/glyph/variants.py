@@ -4,7 +4,9 @@
 ``glyph-scene``: the same recipe on a wider, taller canvas (48×128 px, 6 × 16 cells) whose ground is a
 procedural texture named in the prompt (``a dark sign that says 'HAPPY' on bricks``): most of the
 image is texture, which a sampler can smooth away; the sign sits on fixed cell rows, so the rows
-above and below it are ground by construction (what the eval measures).
+above and below it are ground by construction (what the eval measures). The sign jitters one cell
+about the centre, as glyph's does (a run with the sign anywhere on the row drew textures and signs
+after 2000 steps but scrambled the letters: which letter a cell draws then depends on a far edge).
 
 Everything else in ``glyph/`` reads a ``Variant``; nothing else restates these numbers.
 """
@@ -22,7 +24,7 @@ class Variant:
     rows: int  # canvas height in cells
     cols: int  # canvas width in cells
     sign_row: int  # first cell row of the sign (it is SIGN_ROWS tall)
-    max_shift: int | None  # cells the sign jitters left/right of the centre (None: anywhere on the canvas)
+    max_shift: int  # cells the sign jitters left/right of the centre
     text_length: int  # T5 tokens (the CLIPs keep the glyph model's 16)
     template: str
     textures: tuple[str, ...] = ()  # ground texture classes ({texture} in the template); () = flat ground
