@@ -69,3 +69,8 @@ def test_the_cheap_documented_commands_run_as_written(tmp_path, monkeypatch, cap
     for code in blocks(ROOT / "README.md", "python"):
         exec(compile(code, "README.md", "exec"), {})
     assert (tmp_path / "happy.png").is_file()
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme_tests = blocks(ROOT / "README.md", "bash")[1].strip()
+    assert readme_tests in (ROOT / ".ci" / "run").read_text().splitlines()
