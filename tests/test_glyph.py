@@ -171,8 +171,7 @@ def test_train_glyph_smoke_writes_a_loadable_folder(tmp_path):
     args2 = [a if a != str(run) else str(run2) for a in args] + ["--workers", "1"]  # workers draw the same batches
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Trainer, "loss", dying_loss)
-        with pytest.raises(KeyboardInterrupt):
-            main(args2)
+        assert main(args2) == 130  # Ctrl-C: one line, status 130, the checkpoint kept
     assert json.loads((run2 / "checkpoint.json").read_text())["step"] == 5
     assert main(args2) == 0
     from safetensors.torch import load_file
