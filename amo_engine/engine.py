@@ -129,13 +129,17 @@ DTYPE_FLAGS = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 def reexport_command(manifest: Mapping, folder: Path | str, model: str | None = None, **changes) -> str:
     """The export command that wrote ``folder`` again, from its manifest, with ``changes`` (export's
     option names, e.g. ``kv_swap=True, batch=2``) and ``model`` (default: the manifest's)."""
+    from .families import family_named
+
     aoti = manifest.get("aoti") or {}
     modulation = manifest.get("modulation") or {}
     onnx = manifest.get("onnx") or {}
+    batches_cfg = family_named(manifest["family"]).batches_cfg if "family" in manifest else True
     flags = dict(
         batch=manifest.get("images_per_call", 1), height=manifest.get("height"), width=manifest.get("width"),
         dtype=DTYPE_FLAGS.get(manifest.get("dtype"), "fp32"), device=aoti.get("device", "cpu"),
-        cfg_rows=manifest.get("cfg_rows", True), max_sequence_length=manifest.get("max_sequence_length"),
+        cfg_rows=manifest.get("cfg_rows", True) or not batches_cfg,  # --no-cfg means nothing to FLUX
+        max_sequence_length=manifest.get("max_sequence_length"),
         opset=onnx.get("opset", 18), exporter=onnx.get("exporter", "dynamo"),
         dynamic_batch=onnx.get("dynamic_batch", False), blocks=manifest.get("hooked_blocks"),
         max_span_tokens=manifest.get("max_span_tokens", 64), kv_swap=bool(manifest.get("kv_swap")),

@@ -31,6 +31,8 @@ from amo_engine.pipeline import AmoPipeline, GenerateConfig, NonFiniteLatentsErr
 from amo_engine.presets import build_clip_tokenizer
 from amo_engine.prompts import find_quoted_spans, sd3_layout
 
+from conftest import pasted_export
+
 PROMPT = "A sign that says 'OPEN LATE'"
 PACKAGE = Path(amo_engine.__file__).parent
 
@@ -238,8 +240,10 @@ def test_feed_outside_the_engine_profile(engine, models):
     feeds["hidden_states"] = torch.zeros(1, 16, 64)
     with pytest.raises(ValueError, match="export an engine for this shape"):
         backend(feeds)
-    with pytest.raises(ValueError, match="engine does not fit this request"):
+    with pytest.raises(ValueError, match="the engine draws 128x128 px, this request asks 128x256") as err:
         run(models["flux"], backend=backend, height=256, steps=1)
+    pasted = pasted_export(str(err.value))
+    assert (pasted.height, pasted.width, pasted.no_cfg) == (256, 128, False)
 
 
 _KILL_SCRIPT = textwrap.dedent("""
