@@ -98,3 +98,52 @@ def test_eval_on_a_few_words_writes_every_output_with_the_texture_measures(scene
     assert summary["texture_ceiling"]["texture_acc"] >= 0.95 and summary["comparisons"]
     assert {c["a"] + "/" + c["b"] for c in summary["comparisons"]} == {"amo/overshoot", "amo/euler", "overshoot/euler"}
     assert "texture class" in (out / "summary.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def scene():
+    from amo_engine.models import load_model
+
+    return load_model("glyph-scene")
+
+
+def test_shipped_scene_weights_load_offline_through_the_ordinary_loader(scene, monkeypatch):
+    from amo_engine.glyph.train import glyph_settings
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert type(scene.pipe).__name__ == "StableDiffusion3Pipeline" and scene.family.name == "sd3"
+    assert scene.default_size == (48, 128) and scene.settings.textures == GLYPH_SCENE.textures
+    assert scene.settings == glyph_settings(GLYPH_SCENE)
+    files = [p for p in scene.folder.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 30 * 1024**2
+    assert not [p for p in files if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+
+
+def test_shipped_scene_renders_a_known_word_on_a_recognised_ground(scene):
+    """A known case (fixed weights and seed): AMO draws HAPPY on bricks; OCR reads the sign and the
+    texture classifier recognises the ground. How often it comes out right is what the eval measures."""
+    from amo_engine.glyph.locate import read_words
+    from amo_engine.ocr import Reader
+    from amo_engine.pipeline import AmoPipeline, GenerateConfig
+
+    result = AmoPipeline(scene)(GenerateConfig(["a dark sign that says 'HAPPY' on bricks"], sampler="amo", seed=0))
+    assert read_words(Reader("rapidocr"), result.images, scene.settings) == ["HAPPY"]
+    grey = np.asarray(result.images[0].convert("L"))
+    assert fit_reference("glyph-scene").measure(grey, "bricks", "dark")["texture_read"] == "bricks"
+    assert result.attn_map.shape == (1, 6, 16)
+
+
+def test_an_unknown_texture_renders_something_and_says_so(scene):
+    from amo_engine.pipeline import AmoPipeline, GenerateConfig
+
+    with pytest.warns(UserWarning, match="'marble' is not one of this model's 7 ground textures"):
+        result = AmoPipeline(scene)(GenerateConfig(["a dark sign that says 'HAPPY' on marble"], steps=2))
+    assert len(result.images) == 1 and result.images[0].size == (128, 48)
+
+
+def test_a_word_longer_than_the_canvas_fails_before_any_work(capsys):
+    from amo_engine.cli import main
+
+    assert main(["generate", "--model", "glyph-scene", "--prompt",
+                 "a dark sign that says 'ABCDEFGHIJKLMNOP' on bricks"]) == 2
+    assert "holds at most 14: quote a shorter word" in capsys.readouterr().err
