@@ -9,6 +9,7 @@ sync at the end.
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -160,8 +161,6 @@ def vocabulary_notes(settings, prompts: Sequence[str]) -> list[str]:
         notes += [f"{word!r} is not one of this model's {len(known)} training words: it is spelled from letters the "
                   "model knows, but expect more misspellings" for word in unknown]
     if settings.prompt_template:
-        import re
-
         pattern = re.escape(settings.prompt_template)
         for name in ("tone", "word", "texture"):
             pattern = pattern.replace(re.escape("{" + name + "}"), f"(?P<{name}>.*?)")
@@ -246,16 +245,16 @@ class AmoPipeline:
             engine = getattr(self._backend, "engine", None)
 
             def reexport(**changes) -> str:  # the engine's own export command with what this request needs
-                if engine is None:
-                    return "export one with the flags below"
+                if engine is None:  # a backend without an engine folder: no command to name
+                    return "amo-engine export with what this request needs"
                 from .engine import reexport_command
 
                 return reexport_command(engine.manifest, engine.folder, self.model.source, **changes)
 
             if kv_swap and "kv_donor_index" not in have.input_names:
+                kept = engine.manifest.get("images_per_call", 1) if engine is not None else 1
                 raise ValueError("this engine was exported without the text K/V swap inputs: re-export it with: "
-                                 + reexport(kv_swap=True, batch=max(images, engine.manifest.get("images_per_call", 1)
-                                                                    if engine is not None else images)))
+                                 + reexport(kv_swap=True, batch=max(images, kept)))
             if modulation and "quadrant_scale" not in have.input_names:
                 raise ValueError("this engine was exported without the attention-modulation inputs: re-export it "
                                  "with: " + reexport(modulation=True))
