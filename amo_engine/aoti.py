@@ -14,7 +14,7 @@ from typing import Mapping
 import torch
 
 from . import quiet
-
+from .errors import BackendUnavailable
 
 NO_COMPILER = "AOTInductor compiles C++ and finds no compiler: apt-get install -y g++ (or set CXX)"
 
@@ -33,8 +33,6 @@ def compile_package(backbone: torch.nn.Module, feeds: Mapping[str, torch.Tensor]
     leaves the weights out (a package of code alone): ``load_package`` then takes them from the
     model, so a released-size model is not copied onto disk and into memory a second time."""
     if cpp_compiler() is None:
-        from .backends import BackendUnavailable
-
         raise BackendUnavailable(NO_COMPILER)
     with torch.no_grad(), quiet.torch_internals():
         program = torch.export.export(backbone, args=(), kwargs=dict(feeds), strict=False)

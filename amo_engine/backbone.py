@@ -19,10 +19,6 @@ from torch import nn
 
 from .attention import CONTEXT_KEY, CallContext, ContextFreeProcessor, GroupTap, JointAttnProcessor, KvSwap, SpanTap
 from .modulation import KNOBS, Modulation
-from .families import Family, of_transformer
-from .families.auraflow import AURAFLOW, REGISTER_TOKENS
-from .families.flux import FLUX
-from .families.sd3 import SD3
 from .spec import IOSpec, TensorSpec, dtype_name
 
 
@@ -97,10 +93,12 @@ def hooked(transformer: nn.Module, family: Family, processors: Sequence[JointAtt
 
 
 class _Backbone(nn.Module):
-    family: Family
+    """The flat forward of one family's transformer. Built by that family (``Family.backbone``), which
+    hands itself in: this module reads the family's rules and never imports the families."""
 
-    def __init__(self, transformer: nn.Module, hook: HookConfig = HookConfig(), vae_scale_factor: int = 8):
+    def __init__(self, transformer: nn.Module, family, hook: HookConfig = HookConfig(), vae_scale_factor: int = 8):
         super().__init__()
+        self.family = family  # families.Family: joint blocks, joint order, timestep rule, text registers
         self.transformer = transformer
         self.hook = hook
         self.vae_scale_factor = vae_scale_factor  # pixels per latent pixel (the pipeline's VAE)
@@ -213,7 +211,6 @@ class _Backbone(nn.Module):
 class SD3Backbone(_Backbone):
     """SD3 MMDiT: latents [B, C, H, W], text [B, T, D], joint order [image ; text]."""
 
-    family = SD3
 
     def forward(
         self,
@@ -244,10 +241,9 @@ class SD3Backbone(_Backbone):
 class FluxBackbone(_Backbone):
     """FLUX: packed latents [B, N, 64], text [B, T, D], joint order [text ; image], RoPE in fp32."""
 
-    family = FLUX
 
-    def __init__(self, transformer: nn.Module, hook: HookConfig = HookConfig(), vae_scale_factor: int = 8):
-        super().__init__(transformer, hook, vae_scale_factor)
+    def __init__(self, transformer: nn.Module, family, hook: HookConfig = HookConfig(), vae_scale_factor: int = 8):
+        super().__init__(transformer, family, hook, vae_scale_factor)
         pe = getattr(transformer, "pos_embed", None)  # none on a config-only stand-in (IOSpec only)
         self._rope = pe if pe is None or isinstance(pe, Fp32FluxPosEmbed) else Fp32FluxPosEmbed(pe.theta, pe.axes_dim)
 
@@ -314,26 +310,26 @@ class AuraFlowBackbone(_Backbone):
     the 8 register tokens then the prompt, joint order [text ; image]: ``text_len`` (the span mask's
     and the modulation inputs' length) counts the registers, as the family's text layout does."""
 
-    family = AURAFLOW
 
     def forward(
         self,
         hidden_states: torch.Tensor,  # [B, C, h, w] latents
         encoder_hidden_states: torch.Tensor,  # [B, T_prompt, D_txt]
         timestep: torch.Tensor,  # [B] sigma in [0, 1]
-        span_mask: torch.Tensor,  # [B, REGISTER_TOKENS + T_prompt]; register positions 0
+        span_mask: torch.Tensor,  # [B, registers + T_prompt]; register positions 0
         **hook_inputs: torch.Tensor,  # KV_SWAP_INPUTS (HookConfig.kv_swap), KNOBS (HookConfig.modulation)
     ) -> tuple[torch.Tensor, ...]:
         return self._run(span_mask, hook_inputs, hidden_states=hidden_states,
                          encoder_hidden_states=encoder_hidden_states, timestep=timestep)
 
     def io_spec(self, batch, height, width, text_len, dtype=torch.float32):
-        if text_len <= REGISTER_TOKENS:
-            raise ValueError(f"text_len counts AuraFlow's {REGISTER_TOKENS} register tokens too: give more than that")
+        registers = self.family.register_tokens
+        if text_len <= registers:
+            raise ValueError(f"text_len counts AuraFlow's {registers} register tokens too: give more than that")
         cfg = self.config
         return self._spatial_io_spec(batch, height, width, dtype, lambda dt: (
             TensorSpec("encoder_hidden_states", dt, ("batch", "prompt_len", cfg.joint_attention_dim)),
-        ), {"text_len": text_len, "prompt_len": text_len - REGISTER_TOKENS})
+        ), {"text_len": text_len, "prompt_len": text_len - registers})
 
 
 def _all_or_none(inputs: dict, names: tuple[str, ...], label: str) -> dict:
@@ -342,8 +338,3 @@ def _all_or_none(inputs: dict, names: tuple[str, ...], label: str) -> dict:
     if given and len(given) != len(names):
         raise ValueError(f"{label} go together: give all of {', '.join(names)} or none")
     return given
-
-
-def make_backbone(transformer: nn.Module, hook: HookConfig = HookConfig(), vae_scale_factor: int = 8) -> _Backbone:
-    """Wrap a diffusers SD3, FLUX or AuraFlow transformer (its joint blocks get our processors during calls)."""
-    return of_transformer(transformer).backbone(transformer, hook, vae_scale_factor)

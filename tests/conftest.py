@@ -7,7 +7,8 @@ import copy
 import pytest
 import torch
 
-from amo_engine.backbone import HookConfig, make_backbone
+from amo_engine.backbone import HookConfig
+from amo_engine.families import make_backbone
 from amo_engine.families.auraflow import REGISTER_TOKENS
 from amo_engine.presets import TINY_SD35, tiny_auraflow_transformer, tiny_flux_transformer, tiny_sd3_transformer
 

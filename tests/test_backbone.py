@@ -7,7 +7,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from amo_engine.attention import joint, project
-from amo_engine.backbone import HookConfig, make_backbone, resolve_blocks
+from amo_engine.backbone import HookConfig, resolve_blocks
+from amo_engine.families import make_backbone
 
 from conftest import TEXT_LEN, random_feeds, tiny_transformer
 

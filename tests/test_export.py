@@ -9,7 +9,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from amo_engine.backbone import make_backbone
+from amo_engine.families import make_backbone
 from amo_engine.backends import open_backend
 from amo_engine.cli import main
 from amo_engine.engine import EngineError, export_lock, manifest_spec, open_engine, read_manifest

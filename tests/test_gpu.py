@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from amo_engine.backbone import make_backbone
+from amo_engine.families import make_backbone
 from amo_engine.models import load_model
 from amo_engine.pipeline import AmoPipeline, GenerateConfig
 

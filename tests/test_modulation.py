@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from amo_engine.attention import JointQKV
-from amo_engine.backbone import HookConfig, make_backbone
+from amo_engine.backbone import HookConfig
+from amo_engine.families import make_backbone
 from amo_engine.modulation import KNOBS, Modulation, explicit_logits, modulated_attention
 from amo_engine.spec import sample_feeds
 

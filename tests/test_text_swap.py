@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from amo_engine.attention import JointAttnProcessor
-from amo_engine.backbone import HookConfig, make_backbone
+from amo_engine.backbone import HookConfig
+from amo_engine.families import make_backbone
 from amo_engine.text_swap import TextSwap
 from amo_engine.pipeline import AmoPipeline, GenerateConfig
 

@@ -17,16 +17,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Mapping, Protocol
 
+from ..errors import BackendUnavailable  # noqa: F401  (raised by every backend; callers import it from here)
+
 if TYPE_CHECKING:
     import torch
 
     from ..spec import IOSpec
 
 BACKENDS = ("eager", "ort", "aoti", "trt")
-
-
-class BackendUnavailable(RuntimeError):
-    """A runtime this machine cannot provide (no TensorRT, no GPU, no CUDA provider)."""
 
 
 class Backend(Protocol):

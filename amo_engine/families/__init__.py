@@ -60,6 +60,7 @@ class Family:
     edit_start_step: int = 0  # the step the text K/V swap starts at by default
     explicit_sigmas: bool = False  # the pipeline passes linspace(1, 1/n, n) sigmas to the scheduler
     attention_kwargs_name: str = "joint_attention_kwargs"  # the transformer's per-call processor kwargs
+    register_tokens: int = 0  # learned tokens the transformer puts before the prompt's (AuraFlow: 8)
 
     # ---------------------------------------------------------------- blocks
 
@@ -137,6 +138,7 @@ class Family:
         return getattr(diffusers, self.transformer_prefix + "2DModel")
 
     def backbone(self, transformer, hook, vae_scale_factor: int):
+        """The family's backbone module (backbone.py) over ``transformer``, this family handed in."""
         raise NotImplementedError
 
     def prepare(self, pipe, inputs: DenoiseInputs, backend_for: Callable) -> Denoise:
@@ -243,3 +245,13 @@ def of_transformer(transformer) -> Family:
             return family
     supported = " and ".join(f.transformer_prefix + "2DModel" for f in _registry().values())
     raise ValueError(f"unsupported transformer class {name}; amo-engine supports {supported}")
+
+
+def make_backbone(transformer, hook=None, vae_scale_factor: int = 8):
+    """Wrap a diffusers SD3, FLUX or AuraFlow transformer in its family's backbone (its joint blocks get
+    our processors during calls); ``hook``: a backbone.HookConfig (default: the score tap only)."""
+    if hook is None:
+        from ..backbone import HookConfig
+
+        hook = HookConfig()
+    return of_transformer(transformer).backbone(transformer, hook, vae_scale_factor)

@@ -13,6 +13,7 @@ REGISTER_TOKENS = 8  # AuraFlowTransformer2DModel.register_tokens, prepended to 
 
 class AuraFlowFamily(Family):
     name = "auraflow"
+    register_tokens = REGISTER_TOKENS
     pipeline_class = "AuraFlowPipeline"
     transformer_prefix = "AuraFlowTransformer"
     guidance = 3.5
@@ -60,7 +61,7 @@ class AuraFlowFamily(Family):
     def backbone(self, transformer, hook, vae_scale_factor):
         from ..backbone import AuraFlowBackbone
 
-        return AuraFlowBackbone(transformer, hook, vae_scale_factor)
+        return AuraFlowBackbone(transformer, self, hook, vae_scale_factor)
 
     def prepare(self, pipe, inputs: DenoiseInputs, backend_for) -> Denoise:
         import torch

@@ -40,7 +40,7 @@ class FluxFamily(Family):
     def backbone(self, transformer, hook, vae_scale_factor):
         from ..backbone import FluxBackbone
 
-        return FluxBackbone(transformer, hook, vae_scale_factor)
+        return FluxBackbone(transformer, self, hook, vae_scale_factor)
 
     def prepare(self, pipe, inputs: DenoiseInputs, backend_for) -> Denoise:
         import torch

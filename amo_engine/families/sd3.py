@@ -64,7 +64,7 @@ class SD3Family(Family):
     def backbone(self, transformer, hook, vae_scale_factor):
         from ..backbone import SD3Backbone
 
-        return SD3Backbone(transformer, hook, vae_scale_factor)
+        return SD3Backbone(transformer, self, hook, vae_scale_factor)
 
     def prepare(self, pipe, inputs: DenoiseInputs, backend_for) -> Denoise:
         import torch
