@@ -1,6 +1,6 @@
 """amo-engine: AMO sampling for SD3 / FLUX transformers, eager or exported to ONNX / TensorRT."""
 
-from .threads import prefer_passive_waits
+from amo_engine.threads import prefer_passive_waits
 
 __version__ = "0.1.0"
 

@@ -13,8 +13,8 @@ from typing import Mapping
 
 import torch
 
-from . import quiet
-from .errors import BackendUnavailable
+from amo_engine import quiet
+from amo_engine.errors import BackendUnavailable
 
 NO_COMPILER = "AOTInductor compiles C++ and finds no compiler: apt-get install -y g++ (or set CXX)"
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .modulation import Modulation, modulated_attention
+from amo_engine.modulation import Modulation, modulated_attention
 
 CONTEXT_KEY = "amo"  # the joint_attention_kwargs key our processors read their CallContext from
 

@@ -17,9 +17,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .attention import CONTEXT_KEY, CallContext, ContextFreeProcessor, GroupTap, JointAttnProcessor, KvSwap, SpanTap
-from .modulation import KNOBS, Modulation
-from .spec import IOSpec, TensorSpec, dtype_name
+from amo_engine.attention import CONTEXT_KEY, CallContext, ContextFreeProcessor, GroupTap, JointAttnProcessor, KvSwap, SpanTap
+from amo_engine.modulation import KNOBS, Modulation
+from amo_engine.spec import IOSpec, TensorSpec, dtype_name
 
 
 KV_SWAP_INPUTS = ("kv_donor_index", "kv_swap_gate")  # [B] int64, [n_blocks]

@@ -7,11 +7,11 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import __version__
-from .backends import BACKENDS
-from .bench import CONFIGS as BENCH_CONFIGS
-from .glyph.variants import VARIANTS as GLYPH_MODELS
-from .rules import SAMPLERS
+from amo_engine import __version__
+from amo_engine.backends import BACKENDS
+from amo_engine.bench import CONFIGS as BENCH_CONFIGS
+from amo_engine.glyph.variants import VARIANTS as GLYPH_MODELS
+from amo_engine.rules import SAMPLERS
 
 EPILOG = """\
 examples:
@@ -341,7 +341,7 @@ def _numbered(path: Path, i: int) -> Path:
 def check_model_name(args: argparse.Namespace) -> None:
     """The model names something that exists here (a preset, a folder, a cached model id): judged
     before torch or diffusers are imported, so a typo costs no seconds."""
-    from .folders import resolve_folder
+    from amo_engine.folders import resolve_folder
 
     resolve_folder(args.model, getattr(args, "cache_dir", None), build=False)
 
@@ -350,8 +350,8 @@ def check_generate_args(args: argparse.Namespace) -> None:
     """Everything about generate's options that can be judged before importing or loading anything."""
     import math
 
-    from .folders import size_limits
-    from .rules import check_size, parse_size
+    from amo_engine.folders import size_limits
+    from amo_engine.rules import check_size, parse_size
 
     check_model_name(args)
     if args.steps < 1:
@@ -368,7 +368,7 @@ def check_generate_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--backend {args.backend} needs --engine DIR; make one with: {_engine_for_args(args)} "
                          "(then pass --engine with that folder)")
     if args.ocr is not None:
-        from .ocr import check_available
+        from amo_engine.ocr import check_available
 
         check_available(args.ocr)
     if args.backend == "eager" and args.engine is not None:
@@ -380,12 +380,12 @@ def check_generate_args(args: argparse.Namespace) -> None:
     if args.ort_opt_level != "all" and args.backend != "ort":
         raise ValueError("--ort-opt-level applies to --backend ort: add --backend ort --engine DIR, or drop it")
     if getattr(args, "safe_text", None) not in (None, "default"):
-        from .text_edit import read_word_list
+        from amo_engine.text_edit import read_word_list
 
         read_word_list(args.safe_text)
     modulate = getattr(args, "modulate", None)
     if modulate is not None:
-        from .modulation_plan import PRESETS, read_plan
+        from amo_engine.modulation_plan import PRESETS, read_plan
 
         if modulate not in PRESETS:
             read_plan(modulate)
@@ -407,10 +407,10 @@ def check_generate_args(args: argparse.Namespace) -> None:
 
 def _check_quoted_words_fit(args: argparse.Namespace) -> None:
     """On a glyph model (a sign of one letter per cell), every quoted word must fit its canvas."""
-    from .glyph.render import check_word_fits
-    from .glyph.variants import of_settings
-    from .presets import SHIPPED, ModelSettings, ensure_preset
-    from .prompts import find_quoted_spans
+    from amo_engine.glyph.render import check_word_fits
+    from amo_engine.glyph.variants import of_settings
+    from amo_engine.presets import SHIPPED, ModelSettings, ensure_preset
+    from amo_engine.prompts import find_quoted_spans
 
     path = Path(args.model).expanduser()
     if args.model in SHIPPED:
@@ -427,7 +427,7 @@ def _check_quoted_words_fit(args: argparse.Namespace) -> None:
 
 def _engine_for_args(args: argparse.Namespace) -> str:
     """The export command of an engine that runs what generate's or edit's flags ask for."""
-    from .engine import engine_folder_for, export_command
+    from amo_engine.engine import engine_folder_for, export_command
 
     edit, safe_text = args.command == "edit", getattr(args, "safe_text", None) is not None
     images = (3 if getattr(args, "keep_originals", False) else 2) if edit else (2 if safe_text else 1) * args.num_images
@@ -440,7 +440,7 @@ def _engine_for_args(args: argparse.Namespace) -> str:
 
 def check_edit_args(args: argparse.Namespace) -> None:
     """edit's options, judged before anything heavy: the generation flags, then the prompts."""
-    from .text_edit import edit_request, swap_target
+    from amo_engine.text_edit import edit_request, swap_target
 
     check_generate_args(args)
     target = args.target_prompt or swap_target(args.prompt, args.target_text)
@@ -449,7 +449,7 @@ def check_edit_args(args: argparse.Namespace) -> None:
 
 def runtime_of(args: argparse.Namespace):
     """The runtime.Runtime that generate's model and runtime flags name."""
-    from .runtime import Runtime
+    from amo_engine.runtime import Runtime
 
     return Runtime(model=args.model, backend=args.backend, engine=args.engine, device=args.device, dtype=args.dtype,
                    cache_dir=args.cache_dir, threads=args.threads, ort_opt_level=args.ort_opt_level,
@@ -459,7 +459,7 @@ def runtime_of(args: argparse.Namespace):
 def _run_generation(args: argparse.Namespace, plan):
     """Open the engine (if any), the model and the backend that generate's flags name; ``plan(model)``
     gives the GenerateConfig (it may read the model's settings). Returns (model, config, result)."""
-    from .runtime import open_pipeline
+    from amo_engine.runtime import open_pipeline
 
     rt = runtime_of(args)
     with open_pipeline(rt) as pipeline:
@@ -471,7 +471,7 @@ def _run_generation(args: argparse.Namespace, plan):
 
 def _edit_blocks(args: argparse.Namespace, model) -> tuple[tuple[int, ...], int]:
     """--edit-blocks / --edit-start, else the model's localized blocks (text_edit.edit_defaults)."""
-    from .text_edit import edit_defaults
+    from amo_engine.text_edit import edit_defaults
 
     blocks, start = edit_defaults(model)
     blocks = args.edit_blocks or blocks
@@ -488,7 +488,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return 0
     import dataclasses
 
-    from .text_edit import read_word_list, safe_text_request
+    from amo_engine.text_edit import read_word_list, safe_text_request
 
     words = read_word_list(None if args.safe_text == "default" else args.safe_text)
     request = None
@@ -516,7 +516,7 @@ def _with_modulation(args: argparse.Namespace, config):
         return config
     import dataclasses
 
-    from .modulation_plan import group_spans, plan_for
+    from amo_engine.modulation_plan import group_spans, plan_for
 
     groups = max(len(group_spans(p, args.groups)) for p in config.prompts)
     return dataclasses.replace(config, modulation=plan_for(args.modulate, config.steps, groups), groups=args.groups)
@@ -533,7 +533,7 @@ def _first_images(result, n: int):
 def cmd_edit(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from .text_edit import edit_request, swap_target
+    from amo_engine.text_edit import edit_request, swap_target
 
     target_prompt = args.target_prompt or swap_target(args.prompt, args.target_text)
     request = None
@@ -548,18 +548,18 @@ def cmd_edit(args: argparse.Namespace) -> int:
     outputs = {"edit": args.out, "target": _suffixed(args.out, "target"), "original": _suffixed(args.out, "original")}
     written = [(outputs[role], image) for role, image in zip(request.roles, result.images)
                if role == "edit" or args.keep_originals]
-    from .pipeline import save_png
+    from amo_engine.pipeline import save_png
 
     for path, image in written:
         save_png(image, path)
     if args.save_attn is not None:
-        from .plots import save_attention_overlay
+        from amo_engine.plots import save_attention_overlay
 
         save_attention_overlay(result.images[0], result.attn_map[0], args.save_attn,
                                title="quoted-text attention of the edited image")
     if args.ocr is not None:
-        from .glyph.locate import read_words
-        from .ocr import Reader
+        from amo_engine.glyph.locate import read_words
+        from amo_engine.ocr import Reader
 
         reads = read_words(Reader(args.ocr), [image for _, image in written], model.settings)
         for (path, _), read in zip(written, reads):
@@ -576,7 +576,7 @@ def _suffixed(path: Path, role: str) -> Path:
 
 
 def _generate_config(args: argparse.Namespace):
-    from .pipeline import GenerateConfig
+    from amo_engine.pipeline import GenerateConfig
 
     return GenerateConfig(
         prompts=args.prompt,
@@ -596,8 +596,8 @@ def _generate_config(args: argparse.Namespace):
 
 def _write_generated(args: argparse.Namespace, model, result) -> None:
     """The images, optional attention overlays and OCR readings of one generate call."""
-    from .pipeline import save_png
-    from .plots import save_attention_overlay
+    from amo_engine.pipeline import save_png
+    from amo_engine.plots import save_attention_overlay
 
     for i, image in enumerate(result.images):
         save_png(image, _numbered(args.out, i))
@@ -608,8 +608,8 @@ def _write_generated(args: argparse.Namespace, model, result) -> None:
             save_attention_overlay(image, result.attn_map[i], _numbered(args.save_attn, i), title=title)
     paths = ", ".join(str(_numbered(args.out, i)) for i in range(len(result.images)))
     if args.ocr is not None:
-        from .glyph.locate import read_words
-        from .ocr import Reader
+        from amo_engine.glyph.locate import read_words
+        from amo_engine.ocr import Reader
 
         for i, read in enumerate(read_words(Reader(args.ocr), result.images, model.settings)):
             print(f"OCR ({args.ocr}) reads {_numbered(args.out, i)}: {read or '(nothing)'}")
@@ -620,13 +620,13 @@ def _write_generated(args: argparse.Namespace, model, result) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .backbone import HookConfig
-    from .models import load_model
-    from .onnx_export import ExportConfig, export_engine
+    from amo_engine.backbone import HookConfig
+    from amo_engine.models import load_model
+    from amo_engine.onnx_export import ExportConfig, export_engine
 
     if args.aoti:
-        from .aoti import NO_COMPILER, cpp_compiler
-        from .backends import BackendUnavailable
+        from amo_engine.aoti import NO_COMPILER, cpp_compiler
+        from amo_engine.backends import BackendUnavailable
 
         if cpp_compiler() is None:  # before any export work
             raise BackendUnavailable(NO_COMPILER)
@@ -645,10 +645,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .backends import BackendUnavailable
+    from amo_engine.backends import BackendUnavailable
 
     try:
-        from .trt_build import BuildConfig, build_plan
+        from amo_engine.trt_build import BuildConfig, build_plan
 
         manifest = build_plan(BuildConfig(args.engine, args.precision, args.opt_level, not args.weakly_typed,
                                           args.timing_cache))
@@ -661,7 +661,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .engine import open_engine
+    from amo_engine.engine import open_engine
 
     engine = open_engine(args.engine, model_name=args.model)  # hashes each file once; --verify reuses it
     manifest, spec = engine.manifest, engine.spec
@@ -694,19 +694,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"stage {name} ({st['kind']}): {io}; TensorRT parser: {trt}")
     if not (args.verify or args.measure):
         return 0
-    from .models import load_model
+    from amo_engine.models import load_model
 
     model = load_model(args.model or manifest["model"], manifest["dtype"], args.device, args.cache_dir)
     engine.check_model(model)
     if args.measure:
         return _measure_default_backend(engine, model)
-    from .verify import engine_parity, judge_parity
+    from amo_engine.verify import engine_parity, judge_parity
 
     p = engine_parity(model, engine, args.backend, args.device)
     ok, detail = judge_parity(p, manifest["dtype"])
     print(f"\nverify ({args.backend} vs eager, {manifest['dtype']} gates): {detail}: {'PASS' if ok else 'FAIL'}")
     if engine.stages and args.backend == "ort" and args.device == "cpu":
-        from .verify import STAGE_MAX_ABS, stage_parity
+        from amo_engine.verify import STAGE_MAX_ABS, stage_parity
 
         gate = STAGE_MAX_ABS.get(manifest["dtype"])
         for name, err in stage_parity(model, engine).items():
@@ -719,8 +719,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def _measure_default_backend(engine, model) -> int:
     """inspect --measure: ORT against AOTInductor here, recorded in the manifest unless the machine was busy."""
-    from . import default_backend
-    from .engine import MANIFEST, EngineError, write_json_atomic
+    from amo_engine import default_backend
+    from amo_engine.engine import MANIFEST, EngineError, write_json_atomic
 
     aoti = engine.manifest.get("aoti")
     if aoti is None or aoti.get("device") != "cpu":
@@ -738,7 +738,7 @@ def _measure_default_backend(engine, model) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench.cpu import BenchConfig, default_out_dir, run_bench
+    from amo_engine.bench.cpu import BenchConfig, default_out_dir, run_bench
 
     threads = {} if args.threads is None else {"threads": args.threads}
     rows = run_bench(BenchConfig(args.config, args.calls, args.loops, args.steps, compile=not args.no_compile,
@@ -749,7 +749,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _eval_config(args: argparse.Namespace):
-    from .eval.runner import EvalConfig
+    from amo_engine.eval.runner import EvalConfig
 
     return EvalConfig(model=args.model, out_dir=args.out_dir, words=args.words, max_words=args.max_words,
                       seeds=args.seeds, first_seed=args.first_seed, samplers=tuple(s for s in args.samplers.split(",") if s), c=args.c,
@@ -759,7 +759,7 @@ def _eval_config(args: argparse.Namespace):
 
 
 def check_eval_args(args: argparse.Namespace) -> None:
-    from .ocr import check_available
+    from amo_engine.ocr import check_available
 
     check_model_name(args)
     _eval_config(args).validate()
@@ -767,10 +767,10 @@ def check_eval_args(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .eval.report import write_report
-    from .eval.runner import run_eval
-    from .folders import resolve_folder
-    from .presets import ModelSettings
+    from amo_engine.eval.report import write_report
+    from amo_engine.eval.runner import run_eval
+    from amo_engine.folders import resolve_folder
+    from amo_engine.presets import ModelSettings
 
     if not args.report_only:
         run_eval(_eval_config(args))
@@ -781,7 +781,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_train_glyph(args: argparse.Namespace) -> int:
-    from .glyph.train import TrainConfig, Trainer
+    from amo_engine.glyph.train import TrainConfig, Trainer
 
     steps = {} if args.steps is None else {"steps": args.steps}  # default: TrainConfig's
     cfg = TrainConfig(run_dir=args.run_dir, model=args.model, init_from=args.init_from, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
@@ -802,7 +802,7 @@ def cmd_train_glyph(args: argparse.Namespace) -> int:
 
 
 def _localize_config(args: argparse.Namespace):
-    from .localize import LocalizeConfig
+    from amo_engine.localize import LocalizeConfig
 
     try:
         starts = tuple(int(s) for s in args.start_steps.split(",") if s.strip())
@@ -817,7 +817,7 @@ def _localize_config(args: argparse.Namespace):
 def check_localize_args(args: argparse.Namespace) -> None:
     import importlib.util
 
-    from .ocr import check_available
+    from amo_engine.ocr import check_available
 
     check_model_name(args)
     _localize_config(args).validate()
@@ -827,7 +827,7 @@ def check_localize_args(args: argparse.Namespace) -> None:
 
 
 def cmd_localize(args: argparse.Namespace) -> int:
-    from .localize import run_localize
+    from amo_engine.localize import run_localize
 
     run_localize(_localize_config(args))
     print(f"wrote {args.out_dir}/results.json, table.md, plot.png, grid.png")
@@ -891,7 +891,7 @@ def check_serve_args(args: argparse.Namespace) -> None:
     if not starts:
         return
     check_model_name(args)
-    from .engine import engine_folder_for, export_command
+    from amo_engine.engine import engine_folder_for, export_command
 
     backend = args.backend or ("ort" if args.engine is not None else "eager")
     if backend != "eager" and args.engine is None:
@@ -911,7 +911,7 @@ def check_serve_args(args: argparse.Namespace) -> None:
 
 
 def _service_config(args: argparse.Namespace):
-    from .serve.app import ServiceConfig
+    from amo_engine.serve.app import ServiceConfig
 
     backend = args.backend or ("ort" if args.engine is not None else "eager")
     runtime = {"model": args.model, "backend": backend, "engine": str(args.engine) if args.engine else None,
@@ -936,7 +936,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from .serve import app
+    from amo_engine.serve import app
 
     app.start(_service_config(args), args.host, args.port, num_cpus=_ray_cpus(args))
     url = f"http://{args.host}:{args.port}"
@@ -952,12 +952,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_loadtest(args: argparse.Namespace) -> int:
 
-    from .serve import loadtest
+    from amo_engine.serve import loadtest
 
     started = args.url is None
     url = args.url or f"http://{args.host}:{args.port}"
     if started:
-        from .serve import app
+        from amo_engine.serve import app
 
         app.start(_service_config(args), args.host, args.port, num_cpus=_ray_cpus(args))
     try:
@@ -969,7 +969,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         except (RuntimeError, TimeoutError) as err:  # the service is not there, or fails alone
             print(f"amo-engine loadtest: error: {err}", file=sys.stderr)
             return 1
-        from .bench.harness import cpu_facts
+        from amo_engine.bench.harness import cpu_facts
 
         result["machine"] = cpu_facts()  # the client's; with a service started here, the server's too
     finally:
@@ -989,7 +989,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         for error in kill["errors"]:
             print(f"  {error['status']}: {error['error']}")
     if args.out is not None:
-        from .engine import write_json_atomic
+        from amo_engine.engine import write_json_atomic
 
         args.out.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(args.out, result)
@@ -1050,7 +1050,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if args.command in PRECHECKS:
                 PRECHECKS[args.command](args)  # before diffusers is imported or any model loaded
-            from .backends import BackendUnavailable
+            from amo_engine.backends import BackendUnavailable
         except (ValueError, FileNotFoundError, ImportError) as err:
             print(f"amo-engine {args.command}: error: {err}", file=sys.stderr)
             return 2

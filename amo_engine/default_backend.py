@@ -16,7 +16,7 @@ FALLBACK = "ort"
 
 def machine() -> str:
     """The CPU a measurement belongs to: vendor, family, model, name and core count."""
-    from .bench.harness import cpu_facts
+    from amo_engine.bench.harness import cpu_facts
 
     f = cpu_facts()
     return f"{f['vendor']} family {f['family']} model {f['model']} ({f['name']}), {f['cores']} cores"
@@ -29,10 +29,10 @@ class BusyMachine(RuntimeError):
 def measure(engine, model, rounds: int = ROUNDS) -> dict:
     """Time ORT and AOTInductor on ``engine`` (both artifacts, CPU) round-robin under the contention
     watch; the faster one wins. Raises BusyMachine when the machine was busy (nothing to record)."""
-    from .backends import open_backend
-    from .bench import harness
-    from .spec import sample_feeds
-    from .threads import usable_cpus
+    from amo_engine.backends import open_backend
+    from amo_engine.bench import harness
+    from amo_engine.spec import sample_feeds
+    from amo_engine.threads import usable_cpus
 
     feeds = sample_feeds(engine.spec, "cpu")
     watch = harness.ContentionWatch(threads=usable_cpus())

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from .atomic import atomic_path, temp_dir_beside
-from .spec import IOSpec
+from amo_engine.atomic import atomic_path, temp_dir_beside
+from amo_engine.spec import IOSpec
 
 MANIFEST = "manifest.json"
 ONNX_FILE = "model.onnx"
@@ -129,7 +129,7 @@ DTYPE_FLAGS = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 def reexport_command(manifest: Mapping, folder: Path | str, model: str | None = None, **changes) -> str:
     """The export command that wrote ``folder`` again, from its manifest, with ``changes`` (export's
     option names, e.g. ``kv_swap=True, batch=2``) and ``model`` (default: the manifest's)."""
-    from .families import family_named
+    from amo_engine.families import family_named
 
     aoti = manifest.get("aoti") or {}
     modulation = manifest.get("modulation") or {}
@@ -238,7 +238,7 @@ class Engine:
     @property
     def hook(self):
         """The HookConfig the graph was exported with (its hooked blocks, span rows, K/V swap inputs)."""
-        from .backbone import HookConfig
+        from amo_engine.backbone import HookConfig
 
         m = self.manifest
         modulation = m.get("modulation") or {}

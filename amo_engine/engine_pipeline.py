@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from .stages import ClipStage
+from amo_engine.stages import ClipStage
 
 
 def runs_on_stages(backend: str, engine) -> bool:
@@ -122,12 +122,12 @@ def load_engine_model(model: str, engine, device: str = "cpu", cache_dir=None, r
     import diffusers
     import transformers
 
-    from .backends.ort import OrtBackend
-    from .engine import EngineError, check_model_matches, reexport_command, weights_fingerprint
-    from .folders import family_of_folder, resolve_folder
-    from .models import LoadedModel
-    from .presets import ModelSettings
-    from .spec import DTYPES
+    from amo_engine.backends.ort import OrtBackend
+    from amo_engine.engine import EngineError, check_model_matches, reexport_command, weights_fingerprint
+    from amo_engine.folders import family_of_folder, resolve_folder
+    from amo_engine.models import LoadedModel
+    from amo_engine.presets import ModelSettings
+    from amo_engine.spec import DTYPES
 
     folder = resolve_folder(model, cache_dir)
     family = family_of_folder(folder)
@@ -154,7 +154,7 @@ def load_engine_model(model: str, engine, device: str = "cpu", cache_dir=None, r
             spec = engine.stage_spec(name)
             dtype = DTYPES[spec.outputs[0].dtype]
             if runtime == "trt":
-                from .backends.trt import TrtBackend
+                from amo_engine.backends.trt import TrtBackend
 
                 backend = TrtBackend(engine, device=str(device), stage=name, **backend_options)
             else:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .families import Family, by_pipeline_class
-from .presets import PRESET_SIZE_FACTORS, PRESETS, ensure_preset, preset_folder
+from amo_engine.families import Family, by_pipeline_class
+from amo_engine.presets import PRESET_SIZE_FACTORS, PRESETS, ensure_preset, preset_folder
 
 
 def family_of_folder(folder: Path) -> Family:

@@ -142,11 +142,11 @@ def text_region(attn_map, height: int, width: int) -> np.ndarray:
 
 
 def run_localize(cfg: LocalizeConfig, log: Callable[[str], None] = print) -> dict:
-    from .text_swap import TextSwap
-    from .eval.runner import word_list
-    from .models import load_model
-    from .ocr import Reader, ned, normalise
-    from .pipeline import AmoPipeline, GenerateConfig
+    from amo_engine.text_swap import TextSwap
+    from amo_engine.eval.runner import word_list
+    from amo_engine.models import load_model
+    from amo_engine.ocr import Reader, ned, normalise
+    from amo_engine.pipeline import AmoPipeline, GenerateConfig
 
     cfg.validate()
     reader = Reader(cfg.ocr)
@@ -220,8 +220,8 @@ def run_localize(cfg: LocalizeConfig, log: Callable[[str], None] = print) -> dic
 
 
 def _write_settings(folder: Path, best: Setting) -> None:
-    from .atomic import atomic_path
-    from .presets import SETTINGS_FILE
+    from amo_engine.atomic import atomic_path
+    from amo_engine.presets import SETTINGS_FILE
 
     path = Path(folder) / SETTINGS_FILE
     data = json.loads(path.read_text()) if path.is_file() else {}

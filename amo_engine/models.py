@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from . import quiet
-from .families import Family
-from .folders import family_of_folder, import_own_components, resolve_folder
-from .presets import ModelSettings
+from amo_engine import quiet
+from amo_engine.families import Family
+from amo_engine.folders import family_of_folder, import_own_components, resolve_folder
+from amo_engine.presets import ModelSettings
 
 quiet.install()  # before any diffusers pipeline import: no look-alike failure lines on a healthy load
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from .prompts import Span
+from amo_engine.prompts import Span
 
 IDENTITY_SCALE = (1.0, 1.0, 1.0, 1.0)
 CHUNK_SPLIT = re.compile(r"\s*(?:,|;|\band\b|\bwith\b|\bnext to\b|\bbeside\b)\s*", re.IGNORECASE)

@@ -14,8 +14,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .backbone import HookConfig
-from .engine import (
+from amo_engine.backbone import HookConfig
+from amo_engine.engine import (
     FORMAT_VERSION,
     EngineError,
     MANIFEST,
@@ -27,7 +27,7 @@ from .engine import (
     weights_fingerprint,
     write_json_atomic,
 )
-from .spec import IOSpec, dtype_name, sample_feeds
+from amo_engine.spec import IOSpec, dtype_name, sample_feeds
 
 EXPORTERS = ("dynamo", "torchscript")
 EXTERNAL_DATA_BYTES = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GB limit, with headroom
@@ -217,8 +217,8 @@ def _export_stages(model, cfg: ExportConfig, folder: Path, height: int, width: i
     import numpy as np
     import onnx
 
-    from .graph_checks import check_graph
-    from .stages import pipeline_stages
+    from amo_engine.graph_checks import check_graph
+    from amo_engine.stages import pipeline_stages
 
     stages = pipeline_stages(model.pipe, cfg.batch, height, width, max_seq)
     _say(cfg, f"{label} exporting the other stages ({', '.join(stages)}) ...")
@@ -243,7 +243,7 @@ def export_engine(model, cfg: ExportConfig, hook: HookConfig = HookConfig()) -> 
     """Export ``model`` (a LoadedModel) into engine folder ``cfg.out``; returns the manifest."""
     import onnx
 
-    from .graph_checks import check_graph
+    from amo_engine.graph_checks import check_graph
 
     if cfg.exporter not in EXPORTERS:
         raise ValueError(f"unknown exporter {cfg.exporter!r}; choose one of {', '.join(EXPORTERS)}")
@@ -267,7 +267,7 @@ def export_engine(model, cfg: ExportConfig, hook: HookConfig = HookConfig()) -> 
     cfg_rows = family.batches_cfg and cfg.cfg_rows
     rows = family.rows(cfg.batch, cfg_rows)
     if cfg.stages:  # every component must have a stage: refused here, before any export work
-        from .stages import pipeline_stages
+        from amo_engine.stages import pipeline_stages
 
         pipeline_stages(pipe, cfg.batch, height, width, max_seq)
 
@@ -305,7 +305,7 @@ def export_engine(model, cfg: ExportConfig, hook: HookConfig = HookConfig()) -> 
 
         aoti = None
         if cfg.aoti:
-            from .aoti import compile_package
+            from amo_engine.aoti import compile_package
 
             device = pipe.transformer.device
             _say(cfg, f"[4/{steps}] compiling the AOTInductor package for {device.type} "

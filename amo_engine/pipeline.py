@@ -17,17 +17,17 @@ from typing import Callable, Sequence
 
 import torch
 
-from .atomic import atomic_path
-from .backbone import HookConfig
-from .backends import Backend
-from .backends.eager import EagerBackend
-from .text_swap import TextSwap, with_text_swap
-from .modulation_plan import ModulationPlan, group_masks, with_modulation
-from .families import Denoise, DenoiseInputs
-from .models import LoadedModel
-from .prompts import TextLayout, find_quoted_spans
-from .rules import SAMPLERS, check_size
-from .samplers import sample_amo, sample_euler, sample_overshoot
+from amo_engine.atomic import atomic_path
+from amo_engine.backbone import HookConfig
+from amo_engine.backends import Backend
+from amo_engine.backends.eager import EagerBackend
+from amo_engine.text_swap import TextSwap, with_text_swap
+from amo_engine.modulation_plan import ModulationPlan, group_masks, with_modulation
+from amo_engine.families import Denoise, DenoiseInputs
+from amo_engine.models import LoadedModel
+from amo_engine.prompts import TextLayout, find_quoted_spans
+from amo_engine.rules import SAMPLERS, check_size
+from amo_engine.samplers import sample_amo, sample_euler, sample_overshoot
 
 
 class NonFiniteLatentsError(FloatingPointError):
@@ -247,7 +247,7 @@ class AmoPipeline:
             def reexport(**changes) -> str:  # the engine's own export command with what this request needs
                 if engine is None:  # a backend without an engine folder: no command to name
                     return "amo-engine export with what this request needs"
-                from .engine import reexport_command
+                from amo_engine.engine import reexport_command
 
                 return reexport_command(engine.manifest, engine.folder, self.model.source, **changes)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_path
+from amo_engine.atomic import atomic_path
 
 
 def save_attention_overlay(image, attn_map: torch.Tensor, path: Path | str, alpha: float = 0.5,

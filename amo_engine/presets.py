@@ -18,8 +18,8 @@ from importlib import resources
 from pathlib import Path
 
 
-from .atomic import temp_dir_beside, usual_permissions
-from .glyph.variants import CELL, VARIANTS as SHIPPED  # the models trained here, shipped as package data
+from amo_engine.atomic import temp_dir_beside, usual_permissions
+from amo_engine.glyph.variants import CELL, VARIANTS as SHIPPED  # the models trained here, shipped as package data
 
 PRESETS = ("tiny-sd3", "tiny-flux", "tiny-sd35", "tiny-auraflow", *SHIPPED)
 PRESET_SIZE_FACTORS = {"tiny-sd3": 16, "tiny-flux": 16, "tiny-sd35": 16, "tiny-auraflow": 16,

@@ -31,7 +31,7 @@ class Runtime:
         process may use unless ``threads`` says otherwise."""
         import torch
 
-        from .threads import usable_cpus
+        from amo_engine.threads import usable_cpus
 
         threads = self.threads or usable_cpus()
         torch.set_num_threads(threads)
@@ -56,20 +56,20 @@ def engine_hook(rt: Runtime, engine):
 def open_pipeline(rt: Runtime) -> Iterator:
     """The ``pipeline.AmoPipeline`` that ``rt`` names, its backend open while the block runs.
     ``rt.backend`` "auto" is resolved in place to the engine's measured default."""
-    from .backbone import HookConfig
-    from .backends import open_backend
-    from .engine_pipeline import load_engine_model, runs_on_stages, stage_runtime
-    from .models import load_model
-    from .pipeline import AmoPipeline
+    from amo_engine.backbone import HookConfig
+    from amo_engine.backends import open_backend
+    from amo_engine.engine_pipeline import load_engine_model, runs_on_stages, stage_runtime
+    from amo_engine.models import load_model
+    from amo_engine.pipeline import AmoPipeline
 
     engine = None
     if rt.backend != "eager":
-        from .engine import open_engine
+        from amo_engine.engine import open_engine
 
         engine = open_engine(rt.engine, model_name=rt.model)
         hook = engine_hook(rt, engine)
         if rt.backend == "auto":
-            from . import default_backend
+            from amo_engine import default_backend
 
             rt.backend, note = default_backend.resolve(engine.manifest)
             if note:

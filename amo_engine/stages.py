@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .spec import IOSpec, TensorSpec, dtype_name
+from amo_engine.spec import IOSpec, TensorSpec, dtype_name
 
 
 def _encoder_spec(outputs: tuple[TensorSpec, ...], batch: int, tokens: int, vocab: int) -> IOSpec:

@@ -21,8 +21,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
-from .text_swap import TextSwap
-from .prompts import find_quoted_spans
+from amo_engine.text_swap import TextSwap
+from amo_engine.prompts import find_quoted_spans
 
 DEFAULT_WORDS = "safe_text_words.txt"  # in amo_engine/data
 DEFAULT_SUBSTITUTE = "LOVE"  # for a listed word that names none

@@ -8,11 +8,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import atomic_path
-from .backends.trt import import_tensorrt
-from .engine import MANIFEST, ONNX_FILE, PLAN_FILE, EngineError, export_lock, file_records, manifest_spec, \
+from amo_engine.atomic import atomic_path
+from amo_engine.backends.trt import import_tensorrt
+from amo_engine.engine import MANIFEST, ONNX_FILE, PLAN_FILE, EngineError, export_lock, file_records, manifest_spec, \
     read_manifest, write_json_atomic
-from .spec import IOSpec
+from amo_engine.spec import IOSpec
 
 PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 

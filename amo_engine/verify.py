@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from .backends import open_backend
-from .engine import Engine, open_engine
-from .spec import sample_feeds
+from amo_engine.backends import open_backend
+from amo_engine.engine import Engine, open_engine
+from amo_engine.spec import sample_feeds
 
 
 @dataclass(frozen=True)
@@ -81,8 +81,8 @@ STAGE_MAX_ABS = {"float32": 1e-4}  # stage outputs, ORT vs eager; half-precision
 def stage_parity(model, engine: Engine) -> dict[str, float]:
     """Max abs difference over the outputs of each exported stage (prompt encoders, VAE decoder),
     ONNX Runtime against the eager module on the same feeds."""
-    from .backends.ort import OrtBackend
-    from .stages import pipeline_stages
+    from amo_engine.backends.ort import OrtBackend
+    from amo_engine.stages import pipeline_stages
 
     m = engine.manifest
     eager = pipeline_stages(model.pipe, m["images_per_call"], m["height"], m["width"], m["max_sequence_length"])

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Mapping, Protocol
 
-from ..errors import BackendUnavailable  # noqa: F401  (raised by every backend; callers import it from here)
+from amo_engine.errors import BackendUnavailable  # noqa: F401  (raised by every backend; callers import it from here)
 
 if TYPE_CHECKING:
     import torch
 
-    from ..spec import IOSpec
+    from amo_engine.spec import IOSpec
 
 BACKENDS = ("eager", "ort", "aoti", "trt")
 
@@ -61,32 +61,32 @@ def open_backend(kind: str, engine=None, model=None, hook=None, device: str = "c
     if kind == "eager":
         if engine is not None:
             raise ValueError("the eager backend needs no engine: leave --backend at eager and drop --engine")
-        from ..backbone import HookConfig
-        from .eager import EagerBackend
+        from amo_engine.backbone import HookConfig
+        from amo_engine.backends.eager import EagerBackend
 
         pipe = model.pipe
         return EagerBackend(model.family.backbone(pipe.transformer, hook or HookConfig(), pipe.vae_scale_factor))
     if engine is None:
         raise ValueError(f"the {kind} backend runs an engine: pass --engine DIR")
-    from ..engine import Engine, check_runtime, open_engine
+    from amo_engine.engine import Engine, check_runtime, open_engine
 
     if not isinstance(engine, Engine):
         engine = open_engine(engine, model)
     if kind == "ort":
         import onnxruntime
 
-        from .ort import OrtBackend, max_supported_opset
+        from amo_engine.backends.ort import OrtBackend, max_supported_opset
 
         check_runtime(engine.manifest, "ort", onnxruntime.__version__, max_supported_opset(), folder=engine.folder)
         return OrtBackend(engine, device=device, **options)
     if kind == "aoti":
         import torch
 
-        from .aoti import AotiBackend
+        from amo_engine.backends.aoti import AotiBackend
 
         check_runtime(engine.manifest, "aoti", torch.__version__, device=device, folder=engine.folder)
         return AotiBackend(engine, model, device=device, **options)
-    from .trt import TrtBackend, import_tensorrt
+    from amo_engine.backends.trt import TrtBackend, import_tensorrt
 
     check_runtime(engine.manifest, "trt", import_tensorrt().__version__, folder=engine.folder)
     return TrtBackend(engine, device=device, **options)

@@ -12,9 +12,9 @@ from typing import Mapping
 
 import torch
 
-from ..aoti import CudaGraphCall, load_package
-from ..engine import Engine
-from . import BackendUnavailable, ClosingBackend
+from amo_engine.aoti import CudaGraphCall, load_package
+from amo_engine.engine import Engine
+from amo_engine.backends import BackendUnavailable, ClosingBackend
 
 
 class AotiBackend(ClosingBackend):

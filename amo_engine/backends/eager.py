@@ -6,7 +6,7 @@ from typing import Mapping
 
 import torch
 
-from . import ClosingBackend
+from amo_engine.backends import ClosingBackend
 
 
 class EagerBackend(ClosingBackend):

@@ -16,8 +16,8 @@ from typing import Mapping
 
 import torch
 
-from ..engine import Engine
-from . import BackendUnavailable, ClosingBackend
+from amo_engine.engine import Engine
+from amo_engine.backends import BackendUnavailable, ClosingBackend
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 NO_HOST_SYNC = "disable_synchronize_execution_providers"  # run option: Run returns without a stream sync

@@ -8,8 +8,8 @@ from typing import Mapping
 
 import torch
 
-from ..engine import Engine, EngineError
-from . import BackendUnavailable, ClosingBackend
+from amo_engine.engine import Engine, EngineError
+from amo_engine.backends import BackendUnavailable, ClosingBackend
 
 
 def import_tensorrt():

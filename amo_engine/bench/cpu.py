@@ -25,9 +25,9 @@ from typing import Callable
 
 import torch
 
-from ..backbone import HookConfig
-from . import CONFIGS, harness
-from .zoo import bench_model, reference_amo, stock_feeds
+from amo_engine.backbone import HookConfig
+from amo_engine.bench import CONFIGS, harness
+from amo_engine.bench.zoo import bench_model, reference_amo, stock_feeds
 
 GOAL = 1.03  # AMO loop / Euler loop and attn / no-attn call: the score branch costs at most 3 %
 
@@ -56,7 +56,7 @@ STAGES_ARM = "ort-stages-amo"  # end-to-end only: encoders, loop and VAE all on 
 
 def default_out_dir() -> Path:
     """Results go outside the repository unless ``--out-dir`` says otherwise."""
-    from ..presets import default_cache_dir
+    from amo_engine.presets import default_cache_dir
 
     return default_cache_dir() / "bench"
 
@@ -84,11 +84,11 @@ class BenchConfig:
 
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> list[dict]:
-    from ..backends import open_backend
-    from ..engine import open_engine
-    from ..engine_pipeline import load_engine_model
-    from ..onnx_export import ExportConfig, export_engine
-    from ..spec import sample_feeds
+    from amo_engine.backends import open_backend
+    from amo_engine.engine import open_engine
+    from amo_engine.engine_pipeline import load_engine_model
+    from amo_engine.onnx_export import ExportConfig, export_engine
+    from amo_engine.spec import sample_feeds
 
     cfg.validate()
     harness.set_threads(cfg.threads)
@@ -230,7 +230,7 @@ def _compiled(stock, feeds, notes: list[str]):
 
 def _loop(arm: LoopArm, call, feeds, spec, model, steps: int) -> Callable[[], object]:
     """One denoise loop of ``arm``: the family's sigma grid and timestep rule, its own feed copies."""
-    from ..samplers import StepOut, sample_amo, sample_euler
+    from amo_engine.samplers import StepOut, sample_amo, sample_euler
 
     family, config = model.family, model.pipe.scheduler.config
     sigmas = family.sigmas(config, steps, spec.dims["image_tokens"])
@@ -257,7 +257,7 @@ def _end_to_end_runs(model, stock, compiled, engines: dict, staged, steps: int) 
     Euler; optionally compiled) and our pipeline (eager AMO; each engine backend, ``engines`` by
     kind, with Euler and AMO; and ``staged``, the model whose encoders and VAE are the engine's ONNX
     stages, around the ORT backbone)."""
-    from ..pipeline import AmoPipeline, GenerateConfig
+    from amo_engine.pipeline import AmoPipeline, GenerateConfig
 
     pipe = model.pipe
     hooked = pipe.transformer
@@ -294,7 +294,7 @@ def _end_to_end_runs(model, stock, compiled, engines: dict, staged, steps: int) 
 
 def _stages_supported(pipe, height: int, width: int, max_seq: int, notes: list[str]) -> bool:
     """Whether every component of ``pipe`` exports as a stage (the end-to-end engine arm); a note if not."""
-    from ..stages import pipeline_stages
+    from amo_engine.stages import pipeline_stages
 
     try:
         pipeline_stages(pipe, 1, height, width, max_seq)
@@ -306,8 +306,8 @@ def _stages_supported(pipe, height: int, width: int, max_seq: int, notes: list[s
 
 def _export_stock_engine(stock, spec, folder: Path) -> None:
     """Engine folder for the stock transformer (no score branch, no attn output): prices the scores."""
-    from ..engine import FORMAT_VERSION, MANIFEST, ONNX_FILE, file_records, write_json_atomic
-    from ..spec import IOSpec, sample_feeds
+    from amo_engine.engine import FORMAT_VERSION, MANIFEST, ONNX_FILE, file_records, write_json_atomic
+    from amo_engine.spec import IOSpec, sample_feeds
 
     names = [t.name for t in spec.inputs if t.name != "span_mask"]
 

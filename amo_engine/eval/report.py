@@ -15,8 +15,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from ..atomic import atomic_path
-from .metrics import mcnemar_exact
+from amo_engine.atomic import atomic_path
+from amo_engine.eval.metrics import mcnemar_exact
 
 SAMPLER_ORDER = {"euler": 0, "overshoot": 1, "amo": 2}
 BINARY = ("exact", "texture_right", "image_right")  # the last two on textured models only
@@ -38,10 +38,10 @@ def ocr_ceiling(words: list[str], settings, engine: str, seed: int = 0) -> dict:
     (jittered like training; on a textured model each over the textures in turn)."""
     import numpy as np
 
-    from ..glyph.locate import read_words
-    from ..glyph.render import render
-    from ..glyph.variants import GLYPH, of_settings
-    from ..ocr import Reader, ned, normalise
+    from amo_engine.glyph.locate import read_words
+    from amo_engine.glyph.render import render
+    from amo_engine.glyph.variants import GLYPH, of_settings
+    from amo_engine.ocr import Reader, ned, normalise
 
     variant = of_settings(settings) or GLYPH
     reader = Reader(engine)
@@ -320,8 +320,8 @@ def figure_across_c(rows: list[dict], out_dir: Path, path: Path, steps: int, see
 def write_report(out_dir: Path, settings, ocr: str = "rapidocr") -> str:
     """summary.json, summary.md, plot.png, grid.png (the setting with the most images), a grid per
     (steps, c) and figure.png (one seed across every c) in ``out_dir`` from its rows; returns the tables."""
-    from ..glyph.variants import of_settings
-    from .texture import ceiling as texture_ceiling
+    from amo_engine.glyph.variants import of_settings
+    from amo_engine.eval.texture import ceiling as texture_ceiling
 
     rows = load_rows(out_dir / "rows.jsonl")
     if not rows:

@@ -42,7 +42,7 @@ class EvalConfig:
     _word_list: list[str] = field(default_factory=list, repr=False)
 
     def validate(self) -> None:
-        from ..rules import SAMPLERS
+        from amo_engine.rules import SAMPLERS
 
         bad = [s for s in self.samplers if s not in SAMPLERS]
         if bad:
@@ -54,7 +54,7 @@ class EvalConfig:
         if self.words not in ("train", "held-out") and not Path(self.words).is_file():
             raise ValueError(f"--words takes train, held-out or a file of words; {self.words} is none of these")
         if self.backend != "eager" and self.engine is None:
-            from ..engine import engine_folder_for, export_command
+            from amo_engine.engine import engine_folder_for, export_command
 
             raise ValueError(f"--backend {self.backend} needs --engine DIR, exported with: "
                              f"{export_command(self.model, engine_folder_for(self.model), batch=self.batch)}")
@@ -100,12 +100,12 @@ def done_keys(path: Path) -> set[tuple]:
 
 def run_eval(cfg: EvalConfig) -> Path:
     """Generate, OCR and append rows; returns the rows file."""
-    from ..backbone import HookConfig
-    from ..backends import open_backend
-    from ..engine import open_engine
-    from ..models import load_model
-    from ..ocr import Reader
-    from ..pipeline import AmoPipeline
+    from amo_engine.backbone import HookConfig
+    from amo_engine.backends import open_backend
+    from amo_engine.engine import open_engine
+    from amo_engine.models import load_model
+    from amo_engine.ocr import Reader
+    from amo_engine.pipeline import AmoPipeline
 
     cfg.validate()
     reader = Reader(cfg.ocr)  # fails early with the install line when OCR is missing
@@ -128,12 +128,12 @@ def _render_and_read(cfg: EvalConfig, pipe, reader, words: list[str], vocab: set
     import numpy as np
     from tqdm.auto import tqdm
 
-    from ..glyph.locate import read_words
-    from ..glyph.variants import of_settings
-    from ..ocr import ned, normalise
-    from ..pipeline import GenerateConfig, save_png
-    from .metrics import outside_text
-    from .texture import fit_reference
+    from amo_engine.glyph.locate import read_words
+    from amo_engine.glyph.variants import of_settings
+    from amo_engine.ocr import ned, normalise
+    from amo_engine.pipeline import GenerateConfig, save_png
+    from amo_engine.eval.metrics import outside_text
+    from amo_engine.eval.texture import fit_reference
 
     settings = pipe.model.settings
     textured = of_settings(settings) if settings.textures else None

@@ -117,7 +117,7 @@ class Family:
 
     def sigmas(self, scheduler_config, steps: int, image_tokens: int) -> list[float]:
         """The sigma grid the family's diffusers pipeline would use (``steps + 1`` values, ending 0)."""
-        from ..schedules import flow_match_sigmas
+        from amo_engine.schedules import flow_match_sigmas
 
         return flow_match_sigmas(scheduler_config, steps, image_seq_len=image_tokens, flux_style=self.explicit_sigmas)
 
@@ -168,7 +168,7 @@ def guided_loop(family: Family, pipe, inputs: DenoiseInputs, backend_for: Callab
     latents both halves, and the velocity is ``v_uncond + guidance * (v_cond - v_uncond)``."""
     import torch
 
-    from ..samplers import StepOut
+    from amo_engine.samplers import StepOut
 
     device, dtype = pipe.transformer.device, pipe.transformer.dtype
     images = len(inputs.prompts)
@@ -214,9 +214,9 @@ def decode_with_vae(pipe, latents) -> list:
 
 
 def _registry() -> dict[str, Family]:
-    from .auraflow import AURAFLOW
-    from .flux import FLUX
-    from .sd3 import SD3
+    from amo_engine.families.auraflow import AURAFLOW
+    from amo_engine.families.flux import FLUX
+    from amo_engine.families.sd3 import SD3
 
     return {f.name: f for f in (SD3, FLUX, AURAFLOW)}
 
@@ -251,7 +251,7 @@ def make_backbone(transformer, hook=None, vae_scale_factor: int = 8):
     """Wrap a diffusers SD3, FLUX or AuraFlow transformer in its family's backbone (its joint blocks get
     our processors during calls); ``hook``: a backbone.HookConfig (default: the score tap only)."""
     if hook is None:
-        from ..backbone import HookConfig
+        from amo_engine.backbone import HookConfig
 
         hook = HookConfig()
     return of_transformer(transformer).backbone(transformer, hook, vae_scale_factor)

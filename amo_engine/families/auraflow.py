@@ -6,7 +6,7 @@ VAE shift. AMO's scores come from the joint blocks; the single blocks keep their
 
 from __future__ import annotations
 
-from . import Denoise, DenoiseInputs, Family, config_value, guided_loop
+from amo_engine.families import Denoise, DenoiseInputs, Family, config_value, guided_loop
 
 REGISTER_TOKENS = 8  # AuraFlowTransformer2DModel.register_tokens, prepended to the text in every block
 
@@ -41,7 +41,7 @@ class AuraFlowFamily(Family):
         return REGISTER_TOKENS + max_sequence_length  # no CLIP
 
     def text_layout(self, pipe, max_sequence_length):
-        from ..prompts import auraflow_layout
+        from amo_engine.prompts import auraflow_layout
 
         return auraflow_layout(pipe.tokenizer, REGISTER_TOKENS, max_sequence_length)
 
@@ -59,7 +59,7 @@ class AuraFlowFamily(Family):
                 [b.attn for b in transformer.single_transformer_blocks])
 
     def backbone(self, transformer, hook, vae_scale_factor):
-        from ..backbone import AuraFlowBackbone
+        from amo_engine.backbone import AuraFlowBackbone
 
         return AuraFlowBackbone(transformer, self, hook, vae_scale_factor)
 

@@ -4,7 +4,7 @@ sigma grid with resolution-dependent shift, timestep = sigma."""
 
 from __future__ import annotations
 
-from . import Denoise, DenoiseInputs, Family, decode_with_vae
+from amo_engine.families import Denoise, DenoiseInputs, Family, decode_with_vae
 
 
 class FluxFamily(Family):
@@ -30,7 +30,7 @@ class FluxFamily(Family):
         return max_sequence_length
 
     def text_layout(self, pipe, max_sequence_length):
-        from ..prompts import flux_layout
+        from amo_engine.prompts import flux_layout
 
         return flux_layout(pipe.tokenizer_2, max_sequence_length)
 
@@ -38,14 +38,14 @@ class FluxFamily(Family):
         return sigma
 
     def backbone(self, transformer, hook, vae_scale_factor):
-        from ..backbone import FluxBackbone
+        from amo_engine.backbone import FluxBackbone
 
         return FluxBackbone(transformer, self, hook, vae_scale_factor)
 
     def prepare(self, pipe, inputs: DenoiseInputs, backend_for) -> Denoise:
         import torch
 
-        from ..samplers import StepOut
+        from amo_engine.samplers import StepOut
 
         device, dtype = pipe.transformer.device, pipe.transformer.dtype
         images = len(inputs.prompts)

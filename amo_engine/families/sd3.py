@@ -8,7 +8,7 @@ image-only self-attention ``attn2`` the hook leaves to its own processor (``Fami
 
 from __future__ import annotations
 
-from . import Denoise, DenoiseInputs, Family, config_value, guided_loop
+from amo_engine.families import Denoise, DenoiseInputs, Family, config_value, guided_loop
 
 
 class SD3Family(Family):
@@ -54,7 +54,7 @@ class SD3Family(Family):
         return clip_length + max_sequence_length
 
     def text_layout(self, pipe, max_sequence_length):
-        from ..prompts import sd3_layout
+        from amo_engine.prompts import sd3_layout
 
         return sd3_layout(pipe.tokenizer, pipe.tokenizer_3, pipe.tokenizer_max_length, max_sequence_length)
 
@@ -62,7 +62,7 @@ class SD3Family(Family):
         return sigma * scheduler_config.get("num_train_timesteps", 1000)
 
     def backbone(self, transformer, hook, vae_scale_factor):
-        from ..backbone import SD3Backbone
+        from amo_engine.backbone import SD3Backbone
 
         return SD3Backbone(transformer, self, hook, vae_scale_factor)
 

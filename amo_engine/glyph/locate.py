@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .variants import CELL
+from amo_engine.glyph.variants import CELL
 
 SIGN_LEVEL_DIFF = 60  # grey levels from the ground's mean that a sign pixel lies beyond
 SIGN_COLUMN_SHARE = 0.4  # share of a column's pixels in the sign rows that must be that far

@@ -19,8 +19,8 @@ import string
 
 import torch
 
-from .variants import GLYPH, Variant
-from .words import TONES, TRAIN_WORDS
+from amo_engine.glyph.variants import GLYPH, Variant
+from amo_engine.glyph.words import TONES, TRAIN_WORDS
 
 CLIP_LENGTH = 16  # CLIP context (both models); T5's length is the variant's (glyph: 16, its longest prompt needs 13)
 LATENT_FACTOR = 4  # pixel-unshuffle factor
@@ -52,7 +52,7 @@ def build_t5_letter_tokenizer(variant: Variant = GLYPH):
 def _clip_encoder():
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-    from ..presets import CLIP_VOCAB_SIZE
+    from amo_engine.presets import CLIP_VOCAB_SIZE
 
     return CLIPTextModelWithProjection(CLIPTextConfig(
         vocab_size=CLIP_VOCAB_SIZE, hidden_size=CLIP_DIM, intermediate_size=2 * CLIP_DIM, num_hidden_layers=2,
@@ -86,7 +86,7 @@ def latent_stats(variant: Variant = GLYPH) -> tuple[float, float]:
     """(shift, scale) that bring the autoencoder's latents of training images to mean 0, std 1."""
     import numpy as np
 
-    from .render import render_batch
+    from amo_engine.glyph.render import render_batch
 
     rng = np.random.default_rng(0)
     words = [TRAIN_WORDS[i % len(TRAIN_WORDS)] for i in range(512)]
@@ -101,8 +101,8 @@ def build_glyph_pipeline(seed: int = 0, variant: Variant = GLYPH):
     """A complete, untrained StableDiffusion3Pipeline for a glyph model (random init from ``seed``)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
-    from ..presets import build_clip_tokenizer
-    from .autoencoder import PixelUnshuffleAutoencoder
+    from amo_engine.presets import build_clip_tokenizer
+    from amo_engine.glyph.autoencoder import PixelUnshuffleAutoencoder
 
     t5_tok = build_t5_letter_tokenizer(variant)
     shift, scale = latent_stats(variant)

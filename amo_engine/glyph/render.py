@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .textures import ground as texture_ground
-from .variants import CELL, GLYPH, SIGN_ROWS, Variant
+from amo_engine.glyph.textures import ground as texture_ground
+from amo_engine.glyph.variants import CELL, GLYPH, SIGN_ROWS, Variant
 
 FONT_SIZE = 13.3  # DejaVu Sans Mono's advance is 0.6015 em: 8.0 pixels, one cell
 

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .model import GUIDANCE
-from .render import render_batch
-from .variants import GLYPH, Variant, variant
-from .words import TONES, TRAIN_WORDS, prompt_for
+from amo_engine.glyph.model import GUIDANCE
+from amo_engine.glyph.render import render_batch
+from amo_engine.glyph.variants import GLYPH, Variant, variant
+from amo_engine.glyph.words import TONES, TRAIN_WORDS, prompt_for
 
 CHECKPOINT = "checkpoint.safetensors"
 CHECKPOINT_META = "checkpoint.json"
@@ -112,7 +112,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig):
-        from .model import build_glyph_pipeline
+        from amo_engine.glyph.model import build_glyph_pipeline
 
         self.cfg = cfg
         cfg.phases = cfg.phases or ((cfg.steps, cfg.lr),)
@@ -146,7 +146,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         from safetensors.torch import save_file
 
-        from ..atomic import atomic_path
+        from amo_engine.atomic import atomic_path
 
         run = self.cfg.run_dir
         with atomic_path(run / CHECKPOINT) as tmp:
@@ -234,12 +234,12 @@ class Trainer:
 
     def check(self, reader) -> dict:
         """Euler samples of a fixed word set with the EMA weights, read by OCR."""
-        from ..families.sd3 import SD3
-        from ..models import LoadedModel
-        from ..pipeline import AmoPipeline, GenerateConfig
-        from ..ocr import normalise
+        from amo_engine.families.sd3 import SD3
+        from amo_engine.models import LoadedModel
+        from amo_engine.pipeline import AmoPipeline, GenerateConfig
+        from amo_engine.ocr import normalise
 
-        from .locate import read_words
+        from amo_engine.glyph.locate import read_words
 
         n, model = self.cfg.check_images, self.cfg.variant
         words = [TRAIN_WORDS[(i * 37) % len(TRAIN_WORDS)] for i in range(n)]
@@ -262,7 +262,7 @@ class Trainer:
         resumed = self.load_checkpoint()
         reader = None
         if cfg.check_every:
-            from ..ocr import Reader
+            from amo_engine.ocr import Reader
 
             reader = Reader("rapidocr")
         log = (cfg.run_dir / LOG).open("a")
@@ -316,7 +316,7 @@ def plot_training_log(run_dir: Path, path: Path | None = None) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..atomic import atomic_path
+    from amo_engine.atomic import atomic_path
 
     records = [json.loads(line) for line in (Path(run_dir) / LOG).read_text().splitlines() if line.strip()]
     losses = [(r["step"], r["loss"]) for r in records if "loss" in r]
@@ -345,8 +345,8 @@ def plot_training_log(run_dir: Path, path: Path | None = None) -> Path:
 def glyph_settings(model: Variant = GLYPH):
     """The amo_engine.json of a glyph model folder: size, text length, guidance, vocabulary, prompt,
     and on a textured model its ground textures and the sign's cell rows (the rest is ground)."""
-    from ..presets import ModelSettings
-    from .words import HELD_OUT_WORDS
+    from amo_engine.presets import ModelSettings
+    from amo_engine.glyph.words import HELD_OUT_WORDS
 
     return ModelSettings(max_sequence_length=model.text_length, height=model.height, width=model.width,
                          guidance=GUIDANCE, vocabulary=TRAIN_WORDS, held_out=HELD_OUT_WORDS,
@@ -359,7 +359,7 @@ def warm_start(pipe, source: str) -> None:
     folder or a preset name. Every tensor of the same shape is copied; the transformer's position
     table is rebuilt for the new canvas (a fixed sin-cos buffer); T5's token table keeps the source's
     rows (the scene tokenizer appends its pieces after glyph's) and its new rows' init."""
-    from ..models import load_model
+    from amo_engine.models import load_model
 
     src = load_model(source).pipe
     for name in ("transformer", "text_encoder", "text_encoder_2", "text_encoder_3"):
@@ -382,8 +382,8 @@ def warm_start(pipe, source: str) -> None:
 def save_glyph_folder(pipe, folder: Path, model: Variant = GLYPH) -> Path:
     import shutil
 
-    from ..atomic import temp_dir_beside, usual_permissions
-    from ..presets import SETTINGS_FILE
+    from amo_engine.atomic import temp_dir_beside, usual_permissions
+    from amo_engine.presets import SETTINGS_FILE
 
     folder = Path(folder)
     tmp = temp_dir_beside(folder, f".{folder.name}-")

@@ -30,7 +30,7 @@ TONES: tuple[str, ...] = ("dark", "light")
 def prompt_for(word: str, tone: str, model=None, texture: str | None = None) -> str:
     """The prompt a glyph model (``model``: a Variant, default glyph) was trained on for ``word`` on a
     ``tone`` sign (over a ``texture`` ground on the scene model)."""
-    from .variants import GLYPH
+    from amo_engine.glyph.variants import GLYPH
 
     return (model or GLYPH).template.format(tone=tone, word=word, texture=texture)
 

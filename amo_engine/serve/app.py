@@ -31,8 +31,8 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from .renderer import RenderError
-from .schema import BadRequest, Limits, parse_request, response_body
+from amo_engine.serve.renderer import RenderError
+from amo_engine.serve.schema import BadRequest, Limits, parse_request, response_body
 
 APP_NAME = "amo-engine"
 
@@ -66,8 +66,8 @@ class RenderReplica:
     def __init__(self, config: dict):
         from ray.util import metrics
 
-        from ..runtime import Runtime
-        from .renderer import Renderer
+        from amo_engine.runtime import Runtime
+        from amo_engine.serve.renderer import Renderer
 
         cfg = ServiceConfig(**config)
         runtime = {**cfg.runtime, "engine": Path(cfg.runtime["engine"]) if cfg.runtime.get("engine") else None}
@@ -252,7 +252,7 @@ def start(cfg: ServiceConfig, host: str = "127.0.0.1", port: int = 8000, num_cpu
     renderer replicas are up (their model loaded)."""
     import ray
 
-    from .. import quiet
+    from amo_engine import quiet
 
     quiet.install()  # serve.run's "Connecting to existing Serve app" right after serve.start made it
     if not ray.is_initialized():

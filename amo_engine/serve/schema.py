@@ -10,7 +10,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from ..rules import SAMPLERS, parse_size
+from amo_engine.rules import SAMPLERS, parse_size
 
 OPENAI_IGNORED = ("model", "user", "quality", "style")  # OpenAI fields clients send that change nothing here
 MAX_PROMPT_CHARS = 2000
