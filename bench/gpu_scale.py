@@ -29,15 +29,15 @@ from pathlib import Path
 
 import torch
 
-from amo_engine.backbone import HookConfig
-from amo_engine.bench import harness
+from amo_engine.model.backbone import HookConfig
+from amo_engine import timing
 from amo_engine.bench.zoo import ReferenceScoreProcessor, build_transformer, released_text_tokens, stock_feeds
-from amo_engine.families import family_named
+from amo_engine.model.families import family_named
 from amo_engine.samplers import StepOut, sample_amo, sample_euler
 from amo_engine.spec import sample_feeds
 
 
-def ms(timed: harness.Timed) -> dict:
+def ms(timed: timing.Timed) -> dict:
     s = timed.summary(set())
     return {"p50": 1000 * s["p50"], "samples": [1000 * x for x in s["samples"]], "wide": s["wide"]}
 
@@ -95,14 +95,14 @@ def measure(name: str, calls: int, warmup: int, steps: int, scale: str = "releas
             if cuda:
                 torch.cuda.synchronize()
             peak[arm] = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-        times = harness.interleaved(arms, calls, warmup=warmup, sync=sync)
-        loops = harness.interleaved(loop_fns, 3, warmup=1, sync=sync)
+        times = timing.interleaved(arms, calls, warmup=warmup, sync=sync)
+        loops = timing.interleaved(loop_fns, 3, warmup=1, sync=sync)
     p50 = {k: ms(v)["p50"] for k, v in times.items()}
     loop_ms = {k: ms(v)["p50"] for k, v in loops.items()}
     return {
         "family": name, "scale": scale, "size": size, "params_b": sum(p.numel() for p in model.parameters()) / 1e9,
         "rows": rows, "image_tokens": spec.dims["image_tokens"], "text_tokens": text_tokens,
-        "device": torch.cuda.get_device_name() if cuda else harness.cpu_facts()["name"], "torch": torch.__version__,
+        "device": torch.cuda.get_device_name() if cuda else timing.cpu_facts()["name"], "torch": torch.__version__,
         "p50_ms": p50, "samples_ms": {k: ms(v)["samples"] for k, v in times.items()}, "peak_gib": peak,
         "hook_over_stock": p50["eager-hook-amo"] / p50["eager-stock"],
         "reference_over_hook": p50["reference-amo"] / p50["eager-hook-amo"] if reference_arm else None,
@@ -152,7 +152,7 @@ def loop_arms(family, backbone, model, stock_procs, feeds, plain, steps, image_t
 
 def compiled_arms_of(family, backbone, model, stock_procs, feeds, plain, steps, image_tokens, device):
     """The compiled arms and loops (see the module doc), and each compilation's seconds."""
-    from amo_engine.aoti import CudaGraphCall, compile_package, load_package
+    from amo_engine.engine.aoti import CudaGraphCall, compile_package, load_package
 
     cuda = device == "cuda"
     seconds = {}

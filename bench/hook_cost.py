@@ -26,9 +26,9 @@ import torch
 
 def variants(feature: str):
     """(name, images per call, HookConfig, feeds -> feeds) per arm; the first is the baseline."""
-    from amo_engine.backbone import KV_SWAP_INPUTS, HookConfig
-    from amo_engine.text_swap import TextSwap
-    from amo_engine.modulation import KNOBS
+    from amo_engine.model.backbone import KV_SWAP_INPUTS, HookConfig
+    from amo_engine.pipeline.text_swap import TextSwap
+    from amo_engine.model.modulation import KNOBS
 
     def identity(feeds, spec):
         return {**feeds, **{k: v for k, v in spec.allocate("inputs").items() if k in feeds and
@@ -53,11 +53,11 @@ def variants(feature: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from amo_engine.backends import open_backend
-    from amo_engine.bench import harness
+    from amo_engine.engine.backends import open_backend
+    from amo_engine import timing
     from amo_engine.bench.zoo import bench_model
-    from amo_engine.engine import open_engine
-    from amo_engine.onnx_export import ExportConfig, export_engine
+    from amo_engine.engine.manifest import open_engine
+    from amo_engine.engine.export import ExportConfig, export_engine
     from amo_engine.spec import sample_feeds
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -68,12 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="folder for FEATURE_cost-CONFIG.json/.md (default: print only)")
     args = parser.parse_args(argv)
 
-    harness.set_threads(args.threads)
-    watch = harness.ContentionWatch(args.threads)
+    timing.set_threads(args.threads)
+    watch = timing.ContentionWatch(args.threads)
     watch.sample_before()
     model = bench_model(args.config)
     height, width = model.default_size
-    env = harness.environment(args.threads)
+    env = timing.environment(args.threads)
     arms, notes, names = {}, [], []
     with tempfile.TemporaryDirectory() as tmp:
         backends = []
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             arms[f"eager: {name}"] = (lambda b=eager, f=feeds: b(f))
             arms[f"ort: {name}"] = (lambda b=ort, f=feeds: b(f))
             names.append(name)
-        times = harness.interleaved(arms, args.calls, watch, warmup=2)
+        times = timing.interleaved(arms, args.calls, watch, warmup=2)
         for ort in backends:
             ort.close()
     verdict = watch.verdict()

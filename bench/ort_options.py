@@ -9,10 +9,10 @@ import copy, sys, time, tempfile
 from pathlib import Path
 import torch
 from amo_engine.bench.zoo import bench_model
-from amo_engine.bench import harness
-from amo_engine.onnx_export import ExportConfig, export_engine
-from amo_engine.engine import open_engine
-from amo_engine.backends.ort import OrtBackend
+from amo_engine import timing
+from amo_engine.engine.export import ExportConfig, export_engine
+from amo_engine.engine.manifest import open_engine
+from amo_engine.engine.backends.ort import OrtBackend
 from amo_engine.spec import sample_feeds
 
 config = sys.argv[1] if len(sys.argv) > 1 else "medium-sd3"
@@ -57,13 +57,13 @@ def compiled():
     with torch.inference_mode(): comp(**sf, return_dict=False)
 compiled()
 arms["eager"] = eager; arms["compile"] = compiled
-watch = harness.ContentionWatch(2); watch.sample_before()
-res = harness.interleaved(arms, 8, watch, warmup=2)
-print(config, harness.cpu_facts()["name"], "GEMM", round(harness.gemm_gflops()), "verdict", watch.verdict()["contended"], watch.verdict()["reasons"])
+watch = timing.ContentionWatch(2); watch.sample_before()
+res = timing.interleaved(arms, 8, watch, warmup=2)
+print(config, timing.cpu_facts()["name"], "GEMM", round(timing.gemm_gflops()), "verdict", watch.verdict()["contended"], watch.verdict()["reasons"])
 for k, v in res.items():
     s = v.summary(set(watch.verdict()["contended_rounds"]))
     print(f"{k:18s} p50 {1000*s['p50']:8.1f} ms  min {1000*s['min']:8.1f}  cpu/wall {s['cpu_per_wall']:.2f}")
 for k in arms:
     if k.startswith("ort"):
-        print(k, "alone", round(1000 * harness.alone(arms[k], 6)["p50"], 1))
-print("eager alone", round(1000 * harness.alone(eager, 6)["p50"], 1), "compile alone", round(1000 * harness.alone(compiled, 6)["p50"], 1))
+        print(k, "alone", round(1000 * timing.alone(arms[k], 6)["p50"], 1))
+print("eager alone", round(1000 * timing.alone(eager, 6)["p50"], 1), "compile alone", round(1000 * timing.alone(compiled, 6)["p50"], 1))

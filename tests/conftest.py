@@ -7,10 +7,10 @@ import copy
 import pytest
 import torch
 
-from amo_engine.backbone import HookConfig
-from amo_engine.families import make_backbone
-from amo_engine.families.auraflow import REGISTER_TOKENS
-from amo_engine.presets import TINY_SD35, tiny_auraflow_transformer, tiny_flux_transformer, tiny_sd3_transformer
+from amo_engine.model.backbone import HookConfig
+from amo_engine.model.families import make_backbone
+from amo_engine.model.families.auraflow import REGISTER_TOKENS
+from amo_engine.model.presets import TINY_SD35, tiny_auraflow_transformer, tiny_flux_transformer, tiny_sd3_transformer
 
 FAMILIES = ("sd3", "flux", "sd35", "auraflow")  # the tiny presets tiny-<name>: every family and SD3.5's options
 # Feature tests (text swap, modulation, CLI, reliability) run every family once: SD3.5 is SD3's code
@@ -62,7 +62,7 @@ def preset_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def models(preset_cache):
     """The loaded tiny presets, shared: {"sd3": LoadedModel, "flux": LoadedModel}."""
-    from amo_engine.models import load_model
+    from amo_engine.model.load import load_model
 
     return {name: load_model(f"tiny-{name}", cache_dir=preset_cache) for name in FAMILIES}
 
@@ -81,12 +81,12 @@ def backbone_and_stock(family):
 
 
 def cli_in_fresh_process(argv: list[str]):
-    """Run ``amo_engine.cli.main(argv)`` in a new interpreter; stdout says whether diffusers got
+    """Run ``amo_engine.cli.main.main(argv)`` in a new interpreter; stdout says whether diffusers got
     imported (bad options must be judged before any heavy import)."""
     import subprocess
     import sys
 
-    code = ("import sys; from amo_engine.cli import main; rc = main(sys.argv[1:]); "
+    code = ("import sys; from amo_engine.cli.main import main; rc = main(sys.argv[1:]); "
             "print('diffusers' in sys.modules); sys.exit(rc)")
     return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
 
@@ -96,7 +96,7 @@ def pasted_export(message: str):
     user pasting it would (a hint that does not parse fails the test): the argparse Namespace."""
     import shlex
 
-    from amo_engine.cli import build_parser
+    from amo_engine.cli.main import build_parser
 
     assert "amo-engine export" in message, message
     command = message[message.index("amo-engine export"):].split(" (then ")[0].strip()

@@ -11,14 +11,14 @@ import warnings
 import pytest
 import torch
 
-from amo_engine.aoti import cpp_compiler
-from amo_engine.backends import BackendUnavailable, open_backend
-from amo_engine.engine import EngineError, check_runtime, open_engine
-from amo_engine.glyph.words import prompt_for
-from amo_engine.models import load_model
-from amo_engine.onnx_export import ExportConfig, export_engine
-from amo_engine.pipeline import AmoPipeline, GenerateConfig
-from amo_engine.verify import engine_parity, judge_parity
+from amo_engine.engine.aoti import cpp_compiler
+from amo_engine.engine.backends import BackendUnavailable, open_backend
+from amo_engine.engine.manifest import EngineError, check_runtime, open_engine
+from amo_engine.model.glyph.words import prompt_for
+from amo_engine.model.load import load_model
+from amo_engine.engine.export import ExportConfig, export_engine
+from amo_engine.pipeline.generate import AmoPipeline, GenerateConfig
+from amo_engine.engine.verify import engine_parity, judge_parity
 
 from conftest import pasted_export
 
@@ -41,7 +41,7 @@ def glyph():
 @pytest.fixture(scope="module")
 def glyph_aoti(glyph, tmp_path_factory):
     """The glyph model's engine through the command line, its package holding code alone."""
-    from amo_engine.cli import main
+    from amo_engine.cli.main import main
 
     folder = tmp_path_factory.mktemp("aoti") / "glyph"
     assert main(["export", "--model", "glyph", "--out", str(folder), "--aoti", "--aoti-weights", "model"]) == 0
@@ -59,7 +59,7 @@ def test_package_sits_beside_the_graph_and_matches_eager(models, flux_aoti):
 
 
 def test_package_without_weights_runs_on_the_models_own(glyph, glyph_aoti, capsys):
-    from amo_engine.cli import main
+    from amo_engine.cli.main import main
 
     manifest = json.loads((glyph_aoti / "manifest.json").read_text())
     assert manifest["aoti"]["weights"] == "model"
@@ -91,9 +91,9 @@ def test_main_job_through_the_aoti_engine_equals_ort(glyph, glyph_aoti):
 def test_edit_through_the_aoti_and_ort_engines(glyph, tmp_path_factory):
     """Paper A's edit on one engine exported with --kv-swap for 3 images (edit, target, plain A):
     both runtimes agree; B's and the plain A's words read right, and A's word changed."""
-    from amo_engine.cli import main
+    from amo_engine.cli.main import main
     from amo_engine.ocr import Reader
-    from amo_engine.text_edit import edit_defaults, edit_request, swap_target
+    from amo_engine.pipeline.text_edit import edit_defaults, edit_request, swap_target
 
     folder = tmp_path_factory.mktemp("aoti") / "glyph-edit"
     assert main(["export", "--model", "glyph", "--out", str(folder), "--kv-swap", "--batch", "3", "--aoti",
@@ -132,23 +132,23 @@ def test_default_cpu_engine_is_measured_on_request_and_picked_by_auto(flux_aoti,
                                                                       monkeypatch, capsys, preset_cache):
     import json
 
-    from amo_engine import default_backend
-    from amo_engine.bench import harness
-    from amo_engine.cli import main
+    from amo_engine.engine import default_backend
+    from amo_engine import timing
+    from amo_engine.cli.main import main
 
     folder, manifest = flux_aoti
     assert "default_backend" not in manifest  # export measures nothing
     # a busy machine records nothing: the watch's verdict decides
     busy = {"contended": True, "reasons": ["other processes runnable"]}
     with monkeypatch.context() as m:
-        m.setattr(harness.ContentionWatch, "verdict", lambda self: busy)
-        m.setattr(harness.ContentionWatch, "sample_before", lambda self, *a, **k: None)
+        m.setattr(timing.ContentionWatch, "verdict", lambda self: busy)
+        m.setattr(timing.ContentionWatch, "sample_before", lambda self, *a, **k: None)
         assert main(["inspect", str(folder), "--measure", "--cache-dir", str(preset_cache)]) == 2
     assert "the machine was busy while measuring" in capsys.readouterr().err
     assert "default_backend" not in json.loads((folder / "manifest.json").read_text())
     idle = {"contended": False, "reasons": []}
-    monkeypatch.setattr(harness.ContentionWatch, "verdict", lambda self: idle)  # the suite's machine may be busy
-    monkeypatch.setattr(harness.ContentionWatch, "sample_before", lambda self, *a, **k: None)
+    monkeypatch.setattr(timing.ContentionWatch, "verdict", lambda self: idle)  # the suite's machine may be busy
+    monkeypatch.setattr(timing.ContentionWatch, "sample_before", lambda self, *a, **k: None)
     assert main(["inspect", str(folder), "--measure", "--cache-dir", str(preset_cache)]) == 0
     manifest = json.loads((folder / "manifest.json").read_text())
     record = manifest["default_backend"]

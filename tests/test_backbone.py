@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from amo_engine.attention import joint, project
-from amo_engine.backbone import HookConfig, resolve_blocks
-from amo_engine.families import make_backbone
+from amo_engine.model.attention import joint, project
+from amo_engine.model.backbone import HookConfig, resolve_blocks
+from amo_engine.model.families import make_backbone
 
 from conftest import TEXT_LEN, random_feeds, tiny_transformer
 

@@ -7,12 +7,12 @@ import json
 import subprocess
 import sys
 
-from amo_engine.bench import harness
+from amo_engine import timing
 from amo_engine.bench.cpu import BenchConfig, run_bench
 
 
 def test_bench_smoke_writes_jsonl_table_and_plot(tmp_path):
-    from amo_engine.aoti import cpp_compiler
+    from amo_engine.engine.aoti import cpp_compiler
 
     have_aoti = cpp_compiler() is not None
     rows = run_bench(BenchConfig("tiny-flux", calls=2, loops=1, steps=2, warmup=1, compile=False, aoti=have_aoti, threads=1,
@@ -42,10 +42,10 @@ def test_bench_smoke_writes_jsonl_table_and_plot(tmp_path):
 
 def test_contention_watch_flags_busy_cores():
     """Two busy processes per core our threads need: the watch must say so, before and per round."""
-    cores = harness.ContentionWatch(threads=1).cores
+    cores = timing.ContentionWatch(threads=1).cores
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 * cores)]
     try:
-        watch = harness.ContentionWatch(threads=cores)
+        watch = timing.ContentionWatch(threads=cores)
         watch.sample_before(seconds=0.5)
         for _ in range(3):
             watch.mark_round()
@@ -60,12 +60,12 @@ def test_contention_watch_flags_busy_cores():
 
 
 def test_spread_and_contended_samples_are_marked():
-    timed = harness.Timed()
+    timed = timing.Timed()
     for i, wall in enumerate([1.0, 1.0, 1.0, 1.0, 2.0]):
         timed.add(wall, wall, round_index=i)
     summary = timed.summary(contended_rounds={4})
     assert summary["wide"] and summary["contended_samples"] == 1
-    steady = harness.Timed()
+    steady = timing.Timed()
     for i in range(5):
         steady.add(1.0, 2.0, i)
     assert not steady.summary(set())["wide"] and steady.summary(set())["cpu_per_wall"] == 2.0

@@ -9,15 +9,15 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from amo_engine.families import make_backbone
-from amo_engine.backends import open_backend
-from amo_engine.cli import main
-from amo_engine.engine import EngineError, export_lock, manifest_spec, open_engine, read_manifest
-from amo_engine.graph_checks import check_graph, trt_supported_ops
-from amo_engine.onnx_export import ExportConfig, export_engine
-from amo_engine.pipeline import AmoPipeline, GenerateConfig
+from amo_engine.model.families import make_backbone
+from amo_engine.engine.backends import open_backend
+from amo_engine.cli.main import main
+from amo_engine.engine.manifest import EngineError, export_lock, manifest_spec, open_engine, read_manifest
+from amo_engine.engine.checks import check_graph, trt_supported_ops
+from amo_engine.engine.export import ExportConfig, export_engine
+from amo_engine.pipeline.generate import AmoPipeline, GenerateConfig
 from amo_engine.spec import sample_feeds
-from amo_engine.verify import engine_parity
+from amo_engine.engine.verify import engine_parity
 
 from conftest import FAMILY_NAMES
 from test_backbone import explicit_reference_scores, stock_velocity
@@ -103,7 +103,7 @@ def test_backend_conformance(models, engines, family, kind):
 def test_cli_generate_through_the_engine_hashes_each_file_once(engines, preset_cache, tmp_path, monkeypatch):
     """generate --backend ort and inspect --verify open the engine once: every artifact is hashed
     exactly once per command (a 24 GB FLUX engine must not be read three times)."""
-    import amo_engine.engine as engine_module
+    import amo_engine.engine.manifest as engine_module
 
     folder = engines["flux", "torchscript"]
     hashed = []
@@ -179,7 +179,7 @@ def test_interrupted_export_keeps_the_previous_engine(models, engines, tmp_path,
     def boom(*a, **k):
         raise KeyboardInterrupt("simulated interruption")
 
-    monkeypatch.setattr("amo_engine.onnx_export._cleanup", boom)
+    monkeypatch.setattr("amo_engine.engine.export._cleanup", boom)
     with pytest.raises(KeyboardInterrupt):
         export_engine(models["sd3"], ExportConfig(out=folder, exporter="torchscript", log=False))
     assert read_manifest(folder) == before  # old engine intact and valid
@@ -204,7 +204,7 @@ def test_build_without_tensorrt_says_so(engines, capsys):
 
 def test_external_data_export(models, tmp_path, monkeypatch):
     """Weights above the protobuf limit go to model.onnx.data (limit lowered to exercise the path)."""
-    monkeypatch.setattr("amo_engine.onnx_export.EXTERNAL_DATA_BYTES", 1000)
+    monkeypatch.setattr("amo_engine.engine.export.EXTERNAL_DATA_BYTES", 1000)
     folder = tmp_path / "ext"
     manifest = export_engine(models["flux"], ExportConfig(out=folder, log=False))
     assert (folder / "model.onnx.data").is_file() and "model.onnx.data" in manifest["files"]
@@ -249,7 +249,7 @@ def test_fixed_batch_engine_pads_fewer_images_and_batch_mates_change_nothing(mod
 def test_verify_gates_follow_the_engine_dtype():
     """A healthy fp16 engine (cosine 0.99995, 0.4% relative error) passes its gates, though its
     absolute errors would fail the fp32 gates; a broken one fails."""
-    from amo_engine.verify import judge_parity
+    from amo_engine.engine.verify import judge_parity
 
     healthy_fp16 = {"velocity_max_abs": 3e-3, "attn_max_abs": 2e-4, "velocity_cosine": 0.99995,
                     "velocity_rel": 0.004, "attn_cosine": 0.99998}
@@ -264,7 +264,7 @@ def test_cli_ort_threads_and_optimisation_level_reach_the_session(engines, prese
                                                                   capsys):
     import onnxruntime as ort
 
-    from amo_engine.backends.ort import OrtBackend
+    from amo_engine.engine.backends.ort import OrtBackend
 
     seen = []
     real_init = OrtBackend.__init__
@@ -289,7 +289,7 @@ def test_cli_ort_threads_and_optimisation_level_reach_the_session(engines, prese
 
 
 def test_export_aoti_without_a_cpp_compiler_says_so_and_writes_nothing(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("amo_engine.aoti.cpp_compiler", lambda: None)  # a machine without g++
+    monkeypatch.setattr("amo_engine.engine.aoti.cpp_compiler", lambda: None)  # a machine without g++
     assert main(["export", "--model", "glyph", "--out", str(tmp_path / "e"), "--aoti"]) == 2
     assert "finds no compiler: apt-get install -y g++" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from amo_engine.eval.metrics import mcnemar_exact, outside_text
-from amo_engine.glyph.render import render
-from amo_engine.glyph.words import HELD_OUT_WORDS, TRAIN_WORDS, prompt_for
-from amo_engine.models import load_model
+from amo_engine.model.glyph.render import render
+from amo_engine.model.glyph.words import HELD_OUT_WORDS, TRAIN_WORDS, prompt_for
+from amo_engine.model.load import load_model
 from amo_engine.ocr import Reader, check_available, ned
-from amo_engine.pipeline import AmoPipeline, GenerateConfig
+from amo_engine.pipeline.generate import AmoPipeline, GenerateConfig
 
 from conftest import pasted_export
 
@@ -42,6 +42,18 @@ def test_shipped_weights_load_offline_through_the_ordinary_loader(glyph, monkeyp
     files = [p for p in glyph.folder.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) <= 30 * 1024**2
     assert not [p for p in files if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+
+
+def test_a_folder_saved_before_the_package_layout_still_loads(glyph, tmp_path):
+    import shutil
+
+    old = tmp_path / "glyph-0.1"
+    shutil.copytree(glyph.folder, old)
+    index = json.loads((old / "model_index.json").read_text())
+    assert index["vae"][0] == "amo_engine.model.glyph.autoencoder"
+    index["vae"][0] = "amo_engine.glyph.autoencoder"  # the module's name in 0.1 folders
+    (old / "model_index.json").write_text(json.dumps(index))
+    assert type(load_model(str(old)).pipe.vae).__name__ == "PixelUnshuffleAutoencoder"
 
 
 @pytest.mark.parametrize("tone", ["dark", "light"])
@@ -99,7 +111,7 @@ def test_measures():
 
 
 def test_eval_on_three_words_writes_all_outputs_and_resumes(tmp_path):
-    from amo_engine.cli import main
+    from amo_engine.cli.main import main
 
     out = tmp_path / "eval"
     args = ["eval", "--model", "glyph", "--out-dir", str(out), "--max-words", "3", "--seeds", "1", "--steps", "3",
@@ -120,8 +132,8 @@ def test_eval_on_three_words_writes_all_outputs_and_resumes(tmp_path):
 
 
 def test_eval_through_the_ort_engine(glyph, tmp_path):
-    from amo_engine.cli import main
-    from amo_engine.onnx_export import ExportConfig, export_engine
+    from amo_engine.cli.main import main
+    from amo_engine.engine.export import ExportConfig, export_engine
 
     engine = tmp_path / "engine"
     export_engine(glyph, ExportConfig(out=engine, batch=2, exporter="torchscript", log=False))
@@ -133,7 +145,7 @@ def test_eval_through_the_ort_engine(glyph, tmp_path):
 
 
 def test_eval_refuses_bad_options_before_work(tmp_path, capsys):
-    from amo_engine.cli import main
+    from amo_engine.cli.main import main
 
     assert main(["eval", "--out-dir", str(tmp_path), "--samplers", "euler,heun"]) == 2
     assert "unknown sampler(s) ['heun']" in capsys.readouterr().err
@@ -143,7 +155,7 @@ def test_eval_refuses_bad_options_before_work(tmp_path, capsys):
 
 
 def test_train_glyph_smoke_writes_a_loadable_folder(tmp_path):
-    from amo_engine.cli import main
+    from amo_engine.cli.main import main
 
     run = tmp_path / "run"
     args = ["train-glyph", "--run-dir", str(run), "--steps", "10", "--batch", "4", "--check-every", "0",
@@ -158,7 +170,7 @@ def test_train_glyph_smoke_writes_a_loadable_folder(tmp_path):
         result = AmoPipeline(model)(GenerateConfig([prompt_for("CAT", "dark")], steps=2))
     assert torch.isfinite(result.latents).all()
     # resume is exact: a run killed at step 7 resumes from its step-5 checkpoint and ends equal
-    from amo_engine.glyph.train import TrainConfig, Trainer
+    from amo_engine.train.glyph import TrainConfig, Trainer
 
     real_loss = Trainer.loss
 
@@ -188,7 +200,7 @@ def test_train_glyph_smoke_writes_a_loadable_folder(tmp_path):
 
 
 def test_learning_rate_phases():
-    from amo_engine.glyph.train import TrainConfig, lr_at
+    from amo_engine.train.glyph import TrainConfig, lr_at
 
     one = TrainConfig(run_dir=Path("x"), steps=1000, lr=1e-3, warmup=100)
     assert lr_at(0, one) == pytest.approx(1e-5) and lr_at(99, one) == pytest.approx(1e-3)
@@ -199,7 +211,7 @@ def test_learning_rate_phases():
 
 
 def test_t5_tokenizer_spells_every_word_letter_by_letter():
-    from amo_engine.glyph.model import build_t5_letter_tokenizer
+    from amo_engine.model.glyph.model import build_t5_letter_tokenizer
 
     tok = build_t5_letter_tokenizer()
     assert tok.tokenize(prompt_for("HAPPY", "dark")) == ["▁a", "▁dark", "▁sign", "▁that", "▁says", "▁'",
@@ -213,7 +225,7 @@ def test_render_blends_letters_as_pil_draws_them():
     """The cached-coverage compositing equals PIL drawing the letters straight onto the sign."""
     from PIL import Image, ImageDraw
 
-    from amo_engine.glyph.render import CELL, TONE_LEVELS, _font
+    from amo_engine.model.glyph.render import CELL, TONE_LEVELS, _font
 
     for word, tone in (("ZEBRA", "dark"), ("JAZZ", "light")):
         image, box = render(word, tone)
@@ -227,9 +239,9 @@ def test_render_blends_letters_as_pil_draws_them():
 
 
 def test_prompts_outside_the_trained_form_are_named():
-    from amo_engine.glyph.train import glyph_settings
-    from amo_engine.glyph.variants import GLYPH, GLYPH_SCENE
-    from amo_engine.pipeline import vocabulary_notes
+    from amo_engine.train.glyph import glyph_settings
+    from amo_engine.model.glyph.variants import GLYPH, GLYPH_SCENE
+    from amo_engine.pipeline.generate import vocabulary_notes
 
     scene, flat = glyph_settings(GLYPH_SCENE), glyph_settings(GLYPH)
     assert vocabulary_notes(scene, ["a dark sign that says 'HAPPY' on bricks"]) == []

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from amo_engine.eval.texture import ceiling, fit_reference, high_frequency, reference_images
-from amo_engine.glyph.render import render
-from amo_engine.glyph.textures import PATTERNS
-from amo_engine.glyph.variants import GLYPH_SCENE
+from amo_engine.model.glyph.render import render
+from amo_engine.model.glyph.textures import PATTERNS
+from amo_engine.model.glyph.variants import GLYPH_SCENE
 
 
 def test_the_canvas_is_mostly_ground_and_every_texture_varies():
@@ -52,7 +52,7 @@ def test_texture_measures_on_clean_renders_equal_their_ceilings():
 @pytest.fixture(scope="module")
 def scene_run(tmp_path_factory):
     """A 6-step glyph-scene training run started from glyph's weights (a loadable, untrained folder)."""
-    from amo_engine.cli import main
+    from amo_engine.cli.main import main
 
     run = tmp_path_factory.mktemp("scene") / "run"
     assert main(["train-glyph", "--model", "glyph-scene", "--init-from", "glyph", "--run-dir", str(run), "--steps",
@@ -61,8 +61,8 @@ def scene_run(tmp_path_factory):
 
 
 def test_training_smoke_starts_from_glyph_and_writes_a_loadable_scene_folder(scene_run):
-    from amo_engine.glyph.train import glyph_settings
-    from amo_engine.models import load_model
+    from amo_engine.train.glyph import glyph_settings
+    from amo_engine.model.load import load_model
 
     meta = json.loads((scene_run / "checkpoint.json").read_text())
     assert meta["step"] == 6 and meta["config"]["model"] == "glyph-scene" and meta["config"]["init_from"] == "glyph"
@@ -81,7 +81,7 @@ def test_training_smoke_starts_from_glyph_and_writes_a_loadable_scene_folder(sce
 
 
 def test_eval_on_a_few_words_writes_every_output_with_the_texture_measures(scene_run, tmp_path):
-    from amo_engine.cli import main
+    from amo_engine.cli.main import main
 
     out = tmp_path / "eval"
     assert main(["eval", "--model", str(scene_run / "model"), "--out-dir", str(out), "--max-words", "3", "--seeds",
@@ -102,13 +102,13 @@ def test_eval_on_a_few_words_writes_every_output_with_the_texture_measures(scene
 
 @pytest.fixture(scope="module")
 def scene():
-    from amo_engine.models import load_model
+    from amo_engine.model.load import load_model
 
     return load_model("glyph-scene")
 
 
 def test_shipped_scene_weights_load_offline_through_the_ordinary_loader(scene, monkeypatch):
-    from amo_engine.glyph.train import glyph_settings
+    from amo_engine.train.glyph import glyph_settings
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert type(scene.pipe).__name__ == "StableDiffusion3Pipeline" and scene.family.name == "sd3"
@@ -122,9 +122,9 @@ def test_shipped_scene_weights_load_offline_through_the_ordinary_loader(scene, m
 def test_shipped_scene_renders_a_known_word_on_a_recognised_ground(scene):
     """A known case (fixed weights and seed): AMO draws HAPPY on bricks; OCR reads the sign and the
     texture classifier recognises the ground. How often it comes out right is what the eval measures."""
-    from amo_engine.glyph.locate import read_words
+    from amo_engine.model.glyph.locate import read_words
     from amo_engine.ocr import Reader
-    from amo_engine.pipeline import AmoPipeline, GenerateConfig
+    from amo_engine.pipeline.generate import AmoPipeline, GenerateConfig
 
     result = AmoPipeline(scene)(GenerateConfig(["a dark sign that says 'HAPPY' on bricks"], sampler="amo", seed=0))
     assert read_words(Reader("rapidocr"), result.images, scene.settings) == ["HAPPY"]
@@ -134,7 +134,7 @@ def test_shipped_scene_renders_a_known_word_on_a_recognised_ground(scene):
 
 
 def test_an_unknown_texture_renders_something_and_says_so(scene):
-    from amo_engine.pipeline import AmoPipeline, GenerateConfig
+    from amo_engine.pipeline.generate import AmoPipeline, GenerateConfig
 
     with pytest.warns(UserWarning, match="'marble' is not one of this model's 7 ground textures"):
         result = AmoPipeline(scene)(GenerateConfig(["a dark sign that says 'HAPPY' on marble"], steps=2))
@@ -142,7 +142,7 @@ def test_an_unknown_texture_renders_something_and_says_so(scene):
 
 
 def test_a_word_longer_than_the_canvas_fails_before_any_work(capsys):
-    from amo_engine.cli import main
+    from amo_engine.cli.main import main
 
     assert main(["generate", "--model", "glyph-scene", "--prompt",
                  "a dark sign that says 'ABCDEFGHIJKLMNOP' on bricks"]) == 2

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from amo_engine.families import make_backbone
-from amo_engine.models import load_model
-from amo_engine.pipeline import AmoPipeline, GenerateConfig
+from amo_engine.model.families import make_backbone
+from amo_engine.model.load import load_model
+from amo_engine.pipeline.generate import AmoPipeline, GenerateConfig
 
 from conftest import random_feeds, tiny_transformer
 
@@ -35,10 +35,10 @@ def test_the_pipeline_loop_never_syncs_the_host(family, cache, monkeypatch):
     """The real AmoPipeline loop — feed writes, the text-swap and modulation wrappers, the backbone,
     AMO's update, the step callback — under sync-debug 'error' (the one sync after the loop, reading
     the NaN check, is outside it)."""
-    import amo_engine.pipeline as pipeline_module
-    from amo_engine.backbone import HookConfig
-    from amo_engine.modulation_plan import ModulationPlan, StepKnobs
-    from amo_engine.text_swap import TextSwap
+    import amo_engine.pipeline.generate as pipeline_module
+    from amo_engine.model.backbone import HookConfig
+    from amo_engine.pipeline.plans import ModulationPlan, StepKnobs
+    from amo_engine.pipeline.text_swap import TextSwap
 
     model = load_model(f"tiny-{family}", "fp32", "cuda", cache)
     real = pipeline_module.sample_amo
@@ -67,8 +67,8 @@ def test_ort_cuda_runs_in_the_callers_stream_order(cache):
     ort = pytest.importorskip("onnxruntime")
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("onnxruntime has no CUDA provider (pip install onnxruntime-gpu)")
-    from amo_engine.backends import open_backend
-    from amo_engine.onnx_export import ExportConfig, export_engine
+    from amo_engine.engine.backends import open_backend
+    from amo_engine.engine.export import ExportConfig, export_engine
     from amo_engine.spec import sample_feeds
 
     cpu_model = load_model("tiny-flux", "fp32", "cpu", cache)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from amo_engine.cli import main
-from amo_engine.engine import EngineError, check_model_matches, check_runtime, reexport_command
+from amo_engine.cli.main import main
+from amo_engine.engine.manifest import EngineError, check_model_matches, check_runtime, reexport_command
 
 from conftest import pasted_export
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from amo_engine.attention import SpanTap
-from amo_engine.models import load_model
-from amo_engine.pipeline import AmoPipeline, GenerateConfig
+from amo_engine.model.attention import SpanTap
+from amo_engine.model.load import load_model
+from amo_engine.pipeline.generate import AmoPipeline, GenerateConfig
 
 PROMPT = "A poster with the slogan 'Adventure Awaits'"
 
@@ -31,8 +31,8 @@ def test_stock_pipeline_unchanged_after_our_calls(preset_cache, family, tmp_path
     for b in (1, 2):  # batch 2 after a batch-2 AMO run raised a size mismatch before the fix
         assert torch.equal(stock_output(model.pipe, b), expected[b])
 
-    from amo_engine.onnx_export import ExportConfig, export_engine
-    from amo_engine.verify import engine_parity, judge_parity
+    from amo_engine.engine.export import ExportConfig, export_engine
+    from amo_engine.engine.verify import engine_parity, judge_parity
 
     export_engine(model, ExportConfig(out=tmp_path / "engine", exporter="torchscript"))
     ok, detail = judge_parity(engine_parity(model, tmp_path / "engine", "ort", "cpu"), "float32")

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from amo_engine.attention import JointQKV
-from amo_engine.backbone import HookConfig
-from amo_engine.families import make_backbone
-from amo_engine.modulation import KNOBS, Modulation, explicit_logits, modulated_attention
+from amo_engine.model.attention import JointQKV
+from amo_engine.model.backbone import HookConfig
+from amo_engine.model.families import make_backbone
+from amo_engine.model.modulation import KNOBS, Modulation, explicit_logits, modulated_attention
 from amo_engine.spec import sample_feeds
 
 from conftest import FEATURE_FAMILIES, pasted_export, random_feeds, tiny_transformer
@@ -88,9 +88,9 @@ def test_identity_knobs_are_the_plain_backbone(family):
 
 
 def test_knobs_export_with_parity_and_the_tensorrt_parser_check(models, tmp_path):
-    from amo_engine.engine import open_engine
-    from amo_engine.onnx_export import ExportConfig, export_engine
-    from amo_engine.verify import engine_parity, judge_parity
+    from amo_engine.engine.manifest import open_engine
+    from amo_engine.engine.export import ExportConfig, export_engine
+    from amo_engine.engine.verify import engine_parity, judge_parity
 
     model = models["sd3"]
     manifest = export_engine(model, ExportConfig(out=tmp_path / "engine", log=False), HookConfig(modulation=True))
@@ -106,9 +106,9 @@ def test_knobs_export_with_parity_and_the_tensorrt_parser_check(models, tmp_path
 
 # ---------------------------------------------------------------- plans, groups, the loop
 
-from amo_engine.modulation_plan import (ModulationPlan, StepKnobs, group_masks, group_spans, plan_for,  # noqa: E402
+from amo_engine.pipeline.plans import (ModulationPlan, StepKnobs, group_masks, group_spans, plan_for,  # noqa: E402
                                         preset, read_plan)
-from amo_engine.pipeline import AmoPipeline, GenerateConfig  # noqa: E402
+from amo_engine.pipeline.generate import AmoPipeline, GenerateConfig  # noqa: E402
 
 PROMPT = "a red apple next to a green sign that says 'OPEN'"
 
@@ -168,7 +168,7 @@ class RecordingBackend:
 
 
 def test_schedule_reaches_the_feeds_step_by_step(models, family):
-    from amo_engine.backends.eager import EagerBackend
+    from amo_engine.engine.backends.eager import EagerBackend
 
     model = models[family]
     pipe = AmoPipeline(model, HookConfig(modulation=True))
@@ -234,8 +234,8 @@ def test_identity_schedule_is_plain_generation(models, family):
 
 
 def test_modulation_asked_of_an_engine_without_knobs(models, tmp_path):
-    from amo_engine.backends import open_backend
-    from amo_engine.onnx_export import ExportConfig, export_engine
+    from amo_engine.engine.backends import open_backend
+    from amo_engine.engine.export import ExportConfig, export_engine
 
     model = models["flux"]
     export_engine(model, ExportConfig(out=tmp_path / "plain", exporter="torchscript", log=False))
@@ -273,7 +273,7 @@ def test_only_the_listed_blocks_modulate():
 def test_an_eager_backend_opened_without_the_knobs_runs_a_modulated_request(models):
     """generate --modulate on eager: the CLI opens a plain eager backend; the request gets a backbone
     with the modulation inputs (and their group maps) instead of a refusal."""
-    from amo_engine.backends import open_backend
+    from amo_engine.engine.backends import open_backend
 
     model = models["sd3"]
     with open_backend("eager", model=model) as backend:

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from amo_engine.families.sd3 import SD3
-from amo_engine.models import LoadedModel, load_model
-from amo_engine.pipeline import AmoPipeline, GenerateConfig, row_seeds
-from amo_engine.presets import ModelSettings, build_tiny_sd3
+from amo_engine.model.families.sd3 import SD3
+from amo_engine.model.load import LoadedModel, load_model
+from amo_engine.pipeline.generate import AmoPipeline, GenerateConfig, row_seeds
+from amo_engine.model.presets import ModelSettings, build_tiny_sd3
 
 PROMPT = "A poster with the slogan 'Adventure Awaits, Pack Your Bags'"
 
@@ -172,8 +172,8 @@ def test_given_initial_noise_is_used(models, family):
 
 def test_preset_size_factors_match_the_loaded_pipelines(models, preset_cache):
     """The early size check's facts (config JSON only) equal what the loaded pipelines say."""
-    from amo_engine.folders import size_limits
-    from amo_engine.presets import PRESET_SIZE_FACTORS
+    from amo_engine.model.folders import size_limits
+    from amo_engine.model.presets import PRESET_SIZE_FACTORS
 
     loaded = {**{f"tiny-{f}": m for f, m in models.items()}, "glyph": load_model("glyph")}
     for name, model in loaded.items():

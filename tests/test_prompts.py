@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from amo_engine.presets import build_clip_tokenizer, build_t5_tokenizer, prompts
+from amo_engine.model.presets import build_clip_tokenizer, build_t5_tokenizer, prompts
 from amo_engine.prompts import auraflow_layout, find_quoted_spans, flux_layout, sd3_layout, token_mask
 
 PROMPTS = prompts()

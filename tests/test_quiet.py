@@ -7,12 +7,12 @@ import subprocess
 import sys
 import warnings
 
-from amo_engine.models import load_model
+from amo_engine.model.load import load_model
 
 
 def test_a_glyph_load_says_nothing_that_looks_like_failure():
     code = ("from diffusers.utils import logging as dl; dl.disable_progress_bar(); import transformers; "
-            "transformers.logging.disable_progress_bar(); from amo_engine.models import load_model; "
+            "transformers.logging.disable_progress_bar(); from amo_engine.model.load import load_model; "
             "load_model('glyph')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "requires torchvision" not in done.stderr and "Expected types for vae" not in done.stderr, done.stderr
@@ -26,14 +26,14 @@ def test_the_filters_are_narrow():
     quiet.install()
     logger = logging.getLogger("diffusers.pipelines.pipeline_utils")
     ours = logging.LogRecord(logger.name, logging.WARNING, "", 0, "Expected types for vae: (X,), got <class "
-                             "'amo_engine.glyph.autoencoder.PixelUnshuffleAutoencoder'>.", None, None)
+                             "'amo_engine.model.glyph.autoencoder.PixelUnshuffleAutoencoder'>.", None, None)
     theirs = logging.LogRecord(logger.name, logging.WARNING, "", 0, "Expected types for vae: (X,), got <class "
                                "'mypackage.MyVae'>.", None, None)
     assert not logger.filter(ours) and logger.filter(theirs)
 
 
 def test_export_does_not_warn_about_training_mode(tmp_path):
-    from amo_engine.onnx_export import ExportConfig, export_engine
+    from amo_engine.engine.export import ExportConfig, export_engine
 
     model = load_model("glyph")
     with warnings.catch_warnings(record=True) as seen:

@@ -19,16 +19,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import amo_engine
-from amo_engine.backends import open_backend
-from amo_engine.backends.eager import EagerBackend
-from amo_engine.backends.ort import OrtBackend
-from amo_engine.cli import main
-from amo_engine.engine import EngineError, check_runtime, open_engine, read_manifest, recover_interrupted
-from amo_engine.models import load_model
-from amo_engine.onnx_export import ExportConfig, export_engine
+from amo_engine.engine.backends import open_backend
+from amo_engine.engine.backends.eager import EagerBackend
+from amo_engine.engine.backends.ort import OrtBackend
+from amo_engine.cli.main import main
+from amo_engine.engine.manifest import EngineError, check_runtime, open_engine, read_manifest, recover_interrupted
+from amo_engine.model.load import load_model
+from amo_engine.engine.export import ExportConfig, export_engine
 from amo_engine.spec import sample_feeds
-from amo_engine.pipeline import AmoPipeline, GenerateConfig, NonFiniteLatentsError
-from amo_engine.presets import build_clip_tokenizer
+from amo_engine.pipeline.generate import AmoPipeline, GenerateConfig, NonFiniteLatentsError
+from amo_engine.model.presets import build_clip_tokenizer
 from amo_engine.prompts import find_quoted_spans, sd3_layout
 
 from conftest import pasted_export
@@ -249,8 +249,8 @@ def test_feed_outside_the_engine_profile(engine, models):
 _KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    import amo_engine.onnx_export as ox
-    from amo_engine.models import load_model
+    import amo_engine.engine.export as ox
+    from amo_engine.model.load import load_model
     ox._cleanup = lambda path: os.kill(os.getpid(), signal.SIGKILL)  # die mid-export
     model = load_model("tiny-flux", cache_dir=sys.argv[1])
     ox.export_engine(model, ox.ExportConfig(out=Path(sys.argv[2]), exporter="torchscript", log=False))
@@ -282,7 +282,7 @@ def test_recover_engine_caught_between_renames(engine, tmp_path):
 def test_written_folders_follow_the_umask_and_leave_no_lock(models, tmp_path):
     """A shared model folder on a cluster: engine and model folders readable by the group as the
     umask says (mkdtemp alone makes them 0700), and no hidden lock file left beside them."""
-    from amo_engine.glyph.train import save_glyph_folder
+    from amo_engine.train.glyph import save_glyph_folder
 
     umask = os.umask(0o022)
     try:
@@ -299,7 +299,7 @@ def test_written_folders_follow_the_umask_and_leave_no_lock(models, tmp_path):
 def test_second_process_export_fails_clearly(models, tmp_path):
     folder = tmp_path / "engine"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from amo_engine.engine import export_lock\n"
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from amo_engine.engine.manifest import export_lock\n"
          "with export_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(60)", str(folder)],
         stdout=subprocess.PIPE, text=True)
     try:
@@ -337,7 +337,7 @@ def test_no_pickle_loads_remote_code_or_shell():
 
 
 def test_weights_load_through_safetensors_only():
-    tree = ast.parse((PACKAGE / "models.py").read_text())
+    tree = ast.parse((PACKAGE / "model" / "load.py").read_text())
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and ast.unparse(n.func).endswith("from_pretrained")]
     assert calls
     for call in calls:
@@ -358,12 +358,12 @@ def test_pickle_weights_are_refused(models, tmp_path):
 def test_only_our_own_component_modules_are_imported(tmp_path):
     """A folder may name this package's component classes (the glyph autoencoder); any other
     module it names is never imported by us."""
-    from amo_engine.models import import_own_components
+    from amo_engine.model.load import import_own_components
 
     (tmp_path / "model_index.json").write_text(json.dumps({
         "_class_name": "StableDiffusion3Pipeline",
-        "vae": ["amo_engine.glyph.autoencoder", "PixelUnshuffleAutoencoder"],
+        "vae": ["amo_engine.model.glyph.autoencoder", "PixelUnshuffleAutoencoder"],
         "text_encoder": ["os_helpers_that_do_harm", "Evil"],
     }))
     import_own_components(tmp_path)
-    assert "amo_engine.glyph.autoencoder" in sys.modules and "os_helpers_that_do_harm" not in sys.modules
+    assert "amo_engine.model.glyph.autoencoder" in sys.modules and "os_helpers_that_do_harm" not in sys.modules

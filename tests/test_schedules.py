@@ -43,7 +43,7 @@ def test_flux_grid_equals_diffusers(steps, tokens):
 def test_auraflow_grid_and_timestep_equal_its_pipeline(steps):
     import torch
 
-    from amo_engine.families.auraflow import AURAFLOW
+    from amo_engine.model.families.auraflow import AURAFLOW
 
     sched = FlowMatchEulerDiscreteScheduler(shift=1.73)  # AuraFlow's scheduler config
     sched.set_timesteps(steps)  # what AuraFlowPipeline does (no sigmas passed)

@@ -62,7 +62,7 @@ def test_pack_groups_same_settings_up_to_the_batch():
 
 @pytest.fixture(scope="module")
 def renderer(preset_cache):
-    from amo_engine.runtime import Runtime
+    from amo_engine.pipeline.runtime import Runtime
     from amo_engine.serve.renderer import Renderer
 
     r = Renderer(Runtime(model="tiny-sd3", cache_dir=preset_cache), batch=2, max_steps=8)
@@ -87,7 +87,7 @@ def test_renderer_batch_mates_never_change_an_image(renderer):
 
 def test_renderer_serves_every_family(preset_cache):
     """The renderer is family-blind: AuraFlow (register tokens, CFG rows) batches bit-identically too."""
-    from amo_engine.runtime import Runtime
+    from amo_engine.pipeline.runtime import Runtime
     from amo_engine.serve.renderer import Renderer
 
     r = Renderer(Runtime(model="tiny-auraflow", cache_dir=preset_cache), batch=2, max_steps=8)

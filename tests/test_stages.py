@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from amo_engine.engine import EngineError, open_engine
-from amo_engine.onnx_export import ExportConfig, export_engine
-from amo_engine.verify import STAGE_MAX_ABS, stage_parity
+from amo_engine.engine.manifest import EngineError, open_engine
+from amo_engine.engine.export import ExportConfig, export_engine
+from amo_engine.engine.verify import STAGE_MAX_ABS, stage_parity
 
 from conftest import pasted_export
 
@@ -44,7 +44,7 @@ def test_stage_refusals(models, tmp_path):
 
 
 def test_inspect_lists_and_verifies_the_stages(models, preset_cache, tmp_path, capsys):
-    from amo_engine.cli import main
+    from amo_engine.cli.main import main
 
     folder = tmp_path / "tiny-flux"
     assert main(["export", "--model", "tiny-flux", "--cache-dir", str(preset_cache), "--out", str(folder),
@@ -64,7 +64,7 @@ def test_generate_on_a_whole_pipeline_engine_loads_no_model_class(tmp_path, monk
     import transformers.modeling_utils as transformers_models
     from PIL import Image
 
-    from amo_engine.cli import main
+    from amo_engine.cli.main import main
     from amo_engine.ocr import Reader
 
     engine = tmp_path / "glyph"
@@ -83,8 +83,8 @@ def test_generate_on_a_whole_pipeline_engine_loads_no_model_class(tmp_path, monk
     assert main(args + ["--out", str(tmp_path / "stages.png")]) == 0
     assert made == []
     monkeypatch.undo()
-    from amo_engine.engine_pipeline import runs_on_stages
-    from amo_engine.engine import open_engine
+    from amo_engine.engine.staged_model import runs_on_stages
+    from amo_engine.engine.manifest import open_engine
 
     opened = open_engine(engine)
     assert runs_on_stages("ort", opened) and not runs_on_stages("trt", opened)
@@ -103,7 +103,7 @@ def _manifest(family: str, dtype: str) -> dict:
 
 
 def test_tensorrt_recipe_keeps_t5_and_the_flux_vae_out_of_float16():
-    from amo_engine.trt_build import stage_precisions
+    from amo_engine.engine.trt_build import stage_precisions
 
     weak = stage_precisions(_manifest("flux", "float32"), "fp16", strongly_typed=False)
     assert weak == {"text_encoder": "fp16", "text_encoder_3": "fp32", "vae": "fp32"}
@@ -116,7 +116,7 @@ def test_tensorrt_recipe_keeps_t5_and_the_flux_vae_out_of_float16():
 def test_stages_run_on_tensorrt_only_when_every_stage_has_a_plan():
     from types import SimpleNamespace
 
-    from amo_engine.engine_pipeline import runs_on_stages, stage_runtime
+    from amo_engine.engine.staged_model import runs_on_stages, stage_runtime
 
     manifest = _manifest("sd3", "float32")
     engine = SimpleNamespace(manifest=manifest, stages=list(manifest["stages"]))

@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 
-from amo_engine.cli import main
-from amo_engine.text_edit import edit_request, read_word_list, safe_text_request, swap_target
+from amo_engine.cli.main import main
+from amo_engine.pipeline.text_edit import edit_request, read_word_list, safe_text_request, swap_target
 
 from conftest import cli_in_fresh_process, pasted_export
 
@@ -90,7 +90,7 @@ def test_edit_blocks_out_of_range_writes_nothing(tmp_path, capsys):
 
 
 def test_edit_on_an_engine_without_swap_inputs_is_refused(tmp_path, capsys, models, preset_cache):
-    from amo_engine.onnx_export import ExportConfig, export_engine
+    from amo_engine.engine.export import ExportConfig, export_engine
 
     export_engine(models["sd3"], ExportConfig(out=tmp_path / "engine", batch=2, exporter="torchscript", log=False))
     code = main(["edit", "--model", "tiny-sd3", "--cache-dir", str(preset_cache), "--prompt", "a sign 'A'",
@@ -104,8 +104,8 @@ def test_edit_on_an_engine_without_swap_inputs_is_refused(tmp_path, capsys, mode
 
 
 def test_localize_smoke_writes_table_plot_grid_and_settings(tmp_path):
-    from amo_engine.localize import LocalizeConfig, run_localize
-    from amo_engine.models import resolve_folder
+    from amo_engine.eval.localize import LocalizeConfig, run_localize
+    from amo_engine.model.load import resolve_folder
 
     model = tmp_path / "glyph"
     shutil.copytree(resolve_folder("glyph"), model)

@@ -9,11 +9,11 @@ import dataclasses
 import pytest
 import torch
 
-from amo_engine.attention import JointAttnProcessor
-from amo_engine.backbone import HookConfig
-from amo_engine.families import make_backbone
-from amo_engine.text_swap import TextSwap
-from amo_engine.pipeline import AmoPipeline, GenerateConfig
+from amo_engine.model.attention import JointAttnProcessor
+from amo_engine.model.backbone import HookConfig
+from amo_engine.model.families import make_backbone
+from amo_engine.pipeline.text_swap import TextSwap
+from amo_engine.pipeline.generate import AmoPipeline, GenerateConfig
 
 from conftest import FEATURE_FAMILIES, pasted_export, random_feeds, tiny_transformer
 
@@ -158,8 +158,8 @@ def test_extra_rows_leave_the_other_images_as_generated_alone(models, family):
 @pytest.fixture(scope="module")
 def ort_engines(models, tmp_path_factory):
     """Per family: an engine with the K/V swap inputs and a plain one, both for 2 images."""
-    from amo_engine.engine import open_engine
-    from amo_engine.onnx_export import ExportConfig, export_engine
+    from amo_engine.engine.manifest import open_engine
+    from amo_engine.engine.export import ExportConfig, export_engine
 
     root = tmp_path_factory.mktemp("swap-engines")
     found = {}
@@ -171,7 +171,7 @@ def ort_engines(models, tmp_path_factory):
 
 
 def test_swap_engine_at_identity_is_the_plain_engine(models, family, ort_engines):
-    from amo_engine.backends import open_backend
+    from amo_engine.engine.backends import open_backend
     from amo_engine.spec import sample_feeds
 
     model, swap, plain = models[family], ort_engines[family, "swap"], ort_engines[family, "plain"]
@@ -190,7 +190,7 @@ def test_swap_engine_at_identity_is_the_plain_engine(models, family, ort_engines
 
 
 def test_edit_on_ort_equals_two_pass_reference(models, family, ort_engines):
-    from amo_engine.backends import open_backend
+    from amo_engine.engine.backends import open_backend
 
     model, engine = models[family], ort_engines[family, "swap"]
     ref_a, ref_b = two_pass_edit(model, "amo", start=1, steps=3)
@@ -232,7 +232,7 @@ def test_text_swap_errors(models):
 
 
 def test_edit_refused_by_an_engine_without_swap_inputs(models, ort_engines):
-    from amo_engine.backends import open_backend
+    from amo_engine.engine.backends import open_backend
 
     model, engine = models["flux"], ort_engines["flux", "plain"]
     with open_backend("ort", engine, model) as backend:
@@ -244,7 +244,7 @@ def test_edit_refused_by_an_engine_without_swap_inputs(models, ort_engines):
 
 
 def test_an_engine_for_fewer_images_names_the_batch_to_export(models, ort_engines):
-    from amo_engine.backends import open_backend
+    from amo_engine.engine.backends import open_backend
 
     model, engine = models["sd3"], ort_engines["sd3", "swap"]
     with open_backend("ort", engine, model) as backend:

@@ -44,7 +44,7 @@ def test_usable_cpus_follow_the_affinity_mask_and_the_cgroup_quota(tmp_path, fil
 
 
 def test_runtimes_default_to_the_usable_cpus(monkeypatch):
-    from amo_engine.runtime import Runtime
+    from amo_engine.pipeline.runtime import Runtime
 
     before = torch.get_num_threads()
     monkeypatch.setattr("amo_engine.threads.usable_cpus", lambda: 1)

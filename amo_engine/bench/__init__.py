@@ -1,6 +1,6 @@
-"""Benchmarks: ``harness`` measures (timers, interleaving, contention, memory, machine facts), ``zoo``
+"""Benchmarks: ``zoo``
 holds the models and the reference-style AMO, ``cpu`` runs the CPU latency bench behind
-``amo-engine bench``; ``bench/gpu_scale.py`` in the repository uses the same harness and zoo.
+``amo-engine bench``; ``bench/gpu_scale.py`` in the repository uses the same zoo, and ``amo_engine.timing`` measures for both.
 This module stays import-light: the command line reads ``CONFIGS`` before loading torch."""
 
 CONFIGS = {  # config -> what it is and how long a run takes on a 2-core CPU (--calls 8 --loops 2 --steps 6)

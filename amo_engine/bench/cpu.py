@@ -1,7 +1,7 @@
 """The CPU latency benchmark: our engine and hook against eager PyTorch, side by side in one run.
 
 Arms share weights, feeds, steps and seed. Three scopes, each interleaved round-robin by the
-harness: one backbone **call**, the denoise **loop** (a call per step plus the sampler), and
+timing: one backbone **call**, the denoise **loop** (a call per step plus the sampler), and
 **end-to-end** (prompt encoding + loop + VAE decode; the baseline is the stock diffusers pipeline).
 A call that several loop arms share (``ort-euler`` and ``ort-amo`` run the same engine call) is
 timed once and reported once. Every torch arm runs on ``threads`` threads; ORT sessions get the
@@ -25,8 +25,9 @@ from typing import Callable
 
 import torch
 
-from amo_engine.backbone import HookConfig
-from amo_engine.bench import CONFIGS, harness
+from amo_engine.model.backbone import HookConfig
+from amo_engine import timing
+from amo_engine.bench import CONFIGS
 from amo_engine.bench.zoo import bench_model, reference_amo, stock_feeds
 
 GOAL = 1.03  # AMO loop / Euler loop and attn / no-attn call: the score branch costs at most 3 %
@@ -56,7 +57,7 @@ STAGES_ARM = "ort-stages-amo"  # end-to-end only: encoders, loop and VAE all on 
 
 def default_out_dir() -> Path:
     """Results go outside the repository unless ``--out-dir`` says otherwise."""
-    from amo_engine.presets import default_cache_dir
+    from amo_engine.model.presets import default_cache_dir
 
     return default_cache_dir() / "bench"
 
@@ -84,15 +85,15 @@ class BenchConfig:
 
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> list[dict]:
-    from amo_engine.backends import open_backend
-    from amo_engine.engine import open_engine
-    from amo_engine.engine_pipeline import load_engine_model
-    from amo_engine.onnx_export import ExportConfig, export_engine
+    from amo_engine.engine.backends import open_backend
+    from amo_engine.engine.manifest import open_engine
+    from amo_engine.engine.staged_model import load_engine_model
+    from amo_engine.engine.export import ExportConfig, export_engine
     from amo_engine.spec import sample_feeds
 
     cfg.validate()
-    harness.set_threads(cfg.threads)
-    watch = harness.ContentionWatch(cfg.threads)
+    timing.set_threads(cfg.threads)
+    watch = timing.ContentionWatch(cfg.threads)
     watch.sample_before()
     tmp_dir = tempfile.TemporaryDirectory()
     tmp = Path(tmp_dir.name)
@@ -105,7 +106,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> list[dict
     backbone = family.backbone(pipe.transformer, HookConfig(), pipe.vae_scale_factor)
     spec = backbone.io_spec(rows, height, width, text_len)
     feeds = sample_feeds(spec)
-    env = harness.environment(cfg.threads)
+    env = timing.environment(cfg.threads)
     env["config"], env["ort_spinning"] = cfg.config, cfg.ort_spinning
     log(f"bench {cfg.config}: {sum(p.numel() for p in stock.parameters()) / 1e6:.1f} M params, "
         f"{spec.dims['image_tokens']} image + {text_len} text tokens, {rows} row(s), fp32, {cfg.threads} threads; "
@@ -139,14 +140,14 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> list[dict
                 calls["aoti"] = _backend_call(aoti)
             notes.append(_trt_note())
             loop_arms = [a for a in LOOP_ARMS if a.call in calls]
-            call_times = harness.interleaved({k: (lambda c=c: c(feeds)) for k, c in calls.items()}, cfg.calls,
+            call_times = timing.interleaved({k: (lambda c=c: c(feeds)) for k, c in calls.items()}, cfg.calls,
                                              watch, warmup=cfg.warmup)
-            alone = harness.alone(lambda: calls["eager-stock"](feeds), cfg.calls)
-            memory = harness.memory_pass({k: (lambda c=c: c(feeds)) for k, c in calls.items()})
-            loop_times = harness.interleaved({a.name: _loop(a, calls[a.call], feeds, spec, model, cfg.steps)
+            alone = timing.alone(lambda: calls["eager-stock"](feeds), cfg.calls)
+            memory = timing.memory_pass({k: (lambda c=c: c(feeds)) for k, c in calls.items()})
+            loop_times = timing.interleaved({a.name: _loop(a, calls[a.call], feeds, spec, model, cfg.steps)
                                               for a in loop_arms}, cfg.loops, watch, warmup=1)
             engines = {"ort": ort_amo, **({"aoti": aoti} if aoti is not None else {})}
-            e2e_times = harness.interleaved(_end_to_end_runs(model, stock, compiled, engines, staged, cfg.steps),
+            e2e_times = timing.interleaved(_end_to_end_runs(model, stock, compiled, engines, staged, cfg.steps),
                                             cfg.loops, watch, warmup=1)
     verdict = watch.verdict()
     contended = set(verdict["contended_rounds"])
@@ -257,7 +258,7 @@ def _end_to_end_runs(model, stock, compiled, engines: dict, staged, steps: int) 
     Euler; optionally compiled) and our pipeline (eager AMO; each engine backend, ``engines`` by
     kind, with Euler and AMO; and ``staged``, the model whose encoders and VAE are the engine's ONNX
     stages, around the ORT backbone)."""
-    from amo_engine.pipeline import AmoPipeline, GenerateConfig
+    from amo_engine.pipeline.generate import AmoPipeline, GenerateConfig
 
     pipe = model.pipe
     hooked = pipe.transformer
@@ -294,7 +295,7 @@ def _end_to_end_runs(model, stock, compiled, engines: dict, staged, steps: int) 
 
 def _stages_supported(pipe, height: int, width: int, max_seq: int, notes: list[str]) -> bool:
     """Whether every component of ``pipe`` exports as a stage (the end-to-end engine arm); a note if not."""
-    from amo_engine.stages import pipeline_stages
+    from amo_engine.model.stages import pipeline_stages
 
     try:
         pipeline_stages(pipe, 1, height, width, max_seq)
@@ -306,7 +307,7 @@ def _stages_supported(pipe, height: int, width: int, max_seq: int, notes: list[s
 
 def _export_stock_engine(stock, spec, folder: Path) -> None:
     """Engine folder for the stock transformer (no score branch, no attn output): prices the scores."""
-    from amo_engine.engine import FORMAT_VERSION, MANIFEST, ONNX_FILE, file_records, write_json_atomic
+    from amo_engine.engine.manifest import FORMAT_VERSION, MANIFEST, ONNX_FILE, file_records, write_json_atomic
     from amo_engine.spec import IOSpec, sample_feeds
 
     names = [t.name for t in spec.inputs if t.name != "span_mask"]
@@ -428,7 +429,7 @@ def markdown_table(rows: list[dict], steps: int, call_s: dict) -> str:
               "seconds per wall second during the call",
               f"- peak RSS +MB: resident memory above the level at the call's start, one untimed call per arm; "
               f"process peak {first['process_peak_rss_mb']:.0f} MB",
-              f"- flags: wide = (p90 - min) / p50 > {harness.WIDE_SPREAD}; contended = samples from rounds the "
+              f"- flags: wide = (p90 - min) / p50 > {timing.WIDE_SPREAD}; contended = samples from rounds the "
               "contention watch flagged",
               f"- notes: {'; '.join(first['notes'])}", ""]
     return "\n".join(lines)

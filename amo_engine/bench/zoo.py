@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from amo_engine.families import Family, family_named
+from amo_engine.model.families import Family, family_named
 
 MEDIUM_SIZE = 512  # pixels: 1024 image tokens
 
@@ -58,8 +58,8 @@ def bench_model(config: str, cache_dir=None, folder=None):
     exported from it can load their stages from it)."""
     import json
 
-    from amo_engine.models import LoadedModel, load_model
-    from amo_engine.presets import SETTINGS_FILE, ModelSettings
+    from amo_engine.model.load import LoadedModel, load_model
+    from amo_engine.model.presets import SETTINGS_FILE, ModelSettings
 
     scale, name = config.split("-")
     model = load_model(f"tiny-{name}", cache_dir=cache_dir)
@@ -84,7 +84,7 @@ class ReferenceScoreProcessor:
         self.family, self.sink, self.span_mask = family, sink, span_mask
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None, **kw):
-        from amo_engine.attention import joint, project
+        from amo_engine.model.attention import joint, project
 
         n_img, first_img = hidden_states.shape[1], self.family.image_first
         qkv = project(attn, hidden_states, encoder_hidden_states, image_rotary_emb, first_img)

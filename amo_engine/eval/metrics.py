@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from amo_engine.glyph.locate import longest_run
+from amo_engine.model.glyph.locate import longest_run
 
 GROUND_DIFF = 40  # grey levels from the ground level that count as "not ground"
 SIGN_COLUMN_FRACTION = 0.3  # a column may be part of the sign when this share of it is not ground

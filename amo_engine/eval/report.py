@@ -38,9 +38,9 @@ def ocr_ceiling(words: list[str], settings, engine: str, seed: int = 0) -> dict:
     (jittered like training; on a textured model each over the textures in turn)."""
     import numpy as np
 
-    from amo_engine.glyph.locate import read_words
-    from amo_engine.glyph.render import render
-    from amo_engine.glyph.variants import GLYPH, of_settings
+    from amo_engine.model.glyph.locate import read_words
+    from amo_engine.model.glyph.render import render
+    from amo_engine.model.glyph.variants import GLYPH, of_settings
     from amo_engine.ocr import Reader, ned, normalise
 
     variant = of_settings(settings) or GLYPH
@@ -320,7 +320,7 @@ def figure_across_c(rows: list[dict], out_dir: Path, path: Path, steps: int, see
 def write_report(out_dir: Path, settings, ocr: str = "rapidocr") -> str:
     """summary.json, summary.md, plot.png, grid.png (the setting with the most images), a grid per
     (steps, c) and figure.png (one seed across every c) in ``out_dir`` from its rows; returns the tables."""
-    from amo_engine.glyph.variants import of_settings
+    from amo_engine.model.glyph.variants import of_settings
     from amo_engine.eval.texture import ceiling as texture_ceiling
 
     rows = load_rows(out_dir / "rows.jsonl")

@@ -54,7 +54,7 @@ class EvalConfig:
         if self.words not in ("train", "held-out") and not Path(self.words).is_file():
             raise ValueError(f"--words takes train, held-out or a file of words; {self.words} is none of these")
         if self.backend != "eager" and self.engine is None:
-            from amo_engine.engine import engine_folder_for, export_command
+            from amo_engine.engine.manifest import engine_folder_for, export_command
 
             raise ValueError(f"--backend {self.backend} needs --engine DIR, exported with: "
                              f"{export_command(self.model, engine_folder_for(self.model), batch=self.batch)}")
@@ -100,12 +100,12 @@ def done_keys(path: Path) -> set[tuple]:
 
 def run_eval(cfg: EvalConfig) -> Path:
     """Generate, OCR and append rows; returns the rows file."""
-    from amo_engine.backbone import HookConfig
-    from amo_engine.backends import open_backend
-    from amo_engine.engine import open_engine
-    from amo_engine.models import load_model
+    from amo_engine.model.backbone import HookConfig
+    from amo_engine.engine.backends import open_backend
+    from amo_engine.engine.manifest import open_engine
+    from amo_engine.model.load import load_model
     from amo_engine.ocr import Reader
-    from amo_engine.pipeline import AmoPipeline
+    from amo_engine.pipeline.generate import AmoPipeline
 
     cfg.validate()
     reader = Reader(cfg.ocr)  # fails early with the install line when OCR is missing
@@ -128,10 +128,10 @@ def _render_and_read(cfg: EvalConfig, pipe, reader, words: list[str], vocab: set
     import numpy as np
     from tqdm.auto import tqdm
 
-    from amo_engine.glyph.locate import read_words
-    from amo_engine.glyph.variants import of_settings
+    from amo_engine.model.glyph.locate import read_words
+    from amo_engine.model.glyph.variants import of_settings
     from amo_engine.ocr import ned, normalise
-    from amo_engine.pipeline import GenerateConfig, save_png
+    from amo_engine.pipeline.generate import GenerateConfig, save_png
     from amo_engine.eval.metrics import outside_text
     from amo_engine.eval.texture import fit_reference
 

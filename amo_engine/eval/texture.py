@@ -22,7 +22,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from amo_engine.glyph.locate import ground_mask
+from amo_engine.model.glyph.locate import ground_mask
 
 RADIAL_EDGES = (0.0, 1 / 32, 1 / 16, 1 / 10, 1 / 8, 1 / 6, 1 / 5, 1 / 4, 1 / 3, 0.5, 0.75)  # cycles per pixel
 ORIENTATIONS = 4  # bins of the frequency's direction over [0, pi)
@@ -113,8 +113,8 @@ class TextureReference:
 
 def reference_images(variant, seed: int, n: int = REFERENCE_RENDERS):
     """Clean renders, ``n`` per (texture, tone), words drawn from the vocabulary: (grey, texture, tone)."""
-    from amo_engine.glyph.render import render
-    from amo_engine.glyph.words import TONES, TRAIN_WORDS
+    from amo_engine.model.glyph.render import render
+    from amo_engine.model.glyph.words import TONES, TRAIN_WORDS
 
     for texture in variant.textures:
         for tone in TONES:
@@ -127,7 +127,7 @@ def reference_images(variant, seed: int, n: int = REFERENCE_RENDERS):
 @lru_cache(maxsize=4)
 def fit_reference(variant_name: str) -> TextureReference:
     """The classifier and clean references for a textured glyph model, from FIT_SEED renders."""
-    from amo_engine.glyph.variants import variant
+    from amo_engine.model.glyph.variants import variant
 
     v = variant(variant_name)
     if not v.textures:
@@ -156,7 +156,7 @@ def fit_reference(variant_name: str) -> TextureReference:
 def ceiling(variant_name: str) -> dict:
     """The texture measures on clean renders the classifier was not fitted on (CHECK_SEED): class
     accuracy (overall and per class), mean HF ratio and spectral distance — the best a sampler can do."""
-    from amo_engine.glyph.variants import variant
+    from amo_engine.model.glyph.variants import variant
 
     ref, v = fit_reference(variant_name), variant(variant_name)
     rows = [ref.measure(grey, texture, tone) | {"texture": texture}

@@ -66,7 +66,7 @@ class RenderReplica:
     def __init__(self, config: dict):
         from ray.util import metrics
 
-        from amo_engine.runtime import Runtime
+        from amo_engine.pipeline.runtime import Runtime
         from amo_engine.serve.renderer import Renderer
 
         cfg = ServiceConfig(**config)

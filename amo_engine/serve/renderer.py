@@ -64,7 +64,7 @@ class Renderer:
     """The pipeline of one runtime.Runtime, opened once, rendering lists of requests."""
 
     def __init__(self, rt, batch: int | None = None, max_steps: int = 100):
-        from amo_engine.runtime import open_pipeline
+        from amo_engine.pipeline.runtime import open_pipeline
 
         self._stack = ExitStack()
         self.pipeline = self._stack.enter_context(open_pipeline(rt))
@@ -76,7 +76,7 @@ class Renderer:
                              f"{engine_batch} (export an engine with --batch {batch} for {batch})")
         self.batch = engine_batch or batch or 1
         if rt.engine is not None:  # an engine renders its one size and text length
-            from amo_engine.engine import read_manifest
+            from amo_engine.engine.manifest import read_manifest
 
             manifest = read_manifest(rt.engine, check_hashes=False)
             height, width = manifest["height"], manifest["width"]
@@ -109,7 +109,7 @@ class Renderer:
         return answers
 
     def _call(self, call: list[ImageRequest], cancelled: Callable[[str], bool]) -> list[Rendered | RenderError]:
-        from amo_engine.pipeline import GenerateConfig, GenerationCancelled, NonFiniteLatentsError
+        from amo_engine.pipeline.generate import GenerateConfig, GenerationCancelled, NonFiniteLatentsError
 
         first = call[0]
         cfg = GenerateConfig(
@@ -152,7 +152,7 @@ class Renderer:
 
 def request_notes(req: ImageRequest, model) -> list[str]:
     """What a user should know about this request's prompt (the pipeline's notes, per request)."""
-    from amo_engine.pipeline import vocabulary_notes
+    from amo_engine.pipeline.generate import vocabulary_notes
     from amo_engine.prompts import find_quoted_spans
 
     notes = vocabulary_notes(model.settings, [req.prompt])

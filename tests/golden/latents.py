@@ -25,8 +25,8 @@ COSINE_AT_LEAST, MAX_ABS = 0.9999, 1e-4  # the gates (the eager CPU path is dete
 
 def latents(model_name: str, sampler: str, cache_dir=None):
     """The final latents of one case, flattened (float32)."""
-    from amo_engine.models import load_model
-    from amo_engine.pipeline import AmoPipeline, GenerateConfig
+    from amo_engine.model.load import load_model
+    from amo_engine.pipeline.generate import AmoPipeline, GenerateConfig
 
     model = load_model(model_name, cache_dir=cache_dir)
     result = AmoPipeline(model)(GenerateConfig([PROMPTS.get(model_name, PROMPT)], sampler=sampler, steps=STEPS,
