@@ -26,6 +26,14 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         Path(tmp).unlink(missing_ok=True)
 
 
+def write_json(path: Path | str, data) -> None:
+    """Write ``data`` as indented, key-sorted JSON, atomically."""
+    import json
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
 def current_umask() -> int:
     umask = os.umask(0)
     os.umask(umask)

@@ -4,7 +4,27 @@ anything heavy loads), the pipeline and the HTTP schema refuse the same things i
 
 from __future__ import annotations
 
+import math
+
 SAMPLERS = ("euler", "overshoot", "amo")
+
+
+def check_sampler(sampler) -> None:
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+def check_count(label: str, value, least: int = 1) -> None:
+    """``value`` an integer of at least ``least``; ``label`` names it as the caller's user wrote it
+    (``--steps`` on the command line, ``steps`` in Python)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{label} must be >= {least}, got {value!r}")
+
+
+def check_strength(label: str, c) -> None:
+    """The overshoot strength ``c``: a finite number >= 0 (0 is Euler)."""
+    if isinstance(c, bool) or not isinstance(c, (int, float)) or not (math.isfinite(c) and c >= 0):
+        raise ValueError(f"{label} must be a finite number >= 0, got {c!r}")
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -1,8 +1,9 @@
 """IOSpec: the one description of a backbone's tensor inputs and outputs.
 
-Everything that needs tensor names, dtypes or shapes derives them from here: the exporter's
-input/output names and dynamic axes, sample feeds, runtime buffers, TensorRT profiles and the
-engine manifest.
+Everything that needs tensor names, dtypes, shapes or identity fills derives them from here: the
+exporter's input/output names and dynamic axes, runtime buffers, TensorRT profiles and the engine
+manifest. Which tensors a backbone has is the model's business (``model/inputs.py`` declares the
+hook's optional groups and draws sample feeds).
 """
 
 from __future__ import annotations
@@ -28,11 +29,15 @@ def dtype_name(dtype: torch.dtype) -> str:
     raise ValueError(f"unsupported dtype {dtype}; use one of {sorted(DTYPES)}")
 
 
+FILLS = ("zeros", "ones", "row_index")  # identity values a buffer starts from (row_index: arange over dim 0)
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
     dtype: str  # a key of DTYPES
     shape: tuple[int | str, ...]  # ints are fixed, strings are symbolic dims
+    fill: str = "zeros"  # the value that leaves the graph's meaning alone (hook inputs declare theirs)
 
     def resolve(self, dims: Mapping[str, int]) -> tuple[int, ...]:
         missing = [d for d in self.shape if isinstance(d, str) and d not in dims]
@@ -80,20 +85,32 @@ class IOSpec:
                 axes[t.name] = sel
         return axes
 
+    def signature(self) -> tuple:
+        """A hashable identity: two IOSpecs with equal signatures take the same buffers."""
+        return self.inputs, self.outputs, tuple(sorted(self.dims.items()))
+
     def allocate(self, which: str, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-        """Buffers for ``inputs`` or ``outputs`` at the resolved shapes: zeros, except inputs whose
-        identity value is not zero (``kv_donor_index``: each row its own donor; ``quadrant_scale``: 1)."""
+        """Buffers for ``inputs`` or ``outputs`` at the resolved shapes, each holding its ``fill``."""
         specs = self.inputs if which == "inputs" else self.outputs
-        buffers = {t.name: torch.zeros(t.resolve(self.dims), dtype=t.torch_dtype, device=device) for t in specs}
-        if which == "inputs" and "kv_donor_index" in buffers:
-            buffers["kv_donor_index"].copy_(torch.arange(buffers["kv_donor_index"].shape[0]))
-        if which == "inputs" and "quadrant_scale" in buffers:
-            buffers["quadrant_scale"].fill_(1.0)
+        buffers = {t.name: torch.empty(t.resolve(self.dims), dtype=t.torch_dtype, device=device) for t in specs}
+        self.refill(buffers, [t.name for t in specs])
         return buffers
+
+    def refill(self, buffers: Mapping[str, torch.Tensor], names) -> None:
+        """Put each of ``names``' buffers back to its ``fill`` (the value that changes nothing), in place."""
+        for name in names:
+            t, buffer = self.tensor(name), buffers[name]
+            if t.fill == "ones":
+                buffer.fill_(1)
+            elif t.fill == "row_index":
+                buffer.copy_(torch.arange(buffer.shape[0]).reshape(-1, *[1] * (buffer.dim() - 1)).expand_as(buffer))
+            else:
+                buffer.zero_()
 
     def to_json(self) -> dict:
         def enc(ts: tuple[TensorSpec, ...]) -> list[dict]:
-            return [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in ts]
+            return [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape), **({"fill": t.fill} if t.fill != "zeros" else {})}
+                    for t in ts]
 
         data = {"inputs": enc(self.inputs), "outputs": enc(self.outputs), "dims": dict(self.dims)}
         if self.ranges:
@@ -101,46 +118,12 @@ class IOSpec:
         return data
 
     @classmethod
-    def from_json(cls, data: Mapping) -> "IOSpec":
+    def from_json(cls, data: Mapping, fills: Mapping[str, str] | None = None) -> "IOSpec":
+        """``fills``: the fill of inputs written without one (engines exported before fills were recorded)."""
         def dec(items) -> tuple[TensorSpec, ...]:
-            return tuple(TensorSpec(d["name"], d["dtype"], tuple(d["shape"])) for d in items)
+            return tuple(TensorSpec(d["name"], d["dtype"], tuple(d["shape"]), d.get("fill", (fills or {}).get(d["name"], "zeros")))
+                         for d in items)
 
         ranges = {k: tuple(v) for k, v in data.get("ranges", {}).items()}
         return cls(dec(data["inputs"]), dec(data["outputs"]), dict(data["dims"]), ranges)
 
-
-def sample_feeds(spec: IOSpec, device: torch.device | str = "cpu", seed: int = 0) -> dict[str, torch.Tensor]:
-    """Deterministic, valid-looking feeds for tracing and parity checks."""
-    g = torch.Generator().manual_seed(seed)
-    feeds = {}
-    for t in spec.inputs:
-        shape = t.resolve(spec.dims)
-        if t.name == "span_mask":
-            v = (torch.rand(shape, generator=g) < 0.15).float()
-            v[:, 0] = 1.0
-        elif t.name == "timestep":  # the family's range (sigma 0..1 as this model's timestep input)
-            lo, hi = spec.ranges.get("timestep", (0.0, 1.0))
-            v = lo + torch.rand(shape, generator=g) * (hi - lo)
-        elif t.name == "guidance":
-            v = torch.full(shape, 3.5)
-        elif t.name == "input_ids":  # token ids inside the stage's vocabulary
-            v = torch.randint(0, spec.dims.get("vocab", 2), shape, generator=g)
-        elif t.name == "kv_donor_index":  # every row takes the next row's text K/V
-            v = torch.roll(torch.arange(shape[0]), -1)
-        elif t.name == "kv_swap_gate":  # off, on and in between across blocks
-            v = torch.tensor([(0.0, 1.0, 0.5)[i % 3] for i in range(shape[0])])
-        elif t.name == "quadrant_scale":  # logit scales around 1
-            v = 0.5 + torch.rand(shape, generator=g)
-        elif t.name in ("text_groups", "image_groups"):  # one-hots, some rows ungrouped
-            v = torch.nn.functional.one_hot(torch.randint(0, shape[-1], shape[:-1], generator=g), shape[-1]).float()
-            v *= (torch.rand(shape[:-1], generator=g) < 0.7).float()[..., None]
-        elif t.name == "group_gate":
-            v = torch.tensor([float(i % 2) for i in range(shape[0])])
-        elif t.name == "text_bias":
-            v = 0.5 * torch.randn(shape, generator=g)
-        elif t.name in ("img_ids", "txt_ids"):
-            v = torch.randint(0, 16, shape, generator=g).float()
-        else:
-            v = torch.randn(shape, generator=g)
-        feeds[t.name] = v.to(device=device, dtype=t.torch_dtype)
-    return feeds

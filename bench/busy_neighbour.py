@@ -41,7 +41,7 @@ def generate(code: Path, backend: str, engine: Path, threads: int | None, steps:
     """ms/step of one fresh generate process running the package at ``code``."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
     env["PYTHONPATH"] = str(code)
-    argv = [sys.executable, "-m", "amo_engine.cli.main", "generate", "--model", "glyph", "--prompt", PROMPT, "--steps",
+    argv = [sys.executable, "-m", "amo_engine.cli", "generate", "--model", "glyph", "--prompt", PROMPT, "--steps",
             str(steps), "--seed", "0", "--quiet", "--out", str(out)]
     if backend != "eager":
         argv += ["--backend", backend, "--engine", str(engine)]
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="busy-"))
     before = worktree(args.before, work / "before")
     engine = work / "engine"
-    subprocess.run([sys.executable, "-m", "amo_engine.cli.main", "export", "--model", "glyph", "--out", str(engine),
+    subprocess.run([sys.executable, "-m", "amo_engine.cli", "export", "--model", "glyph", "--out", str(engine),
                     "--aoti", "--aoti-weights", "model"], check=True, capture_output=True,
                    env={**os.environ, "PYTHONPATH": str(ROOT)})
     cells = [(version, backend, threads, busy) for busy in (False, True) for version in ("before", "after")

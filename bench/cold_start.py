@@ -27,9 +27,9 @@ PROMPT = "a dark sign that says 'HAPPY'"
 
 
 def arms(engine: Path, stages: Path, out: Path, model: str, sampler: str) -> dict[str, list[str]]:
-    generate = [sys.executable, "-m", "amo_engine.cli.main", "generate", "--model", model, "--prompt", PROMPT,
+    generate = [sys.executable, "-m", "amo_engine.cli", "generate", "--model", model, "--prompt", PROMPT,
                 "--sampler", sampler, "--seed", "0", "--quiet"]
-    found = {"imports": [sys.executable, "-c", "import torch, amo_engine.cli.main"]}
+    found = {"imports": [sys.executable, "-c", "import torch, amo_engine.cli"]}
     for backend in ("eager", "ort", "aoti"):
         engine_args = [] if backend == "eager" else ["--backend", backend, "--engine", str(engine)]
         found[backend] = generate + engine_args + ["--out", str(out / f"{backend}.png")]
@@ -52,12 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         engine = args.engine
         if engine is None:
             engine = tmp / "engine"
-            subprocess.run([sys.executable, "-m", "amo_engine.cli.main", "export", "--model", args.model, "--out", str(engine),
+            subprocess.run([sys.executable, "-m", "amo_engine.cli", "export", "--model", args.model, "--out", str(engine),
                             "--aoti"], check=True, stdout=subprocess.DEVNULL)
         stages = args.stages_engine
         if stages is None:
             stages = tmp / "stages"
-            subprocess.run([sys.executable, "-m", "amo_engine.cli.main", "export", "--model", args.model, "--out", str(stages),
+            subprocess.run([sys.executable, "-m", "amo_engine.cli", "export", "--model", args.model, "--out", str(stages),
                             "--stages"], check=True, stdout=subprocess.DEVNULL)
         commands = arms(engine, stages, tmp, args.model, args.sampler)
         samples: dict[str, list[float]] = {k: [] for k in commands}
@@ -68,13 +68,15 @@ def main(argv: list[str] | None = None) -> int:
                 samples[name].append(time.perf_counter() - start)
             print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in samples.items()),
                   flush=True)
-        manifest = json.loads((engine / "manifest.json").read_text())
+        from amo_engine.engine.folder import read_manifest
+
+        files = read_manifest(engine, check_hashes=False).files
     from amo_engine import timing
 
     env = timing.environment(None)
     p50 = {k: statistics.median(v) for k, v in samples.items()}
     result = {"model": args.model, "sampler": args.sampler, "p50_s": p50, "samples_s": samples, "env": env,
-              "engine_bytes": {k: v["bytes"] for k, v in manifest["files"].items()}}
+              "engine_bytes": {k: v.bytes for k, v in files.items()}}
     cpu = env["cpu"]
     lines = [f"### cold start: {args.model}, {args.sampler}, process start to first image written", "",
              f"Machine: {cpu['name']} (family {cpu['family']} model {cpu['model']}), {cpu['cores']} cores, GEMM "

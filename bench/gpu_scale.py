@@ -34,7 +34,7 @@ from amo_engine import timing
 from amo_engine.bench.zoo import ReferenceScoreProcessor, build_transformer, released_text_tokens, stock_feeds
 from amo_engine.model.families import family_named
 from amo_engine.samplers import StepOut, sample_amo, sample_euler
-from amo_engine.spec import sample_feeds
+from amo_engine.model.inputs import sample_feeds
 
 
 def ms(timed: timing.Timed) -> dict:

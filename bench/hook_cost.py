@@ -26,13 +26,13 @@ import torch
 
 def variants(feature: str):
     """(name, images per call, HookConfig, feeds -> feeds) per arm; the first is the baseline."""
-    from amo_engine.model.backbone import KV_SWAP_INPUTS, HookConfig
+    from amo_engine.model.backbone import HookConfig
+    from amo_engine.model.inputs import GROUPS
     from amo_engine.pipeline.text_swap import TextSwap
-    from amo_engine.model.modulation import KNOBS
 
     def identity(feeds, spec):
         return {**feeds, **{k: v for k, v in spec.allocate("inputs").items() if k in feeds and
-                            k in KV_SWAP_INPUTS + KNOBS}}
+                            any(k in g.names for g in GROUPS)}}
 
     def edit(feeds, spec):
         rows, n_blocks = feeds["kv_donor_index"].shape[0], feeds["kv_swap_gate"].shape[0]
@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     from amo_engine.engine.backends import open_backend
     from amo_engine import timing
     from amo_engine.bench.zoo import bench_model
-    from amo_engine.engine.manifest import open_engine
+    from amo_engine.engine.folder import open_engine
     from amo_engine.engine.export import ExportConfig, export_engine
-    from amo_engine.spec import sample_feeds
+    from amo_engine.model.inputs import sample_feeds
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--feature", default="edit", choices=["edit", "modulation"])
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             folder = Path(tmp) / str(i)
             manifest = export_engine(model, ExportConfig(out=folder, batch=images, height=height, width=width,
                                                          log=False), hook)
-            notes.append(f"{name}: {manifest['rows']} rows, export {manifest['timings']['export_s']:.1f} s")
+            notes.append(f"{name}: {manifest.rows} rows, export {manifest.timings['export_s']:.1f} s")
             engine = open_engine(folder, model)
             feeds = feeds_of(sample_feeds(engine.spec), engine.spec)
             eager = open_backend("eager", model=model, hook=engine.hook)

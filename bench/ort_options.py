@@ -11,9 +11,9 @@ import torch
 from amo_engine.bench.zoo import bench_model
 from amo_engine import timing
 from amo_engine.engine.export import ExportConfig, export_engine
-from amo_engine.engine.manifest import open_engine
+from amo_engine.engine.folder import open_engine
 from amo_engine.engine.backends.ort import OrtBackend
-from amo_engine.spec import sample_feeds
+from amo_engine.model.inputs import sample_feeds
 
 config = sys.argv[1] if len(sys.argv) > 1 else "medium-sd3"
 torch.set_num_threads(2)

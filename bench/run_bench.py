@@ -7,7 +7,7 @@
 
 import sys
 
-from amo_engine.cli.main import main
+from amo_engine.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["bench", *sys.argv[1:]]))

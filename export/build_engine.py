@@ -6,7 +6,7 @@
 
 import sys
 
-from amo_engine.cli.main import main
+from amo_engine.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["build", *sys.argv[1:]]))

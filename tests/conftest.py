@@ -67,6 +67,28 @@ def models(preset_cache):
     return {name: load_model(f"tiny-{name}", cache_dir=preset_cache) for name in FAMILIES}
 
 
+@pytest.fixture(scope="session")
+def exported(models, tmp_path_factory):
+    """The engines the suite shares, each exported once per run when a test first asks for it:
+    ``exported(preset, batch=1, exporter="dynamo", **hook)`` -> its folder. Tests read these folders;
+    a test that changes an engine copies it first."""
+    from amo_engine.engine.export import ExportConfig, export_engine
+
+    root = tmp_path_factory.mktemp("engines")
+    made = {}
+
+    def get(family: str, batch: int = 1, exporter: str = "dynamo", **hook):
+        key = (family, batch, exporter, tuple(sorted(hook.items())))
+        if key not in made:
+            folder = root / "-".join([family, str(batch), exporter, *(f"{k}={v}" for k, v in key[3])]).replace(" ", "")
+            export_engine(models[family], ExportConfig(out=folder, batch=batch, exporter=exporter, log=False),
+                          HookConfig(**hook))
+            made[key] = folder
+        return made[key]
+
+    return get
+
+
 @pytest.fixture(params=FAMILIES)
 def family(request) -> str:
     return request.param
@@ -81,12 +103,12 @@ def backbone_and_stock(family):
 
 
 def cli_in_fresh_process(argv: list[str]):
-    """Run ``amo_engine.cli.main.main(argv)`` in a new interpreter; stdout says whether diffusers got
+    """Run ``amo_engine.cli.main(argv)`` in a new interpreter; stdout says whether diffusers got
     imported (bad options must be judged before any heavy import)."""
     import subprocess
     import sys
 
-    code = ("import sys; from amo_engine.cli.main import main; rc = main(sys.argv[1:]); "
+    code = ("import sys; from amo_engine.cli import main; rc = main(sys.argv[1:]); "
             "print('diffusers' in sys.modules); sys.exit(rc)")
     return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
 
@@ -96,7 +118,7 @@ def pasted_export(message: str):
     user pasting it would (a hint that does not parse fails the test): the argparse Namespace."""
     import shlex
 
-    from amo_engine.cli.main import build_parser
+    from amo_engine.cli import build_parser
 
     assert "amo-engine export" in message, message
     command = message[message.index("amo-engine export"):].split(" (then ")[0].strip()

@@ -43,8 +43,9 @@ def test_from_pretrained_gives_the_pipelines_own_images_and_maps():
     assert torch.equal(out.attention_maps, direct.attn_map) and out.attention_maps.shape == (2, 4, 12)
 
 
+@pytest.mark.slow
 def test_from_pretrained_on_an_engine_matches_eager(tmp_path):
-    from amo_engine.cli.main import main
+    from amo_engine.cli import main
 
     assert main(["export", "--model", "glyph", "--out", str(tmp_path / "engine")]) == 0
     eager = AmoFlowPipeline.from_pretrained("glyph")(PROMPT, seed=0, num_inference_steps=6)

@@ -7,10 +7,13 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from amo_engine import timing
 from amo_engine.bench.cpu import BenchConfig, run_bench
 
 
+@pytest.mark.slow
 def test_bench_smoke_writes_jsonl_table_and_plot(tmp_path):
     from amo_engine.engine.aoti import cpp_compiler
 
@@ -71,6 +74,7 @@ def test_spread_and_contended_samples_are_marked():
     assert not steady.summary(set())["wide"] and steady.summary(set())["cpu_per_wall"] == 2.0
 
 
+@pytest.mark.slow
 def test_gpu_scale_script_runs_on_the_cpu(tmp_path):
     """bench/gpu_scale.py shares the harness, zoo and family code; its CPU smoke run writes results."""
     import importlib.util

@@ -7,7 +7,7 @@ import os
 import pytest
 from PIL import Image
 
-from amo_engine.cli.main import build_parser, main
+from amo_engine.cli import build_parser, main
 
 from conftest import FAMILY_NAMES, FEATURE_FAMILIES, cli_in_fresh_process
 
@@ -88,11 +88,8 @@ def test_bad_options_fail_before_any_import_or_load(args, message):
     assert done.stdout.strip() == "False" and done.stderr.count("\n") == 1
 
 
-def test_engine_score_config_wins_and_flags_that_disagree_are_named(tmp_path, capsys, preset_cache, models):
-    from amo_engine.engine.export import ExportConfig, export_engine
-
-    engine = tmp_path / "engine"
-    export_engine(models["flux"], ExportConfig(out=engine, exporter="torchscript", log=False))
+def test_engine_score_config_wins_and_flags_that_disagree_are_named(tmp_path, capsys, preset_cache, exported):
+    engine = exported("flux", exporter="torchscript")
     seen = {}
     import amo_engine.plots as plots
 
@@ -112,7 +109,7 @@ def test_engine_score_config_wins_and_flags_that_disagree_are_named(tmp_path, ca
     notes = [str(w.message) for w in caught]
     assert "--blocks 1 is ignored: the engine computes the map from blocks 0,1 (re-export with --blocks to change it)" in notes
     assert any(n.startswith("--max-span-tokens 8 is ignored: the engine reads 64 span tokens") for n in notes)
-    from amo_engine.cli.main import _plain_warning
+    from amo_engine.cli import _plain_warning
 
     assert _plain_warning(notes[0], UserWarning, "x.py", 3) == f"amo-engine: warning: {notes[0]}\n"  # no source line
     assert seen["title"] == "quoted-text attention (shown only: euler does not use it)"
@@ -120,7 +117,7 @@ def test_engine_score_config_wins_and_flags_that_disagree_are_named(tmp_path, ca
 
 def test_cli_refuses_cuda_graph_without_cuda(capsys):
     """Needs no compiler: it lives here, not in the AOTInductor module that skips without one."""
-    from amo_engine.cli.main import main
+    from amo_engine.cli import main
 
     assert main(["generate", "--model", "glyph", "--prompt", "a sign", "--backend", "ort", "--engine", "engines/x",
                  "--cuda-graph"]) == 2
@@ -138,7 +135,7 @@ def test_an_unknown_model_is_named_before_torch_is_imported():
     import subprocess
     import sys
 
-    code = ("import sys; from amo_engine.cli.main import main; rc = main(sys.argv[1:]); "
+    code = ("import sys; from amo_engine.cli import main; rc = main(sys.argv[1:]); "
             "print('torch' in sys.modules, 'diffusers' in sys.modules); sys.exit(rc)")
     for argv in (["generate", "--model", "tiny-sd4", "--prompt", "x"], ["export", "--model", "tiny-sd4", "--out", "e"],
                  ["eval", "--model", "tiny-sd4", "--out-dir", "e"]):
@@ -162,7 +159,7 @@ def test_ctrl_c_is_one_line_and_status_130(tmp_path):
     import subprocess
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from amo_engine.cli.main import main; "
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from amo_engine.cli import main; "
                              "sys.exit(main(sys.argv[1:]))", "generate", "--prompt", "a dark sign that says 'HAPPY'",
                              "--steps", "100000", "--out", str(tmp_path / "x.png")],
                             stderr=subprocess.PIPE, text=True)

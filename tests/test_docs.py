@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from amo_engine.cli.main import build_parser, main
+from amo_engine.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -11,15 +11,16 @@ from onnx import TensorProto, helper
 
 from amo_engine.model.families import make_backbone
 from amo_engine.engine.backends import open_backend
-from amo_engine.cli.main import main
-from amo_engine.engine.manifest import EngineError, export_lock, manifest_spec, open_engine, read_manifest
+from amo_engine.cli import main
+from amo_engine.engine.folder import export_lock, open_engine, read_manifest
+from amo_engine.engine.manifest import EngineError
 from amo_engine.engine.checks import check_graph, trt_supported_ops
 from amo_engine.engine.export import ExportConfig, export_engine
 from amo_engine.pipeline.generate import AmoPipeline, GenerateConfig
-from amo_engine.spec import sample_feeds
+from amo_engine.model.inputs import sample_feeds
 from amo_engine.engine.verify import engine_parity
 
-from conftest import FAMILY_NAMES
+from conftest import FAMILY_NAMES, pasted_export
 from test_backbone import explicit_reference_scores, stock_velocity
 
 
@@ -38,29 +39,32 @@ BACKENDS = [
 PROMPT = "A street sign saying 'No Parking Anytime'"
 
 
-@pytest.fixture(scope="module")
-def engines(models, tmp_path_factory):
-    """Every preset exported with every exporter: {(family, exporter): folder}."""
-    root = tmp_path_factory.mktemp("engines")
-    out = {}
-    for family, model in models.items():
-        for exporter in ("dynamo", "torchscript"):
-            folder = root / f"{family}-{exporter}"
-            export_engine(model, ExportConfig(out=folder, exporter=exporter, log=False))
-            out[family, exporter] = folder
-    return out
+class _Engines:
+    """``engines[family, exporter]``: the shared engine (conftest.exported), exported when first asked."""
+
+    def __init__(self, exported):
+        self.exported = exported
+
+    def __getitem__(self, key):
+        family, exporter = key
+        return self.exported(family, exporter=exporter)
 
 
-@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+@pytest.fixture
+def engines(exported):
+    return _Engines(exported)
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", pytest.param("torchscript", marks=pytest.mark.slow)])
 def test_export_and_inspect_verify(engines, family, exporter, preset_cache, capsys):
     folder = engines[family, exporter]
     manifest = read_manifest(folder)
-    assert manifest["family"] == FAMILY_NAMES[family] and manifest["onnx"]["exporter"] == exporter
-    assert manifest["graph"]["trt_ok"] and manifest["graph"]["fusion_ok"]
-    assert manifest["graph"]["float64"] == []
-    assert manifest["graph"]["score_softmax"] == len(manifest["hooked_blocks"])
-    assert [t["name"] for t in manifest["io"]["outputs"]] == ["velocity", "attn"]
-    assert "span_mask" in [t["name"] for t in manifest["io"]["inputs"]]
+    assert manifest.family == FAMILY_NAMES[family] and manifest.onnx.exporter == exporter
+    assert manifest.graph["trt_ok"] and manifest.graph["fusion_ok"]
+    assert manifest.graph["float64"] == []
+    assert manifest.graph["score_softmax"] == len(manifest.hook.hooked_blocks)
+    assert manifest.io.output_names == ["velocity", "attn"]
+    assert "span_mask" in manifest.io.input_names
     assert main(["inspect", str(folder), "--verify", "--cache-dir", str(preset_cache)]) == 0
     printed = capsys.readouterr().out
     assert "PASS" in printed and "compatible" in printed and "attention fusion: kept" in printed
@@ -103,13 +107,13 @@ def test_backend_conformance(models, engines, family, kind):
 def test_cli_generate_through_the_engine_hashes_each_file_once(engines, preset_cache, tmp_path, monkeypatch):
     """generate --backend ort and inspect --verify open the engine once: every artifact is hashed
     exactly once per command (a 24 GB FLUX engine must not be read three times)."""
-    import amo_engine.engine.manifest as engine_module
+    import amo_engine.engine.folder as engine_module
 
     folder = engines["flux", "torchscript"]
     hashed = []
     real = engine_module.sha256_file
     monkeypatch.setattr(engine_module, "sha256_file", lambda path, *a: hashed.append(path.name) or real(path, *a))
-    artifacts = sorted(read_manifest(folder, check_hashes=False)["files"])
+    artifacts = sorted(read_manifest(folder, check_hashes=False).files)
     out = tmp_path / "ort.png"
     code = main(["generate", "--model", "tiny-flux", "--cache-dir", str(preset_cache), "--backend", "ort",
                  "--engine", str(folder), "--prompt", PROMPT, "--steps", "3", "--out", str(out), "--quiet"])
@@ -202,24 +206,26 @@ def test_build_without_tensorrt_says_so(engines, capsys):
     assert code == 3 and len(err) == 1 and "TensorRT" in err[0]
 
 
+@pytest.mark.slow
 def test_external_data_export(models, tmp_path, monkeypatch):
     """Weights above the protobuf limit go to model.onnx.data (limit lowered to exercise the path)."""
     monkeypatch.setattr("amo_engine.engine.export.EXTERNAL_DATA_BYTES", 1000)
     folder = tmp_path / "ext"
     manifest = export_engine(models["flux"], ExportConfig(out=folder, log=False))
-    assert (folder / "model.onnx.data").is_file() and "model.onnx.data" in manifest["files"]
-    assert manifest["onnx"]["folded"] is False and manifest["graph"]["trt_ok"]
+    assert (folder / "model.onnx.data").is_file() and "model.onnx.data" in manifest.files
+    assert manifest.onnx.folded is False and manifest.graph["trt_ok"]
     p = engine_parity(models["flux"], folder, "ort")
     assert p["velocity_max_abs"] <= 1e-4 and p["attn_max_abs"] <= 1e-6
 
 
+@pytest.mark.slow
 def test_dynamic_batch_graph_runs_at_other_batches(models, tmp_path):
     import numpy as np
     import onnxruntime as ort
 
     folder = tmp_path / "dyn"
     export_engine(models["flux"], ExportConfig(out=folder, dynamic_batch=True, log=False))
-    spec = manifest_spec(read_manifest(folder))
+    spec = read_manifest(folder).io
     session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     names = {i.name for i in session.get_inputs()}
     for batch in (1, 3):
@@ -232,12 +238,11 @@ def test_dynamic_batch_graph_runs_at_other_batches(models, tmp_path):
         export_engine(models["flux"], ExportConfig(out=tmp_path / "x", dynamic_batch=True, exporter="torchscript", log=False))
 
 
-def test_fixed_batch_engine_pads_fewer_images_and_batch_mates_change_nothing(models, tmp_path):
+def test_fixed_batch_engine_pads_fewer_images_and_batch_mates_change_nothing(models, exported):
     """An engine exported for 2 images serves 1 (a filler row, dropped), and that image is
     bit-identical to the same prompt and seed beside another one."""
     model = models["sd3"]
-    folder = tmp_path / "b2"
-    export_engine(model, ExportConfig(out=folder, batch=2, log=False))
+    folder = exported("sd3", batch=2)
     with open_backend("ort", folder, model) as backend:
         pipe = AmoPipeline(model, open_engine(folder).hook, backend)
         assert pipe.images_per_call(model.default_guidance) == 2
@@ -293,3 +298,20 @@ def test_export_aoti_without_a_cpp_compiler_says_so_and_writes_nothing(tmp_path,
     assert main(["export", "--model", "glyph", "--out", str(tmp_path / "e"), "--aoti"]) == 2
     assert "finds no compiler: apt-get install -y g++" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
+
+
+def test_the_stock_graph_has_no_tap_matches_the_transformer_and_is_refused_for_generation(models, exported):
+    """The bench's stock engine (the same exporter, score tap off): no span_mask input and no attn
+    output, its velocity the hooked engine's; a generation asked of it names the export that fits."""
+
+    model = models["flux"]
+    stock, hooked = exported("flux", score_tap=False), exported("flux")
+    engine = open_engine(stock, model)
+    assert "span_mask" not in engine.spec.input_names and engine.spec.output_names == ["velocity"]
+    assert not engine.hook.score_tap and open_engine(hooked).hook.score_tap
+    feeds = sample_feeds(open_engine(hooked).spec)
+    with open_backend("ort", engine, model) as plain, open_backend("ort", hooked, model) as tapped:
+        assert (plain(feeds)["velocity"] - tapped(feeds)["velocity"]).abs().max() <= 1e-5
+        with pytest.raises(ValueError, match="exported without the score tap.*re-export it with: ") as err:
+            AmoPipeline(model, engine.hook, plain)(GenerateConfig([PROMPT], steps=2))
+    assert pasted_export(str(err.value)).out == stock

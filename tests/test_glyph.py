@@ -110,8 +110,9 @@ def test_measures():
     assert outside_text(np.clip(noisy, 0, 255).astype(np.uint8))["ground_hf"] > 10
 
 
+@pytest.mark.slow
 def test_eval_on_three_words_writes_all_outputs_and_resumes(tmp_path):
-    from amo_engine.cli.main import main
+    from amo_engine.cli import main
 
     out = tmp_path / "eval"
     args = ["eval", "--model", "glyph", "--out-dir", str(out), "--max-words", "3", "--seeds", "1", "--steps", "3",
@@ -131,8 +132,9 @@ def test_eval_on_three_words_writes_all_outputs_and_resumes(tmp_path):
     assert len(keys) == 9 and len(set(keys)) == 9
 
 
+@pytest.mark.slow
 def test_eval_through_the_ort_engine(glyph, tmp_path):
-    from amo_engine.cli.main import main
+    from amo_engine.cli import main
     from amo_engine.engine.export import ExportConfig, export_engine
 
     engine = tmp_path / "engine"
@@ -145,17 +147,18 @@ def test_eval_through_the_ort_engine(glyph, tmp_path):
 
 
 def test_eval_refuses_bad_options_before_work(tmp_path, capsys):
-    from amo_engine.cli.main import main
+    from amo_engine.cli import main
 
     assert main(["eval", "--out-dir", str(tmp_path), "--samplers", "euler,heun"]) == 2
-    assert "unknown sampler(s) ['heun']" in capsys.readouterr().err
+    assert "unknown sampler 'heun'; choose one of euler, overshoot, amo" in capsys.readouterr().err
     assert main(["eval", "--out-dir", str(tmp_path), "--backend", "ort"]) == 2
     pasted = pasted_export(capsys.readouterr().err)
     assert pasted.batch == 16 and pasted.model == "glyph" and str(pasted.out) == "engines/glyph"
 
 
+@pytest.mark.slow
 def test_train_glyph_smoke_writes_a_loadable_folder(tmp_path):
-    from amo_engine.cli.main import main
+    from amo_engine.cli import main
 
     run = tmp_path / "run"
     args = ["train-glyph", "--run-dir", str(run), "--steps", "10", "--batch", "4", "--check-every", "0",

@@ -52,7 +52,7 @@ def test_texture_measures_on_clean_renders_equal_their_ceilings():
 @pytest.fixture(scope="module")
 def scene_run(tmp_path_factory):
     """A 6-step glyph-scene training run started from glyph's weights (a loadable, untrained folder)."""
-    from amo_engine.cli.main import main
+    from amo_engine.cli import main
 
     run = tmp_path_factory.mktemp("scene") / "run"
     assert main(["train-glyph", "--model", "glyph-scene", "--init-from", "glyph", "--run-dir", str(run), "--steps",
@@ -60,6 +60,7 @@ def scene_run(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 def test_training_smoke_starts_from_glyph_and_writes_a_loadable_scene_folder(scene_run):
     from amo_engine.train.glyph import glyph_settings
     from amo_engine.model.load import load_model
@@ -80,8 +81,9 @@ def test_training_smoke_starts_from_glyph_and_writes_a_loadable_scene_folder(sce
     assert model.pipe.text_encoder_3.shared.weight.shape[0] == rows + 1 + len(GLYPH_SCENE.textures)
 
 
+@pytest.mark.slow
 def test_eval_on_a_few_words_writes_every_output_with_the_texture_measures(scene_run, tmp_path):
-    from amo_engine.cli.main import main
+    from amo_engine.cli import main
 
     out = tmp_path / "eval"
     assert main(["eval", "--model", str(scene_run / "model"), "--out-dir", str(out), "--max-words", "3", "--seeds",
@@ -142,7 +144,7 @@ def test_an_unknown_texture_renders_something_and_says_so(scene):
 
 
 def test_a_word_longer_than_the_canvas_fails_before_any_work(capsys):
-    from amo_engine.cli.main import main
+    from amo_engine.cli import main
 
     assert main(["generate", "--model", "glyph-scene", "--prompt",
                  "a dark sign that says 'ABCDEFGHIJKLMNOP' on bricks"]) == 2

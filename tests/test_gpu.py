@@ -69,7 +69,7 @@ def test_ort_cuda_runs_in_the_callers_stream_order(cache):
         pytest.skip("onnxruntime has no CUDA provider (pip install onnxruntime-gpu)")
     from amo_engine.engine.backends import open_backend
     from amo_engine.engine.export import ExportConfig, export_engine
-    from amo_engine.spec import sample_feeds
+    from amo_engine.model.inputs import sample_feeds
 
     cpu_model = load_model("tiny-flux", "fp32", "cpu", cache)
     folder = cache / "flux-engine"

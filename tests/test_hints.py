@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import pytest
 
-from amo_engine.cli.main import main
-from amo_engine.engine.manifest import EngineError, check_model_matches, check_runtime, reexport_command
+from amo_engine.cli import main
+from amo_engine.engine.folder import check_model_matches, check_runtime
+from amo_engine.engine.hints import reexport_command
+from amo_engine.engine.manifest import EngineError, Manifest
 
 from conftest import pasted_export
 
-MANIFEST = {"model": "glyph", "family": "sd3", "images_per_call": 2, "height": 32, "width": 96, "dtype": "float32",
-            "cfg_rows": True, "max_sequence_length": 16, "hooked_blocks": [0, 2], "max_span_tokens": 32,
-            "kv_swap": True, "modulation": None, "weights_fingerprint": "abc",
-            "onnx": {"opset": 18, "exporter": "torchscript", "dynamic_batch": False},
-            "aoti": {"device": "cpu", "weights": "model"}}
+MANIFEST = Manifest.from_json({  # a format-1 manifest (hook keys at the top), read as every engine's is
+    "format": 1, "model": "glyph", "family": "sd3", "images_per_call": 2, "height": 32, "width": 96,
+    "dtype": "float32", "cfg_rows": True, "max_sequence_length": 16, "hooked_blocks": [0, 2], "max_span_tokens": 32,
+    "kv_swap": True, "modulation": None, "weights_fingerprint": "abc", "files": {},
+    "io": {"inputs": [], "outputs": [], "dims": {}},
+    "onnx": {"opset": 18, "exporter": "torchscript", "dynamic_batch": False},
+    "aoti": {"device": "cpu", "weights": "model", "torch": "2.13.0"}})
 
 
 def test_a_reexport_keeps_every_flag_the_engine_has(tmp_path):
@@ -56,6 +60,7 @@ def test_a_missing_engine_names_the_export_that_runs_the_request(argv, wanted, c
     assert all(getattr(pasted, k) == v for k, v in wanted.items()), vars(pasted)
 
 
+@pytest.mark.slow
 def test_the_generate_hint_runs_as_pasted(tmp_path, capsys, monkeypatch):
     """Paste the export it suggests, then generate on what it wrote (the glyph model, 4 steps)."""
     monkeypatch.chdir(tmp_path)

@@ -10,8 +10,12 @@ import torch
 from amo_engine.model.attention import JointQKV
 from amo_engine.model.backbone import HookConfig
 from amo_engine.model.families import make_backbone
-from amo_engine.model.modulation import KNOBS, Modulation, explicit_logits, modulated_attention
-from amo_engine.spec import sample_feeds
+from amo_engine.engine.backends.base import ClosingBackend
+from amo_engine.model.inputs import MODULATION
+from amo_engine.model.modulation import Modulation, explicit_logits, modulated_attention
+
+KNOBS = MODULATION.names
+from amo_engine.model.inputs import sample_feeds
 
 from conftest import FEATURE_FAMILIES, pasted_export, random_feeds, tiny_transformer
 
@@ -83,19 +87,19 @@ def test_identity_knobs_are_the_plain_backbone(family):
     for e, g in zip(expected, got):
         assert (e - g).abs().max().item() <= 1e-6
     feeds["text_bias"] = None
-    with pytest.raises(ValueError, match="the modulation inputs go together"):
+    with pytest.raises(ValueError, match="the attention-modulation inputs go together"):
         modulated(**feeds)
 
 
 def test_knobs_export_with_parity_and_the_tensorrt_parser_check(models, tmp_path):
-    from amo_engine.engine.manifest import open_engine
+    from amo_engine.engine.folder import open_engine
     from amo_engine.engine.export import ExportConfig, export_engine
     from amo_engine.engine.verify import engine_parity, judge_parity
 
     model = models["sd3"]
     manifest = export_engine(model, ExportConfig(out=tmp_path / "engine", log=False), HookConfig(modulation=True))
-    assert manifest["graph"]["trt_ok"] and manifest["graph"]["fusion_ok"]
-    assert manifest["modulation"] == {"max_groups": 4, "path": "split", "blocks": None}
+    assert manifest.graph["trt_ok"] and manifest.graph["fusion_ok"]
+    assert manifest.to_json()["hook"]["modulation"] == {"max_groups": 4, "path": "split", "blocks": None}
     engine = open_engine(tmp_path / "engine", model)
     assert engine.hook.modulation and all(k in engine.spec.input_names for k in KNOBS)
     assert engine.spec.output_names == ["velocity", "attn", "group_attn"]
@@ -153,7 +157,7 @@ def test_presets_and_schedule_files(tmp_path):
         plan_for("nope", 4, 2)
 
 
-class RecordingBackend:
+class RecordingBackend(ClosingBackend):
     """The eager backend, keeping a copy of the knob feeds of every call."""
 
     def __init__(self, inner):
@@ -233,18 +237,17 @@ def test_identity_schedule_is_plain_generation(models, family):
     assert (got - expected).abs().max().item() <= 1e-5
 
 
-def test_modulation_asked_of_an_engine_without_knobs(models, tmp_path):
+def test_modulation_asked_of_an_engine_without_knobs(models, exported):
     from amo_engine.engine.backends import open_backend
-    from amo_engine.engine.export import ExportConfig, export_engine
 
     model = models["flux"]
-    export_engine(model, ExportConfig(out=tmp_path / "plain", exporter="torchscript", log=False))
-    with open_backend("ort", tmp_path / "plain", model) as backend:
+    plain = exported("flux", exporter="torchscript")
+    with open_backend("ort", plain, model) as backend:
         with pytest.raises(ValueError, match="exported without the attention-modulation inputs: re-export it with: ") \
                 as err:
             AmoPipeline(model, backend=backend)(GenerateConfig([PROMPT], steps=2, modulation=preset("sharpen", 2, 2)))
     pasted = pasted_export(str(err.value))
-    assert pasted.modulation and pasted.exporter == "torchscript" and pasted.out == tmp_path / "plain"
+    assert pasted.modulation and pasted.exporter == "torchscript" and pasted.out == plain
 
 
 def test_only_the_listed_blocks_modulate():

@@ -142,7 +142,7 @@ def test_row_seeds():
     [
         (dict(sampler="heun"), "unknown sampler"),
         (dict(steps=0), "steps must be >= 1"),
-        (dict(c=-0.5), "c must be >= 0"),
+        (dict(c=-0.5), "c must be a finite number >= 0"),
         (dict(height=120), "height 120 px: this model draws sizes in multiples of 16 px"),
         (dict(prompts=[]), "non-empty list"),
         (dict(seed=[1, 2]), r"one int per prompt \(1\)"),

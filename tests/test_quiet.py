@@ -7,9 +7,12 @@ import subprocess
 import sys
 import warnings
 
+import pytest
+
 from amo_engine.model.load import load_model
 
 
+@pytest.mark.slow
 def test_a_glyph_load_says_nothing_that_looks_like_failure():
     code = ("from diffusers.utils import logging as dl; dl.disable_progress_bar(); import transformers; "
             "transformers.logging.disable_progress_bar(); from amo_engine.model.load import load_model; "
@@ -32,6 +35,7 @@ def test_the_filters_are_narrow():
     assert not logger.filter(ours) and logger.filter(theirs)
 
 
+@pytest.mark.slow
 def test_export_does_not_warn_about_training_mode(tmp_path):
     from amo_engine.engine.export import ExportConfig, export_engine
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import os
 import shutil
@@ -22,11 +23,12 @@ import amo_engine
 from amo_engine.engine.backends import open_backend
 from amo_engine.engine.backends.eager import EagerBackend
 from amo_engine.engine.backends.ort import OrtBackend
-from amo_engine.cli.main import main
-from amo_engine.engine.manifest import EngineError, check_runtime, open_engine, read_manifest, recover_interrupted
+from amo_engine.cli import main
+from amo_engine.engine.folder import check_runtime, open_engine, read_manifest, recover_interrupted
+from amo_engine.engine.manifest import EngineError, TrtSection
 from amo_engine.model.load import load_model
 from amo_engine.engine.export import ExportConfig, export_engine
-from amo_engine.spec import sample_feeds
+from amo_engine.model.inputs import sample_feeds
 from amo_engine.pipeline.generate import AmoPipeline, GenerateConfig, NonFiniteLatentsError
 from amo_engine.model.presets import build_clip_tokenizer
 from amo_engine.prompts import find_quoted_spans, sd3_layout
@@ -37,11 +39,9 @@ PROMPT = "A sign that says 'OPEN LATE'"
 PACKAGE = Path(amo_engine.__file__).parent
 
 
-@pytest.fixture(scope="module")
-def engine(models, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("eng") / "flux"
-    export_engine(models["flux"], ExportConfig(out=folder, exporter="torchscript", log=False))
-    return folder
+@pytest.fixture
+def engine(exported):
+    return exported("flux", exporter="torchscript")
 
 
 def run(model, backend=None, **kw):
@@ -215,13 +215,13 @@ def test_engine_versions_and_exporter_are_checked(engine):
     manifest = read_manifest(engine)
     check_runtime(manifest, "ort", "1.31.1", 23)  # passes
     with pytest.raises(EngineError, match="unknown exporter"):
-        check_runtime({**manifest, "onnx": {**manifest["onnx"], "exporter": "tf2onnx"}}, "ort", "1.0", 23)
+        check_runtime(manifest.replace(onnx=dataclasses.replace(manifest.onnx, exporter="tf2onnx")), "ort", "1.0", 23)
     with pytest.raises(EngineError, match="implements up to 17"):
         check_runtime(manifest, "ort", "1.14.0", 17)
     with pytest.raises(EngineError, match="no TensorRT plan"):
         check_runtime(manifest, "trt", "10.1.0")
     with pytest.raises(EngineError, match="built with TensorRT 10.0.1, this machine has 10.1.0"):
-        check_runtime({**manifest, "trt": {"version": "10.0.1"}}, "trt", "10.1.0")
+        check_runtime(manifest.replace(trt=TrtSection("10.0.1", "gpu", "9.0", "bf16", True, 3, 1.0)), "trt", "10.1.0")
 
 
 def test_engine_opset_too_new_for_onnxruntime(engine, models, tmp_path):
@@ -257,6 +257,7 @@ _KILL_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_killed_export_leaves_the_previous_engine_valid(engine, models, preset_cache, tmp_path):
     folder = tmp_path / "engine"
     shutil.copytree(engine, folder)
@@ -299,7 +300,7 @@ def test_written_folders_follow_the_umask_and_leave_no_lock(models, tmp_path):
 def test_second_process_export_fails_clearly(models, tmp_path):
     folder = tmp_path / "engine"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from amo_engine.engine.manifest import export_lock\n"
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from amo_engine.engine.folder import export_lock\n"
          "with export_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(60)", str(folder)],
         stdout=subprocess.PIPE, text=True)
     try:

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from amo_engine.rules import SAMPLERS
+from amo_engine import rules
 from amo_engine.serve import schema
 from amo_engine.serve.renderer import pack
 from amo_engine.serve.schema import BadRequest, Limits, parse_request
@@ -30,7 +30,7 @@ def test_schema_defaults_and_openai_fields():
     req = parse_request(body(model="dall-e-3", size="128x128", response_format="b64_json", n=2, seed=5), LIMITS)
     assert (req.width, req.height, req.n, req.seed, req.sampler, req.steps) == (128, 128, 2, 5, "amo", 28)
     assert req.row_seeds() == [5, 6]
-    assert schema.SAMPLERS == SAMPLERS
+    assert schema.check_sampler is rules.check_sampler  # the sampler rule and its list live in rules.py
 
 
 @pytest.mark.parametrize("raw,status,match", [
@@ -39,7 +39,7 @@ def test_schema_defaults_and_openai_fields():
     (json.dumps({"n": 1}).encode(), 400, "\"prompt\" is missing"),
     (body(steps=-3), 400, "\"steps\" must be an integer from 1 to 50"),
     (body(steps=2.5), 400, "\"steps\" must be an integer"),
-    (body(sampler="heun"), 400, "unknown sampler 'heun': use one of euler, overshoot, amo"),
+    (body(sampler="heun"), 400, "unknown sampler 'heun'; choose one of euler, overshoot, amo"),
     (body(size="256x256"), 400, "size 256x256 is not served by this engine: use one of 128x128"),
     (body(size="big"), 400, "\"size\" must be \"WxH\""),
     (body(n=3), 400, "\"n\" must be an integer from 1 to 2"),
@@ -85,6 +85,7 @@ def test_renderer_batch_mates_never_change_an_image(renderer):
         "no quoted text in the prompt: AMO ran as plain overshoot (quote the text to render)"]
 
 
+@pytest.mark.slow
 def test_renderer_serves_every_family(preset_cache):
     """The renderer is family-blind: AuraFlow (register tokens, CFG rows) batches bit-identically too."""
     from amo_engine.pipeline.runtime import Runtime
@@ -146,6 +147,7 @@ def images_of(answer) -> list[str]:
     return [item["b64_json"] for item in answer["data"]]
 
 
+@pytest.mark.slow
 def test_service_concurrent_requests_equal_single_requests(service):
     with urllib.request.urlopen(service + "/readyz", timeout=30) as r:
         assert json.loads(r.read())["batch"] == 2
@@ -169,12 +171,14 @@ def test_service_concurrent_requests_equal_single_requests(service):
     (body(size="64x64"), 400, "size 64x64 is not served"),
     (body(prompt="y" * 5000), 413, "over 4096 bytes"),
 ])
+@pytest.mark.slow
 def test_service_bad_requests_get_4xx_and_it_keeps_serving(service, raw, status, match):
     got, answer, _ = post(service, raw)
     assert got == status and match in answer["error"]["message"]
     assert post(service, body(steps=1))[0] == 200
 
 
+@pytest.mark.slow
 def test_service_full_queue_answers_503_with_retry_after(service):
     # a replica takes 4 requests (2 x batch 2) and 1 may wait for it: a burst of 12 overflows
     with ThreadPoolExecutor(12) as pool:
@@ -186,6 +190,7 @@ def test_service_full_queue_answers_503_with_retry_after(service):
     assert post(service, body(steps=1))[0] == 200
 
 
+@pytest.mark.slow
 def test_service_timeout_answers_504_and_stops_the_work(service):
     status, answer, _ = post(service, body(steps=5000))  # minutes of work, an 8 s limit
     assert status == 504 and "took over 8 s and was cancelled" in answer["error"]["message"]

@@ -3,9 +3,13 @@ with its IOSpec, each graph matches its eager module under ONNX Runtime, and the
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from amo_engine.engine.manifest import EngineError, open_engine
+from amo_engine.engine.folder import open_engine
+
+from amo_engine.engine.manifest import EngineError, Manifest, StageSection, TrtSection
 from amo_engine.engine.export import ExportConfig, export_engine
 from amo_engine.engine.verify import STAGE_MAX_ABS, stage_parity
 
@@ -16,12 +20,13 @@ from conftest import pasted_export
     ("sd3", {"text_encoder": "clip", "text_encoder_2": "clip", "text_encoder_3": "t5", "vae": "vae_decoder"}),
     ("flux", {"text_encoder": "clip", "text_encoder_2": "t5", "vae": "vae_decoder"}),
 ])
+@pytest.mark.slow
 def test_every_stage_is_exported_listed_and_matches_eager(models, tmp_path, name, components):
     model = models[name]
     folder = tmp_path / name
     manifest = export_engine(model, ExportConfig(out=folder, stages=True, log=False))
-    assert {k: v["kind"] for k, v in manifest["stages"].items()} == components
-    assert set(manifest["files"]) == {"model.onnx"} | {f"{k}.onnx" for k in components}
+    assert {k: v.kind for k, v in manifest.stages.items()} == components
+    assert set(manifest.files) == {"model.onnx"} | {f"{k}.onnx" for k in components}
     engine = open_engine(folder, model)
     assert engine.stages == list(components)
     vae = engine.stage_spec("vae")
@@ -30,6 +35,7 @@ def test_every_stage_is_exported_listed_and_matches_eager(models, tmp_path, name
     assert set(errors) == set(components) and max(errors.values()) <= STAGE_MAX_ABS["float32"], errors
 
 
+@pytest.mark.slow
 def test_stage_refusals(models, tmp_path):
     folder = tmp_path / "backbone-only"
     export_engine(models["flux"], ExportConfig(out=folder, log=False))
@@ -43,8 +49,9 @@ def test_stage_refusals(models, tmp_path):
         export_engine(models["flux"], ExportConfig(out=tmp_path / "x", stages=True, dynamic_batch=True, log=False))
 
 
+@pytest.mark.slow
 def test_inspect_lists_and_verifies_the_stages(models, preset_cache, tmp_path, capsys):
-    from amo_engine.cli.main import main
+    from amo_engine.cli import main
 
     folder = tmp_path / "tiny-flux"
     assert main(["export", "--model", "tiny-flux", "--cache-dir", str(preset_cache), "--out", str(folder),
@@ -55,6 +62,7 @@ def test_inspect_lists_and_verifies_the_stages(models, preset_cache, tmp_path, c
     assert "verify stage vae (ort vs eager, float32): max abs" in out and "FAIL" not in out
 
 
+@pytest.mark.slow
 def test_generate_on_a_whole_pipeline_engine_loads_no_model_class(tmp_path, monkeypatch):
     """generate --backend ort on an engine exported with --stages runs tokenizers and engine graphs
     only: no diffusers or transformers model is constructed, and the image equals the one made with
@@ -64,7 +72,7 @@ def test_generate_on_a_whole_pipeline_engine_loads_no_model_class(tmp_path, monk
     import transformers.modeling_utils as transformers_models
     from PIL import Image
 
-    from amo_engine.cli.main import main
+    from amo_engine.cli import main
     from amo_engine.ocr import Reader
 
     engine = tmp_path / "glyph"
@@ -84,7 +92,7 @@ def test_generate_on_a_whole_pipeline_engine_loads_no_model_class(tmp_path, monk
     assert made == []
     monkeypatch.undo()
     from amo_engine.engine.staged_model import runs_on_stages
-    from amo_engine.engine.manifest import open_engine
+    from amo_engine.engine.folder import open_engine
 
     opened = open_engine(engine)
     assert runs_on_stages("ort", opened) and not runs_on_stages("trt", opened)
@@ -96,10 +104,14 @@ def test_generate_on_a_whole_pipeline_engine_loads_no_model_class(tmp_path, monk
     assert Reader("rapidocr")([Image.open(tmp_path / "stages.png")]) == ["HAPPY"]
 
 
-def _manifest(family: str, dtype: str) -> dict:
-    io = {"inputs": [], "outputs": [{"name": "out", "dtype": dtype, "shape": [1]}], "dims": {}}
+def _manifest(family: str, dtype: str) -> Manifest:
+    from amo_engine.model.backbone import HookConfig
+    from amo_engine.spec import IOSpec, TensorSpec
+
+    io = IOSpec((), (TensorSpec("out", dtype, (1,)),))
     kinds = {"text_encoder": "clip", "text_encoder_3": "t5", "vae": "vae_decoder"}
-    return {"family": family, "dtype": dtype, "stages": {n: {"kind": k, "io": io} for n, k in kinds.items()}}
+    return Manifest(family, io, HookConfig(), {}, dtype=dtype,
+                    stages={n: StageSection(k, io, f"{n}.onnx", True) for n, k in kinds.items()})
 
 
 def test_tensorrt_recipe_keeps_t5_and_the_flux_vae_out_of_float16():
@@ -119,8 +131,8 @@ def test_stages_run_on_tensorrt_only_when_every_stage_has_a_plan():
     from amo_engine.engine.staged_model import runs_on_stages, stage_runtime
 
     manifest = _manifest("sd3", "float32")
-    engine = SimpleNamespace(manifest=manifest, stages=list(manifest["stages"]))
+    engine = SimpleNamespace(manifest=manifest, stages=list(manifest.stages))
     assert runs_on_stages("ort", engine) and not runs_on_stages("trt", engine)
-    for stage in manifest["stages"].values():
-        stage["trt"] = {"file": "x.plan"}
+    plan = TrtSection("10.0", "gpu", "9.0", "bf16", True, 3, 1.0, "x.plan")
+    engine.manifest = manifest.replace(stages={n: dataclasses.replace(s, trt=plan) for n, s in manifest.stages.items()})
     assert runs_on_stages("trt", engine) and stage_runtime("trt") == "trt" and stage_runtime("aoti") == "ort"

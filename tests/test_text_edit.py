@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from amo_engine.cli.main import main
+from amo_engine.cli import main
 from amo_engine.pipeline.text_edit import edit_request, read_word_list, safe_text_request, swap_target
 
 from conftest import cli_in_fresh_process, pasted_export
@@ -89,13 +89,11 @@ def test_edit_blocks_out_of_range_writes_nothing(tmp_path, capsys):
     assert "edit block 9 out of range: this model has joint blocks 0..5" in capsys.readouterr().err
 
 
-def test_edit_on_an_engine_without_swap_inputs_is_refused(tmp_path, capsys, models, preset_cache):
-    from amo_engine.engine.export import ExportConfig, export_engine
-
-    export_engine(models["sd3"], ExportConfig(out=tmp_path / "engine", batch=2, exporter="torchscript", log=False))
+def test_edit_on_an_engine_without_swap_inputs_is_refused(tmp_path, capsys, exported, preset_cache):
+    engine = exported("sd3", batch=2, exporter="torchscript")
     code = main(["edit", "--model", "tiny-sd3", "--cache-dir", str(preset_cache), "--prompt", "a sign 'A'",
                  "--target-text", "B", "--edit-blocks", "1", "--edit-start", "0", "--steps", "2", "--backend", "ort",
-                 "--engine", str(tmp_path / "engine"), "--out", str(tmp_path / "e.png"), "--quiet"])
+                 "--engine", str(engine), "--out", str(tmp_path / "e.png"), "--quiet"])
     assert code == 2 and not (tmp_path / "e.png").exists()
     err = capsys.readouterr().err
     assert "exported without the text K/V swap inputs: re-export it with: " in err

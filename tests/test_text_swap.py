@@ -155,24 +155,29 @@ def test_extra_rows_leave_the_other_images_as_generated_alone(models, family):
     assert (batch[0] - alone_a[0]).abs().max().item() > 1e-3
 
 
-@pytest.fixture(scope="module")
-def ort_engines(models, tmp_path_factory):
-    """Per family: an engine with the K/V swap inputs and a plain one, both for 2 images."""
-    from amo_engine.engine.manifest import open_engine
-    from amo_engine.engine.export import ExportConfig, export_engine
+class _SwapEngines:
+    """``ort_engines[family, "swap" | "plain"]``: the shared 2-image engine with or without the K/V
+    swap inputs (conftest.exported), opened; exported when first asked."""
 
-    root = tmp_path_factory.mktemp("swap-engines")
-    found = {}
-    for family, model in models.items():
-        for kind, hook in (("swap", HookConfig(kv_swap=True)), ("plain", HookConfig())):
-            export_engine(model, ExportConfig(out=root / f"{family}-{kind}", batch=2, log=False), hook)
-            found[family, kind] = open_engine(root / f"{family}-{kind}", model)
-    return found
+    def __init__(self, models, exported):
+        self.models, self.exported = models, exported
+
+    def __getitem__(self, key):
+        from amo_engine.engine.folder import open_engine
+
+        family, kind = key
+        return open_engine(self.exported(family, batch=2, kv_swap=kind == "swap"), self.models[family])
 
 
+@pytest.fixture
+def ort_engines(models, exported):
+    return _SwapEngines(models, exported)
+
+
+@pytest.mark.slow
 def test_swap_engine_at_identity_is_the_plain_engine(models, family, ort_engines):
     from amo_engine.engine.backends import open_backend
-    from amo_engine.spec import sample_feeds
+    from amo_engine.model.inputs import sample_feeds
 
     model, swap, plain = models[family], ort_engines[family, "swap"], ort_engines[family, "plain"]
     assert swap.hook.kv_swap and not plain.hook.kv_swap
@@ -189,6 +194,7 @@ def test_swap_engine_at_identity_is_the_plain_engine(models, family, ort_engines
         assert (got[name] - e).abs().max().item() <= 1e-5
 
 
+@pytest.mark.slow
 def test_edit_on_ort_equals_two_pass_reference(models, family, ort_engines):
     from amo_engine.engine.backends import open_backend
 
@@ -227,7 +233,7 @@ def test_text_swap_errors(models):
         run(TextSwap((1, 1), (BLOCK,)), num_images_per_prompt=2)
     backbone = make_backbone(tiny_transformer("sd3"), HookConfig(kv_swap=True))
     feeds = swap_feeds(backbone, [1, 1], [1.0, 0.0, 0.0])
-    with pytest.raises(ValueError, match=r"one gate per joint block: \(4,\)"):
+    with pytest.raises(ValueError, match=r"kv_swap_gate has shape \(3,\); this model takes \(4,\) \(it has 4 joint blocks\)"):
         backbone(**feeds)
 
 

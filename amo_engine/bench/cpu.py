@@ -86,10 +86,10 @@ class BenchConfig:
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> list[dict]:
     from amo_engine.engine.backends import open_backend
-    from amo_engine.engine.manifest import open_engine
+    from amo_engine.engine.folder import open_engine
     from amo_engine.engine.staged_model import load_engine_model
     from amo_engine.engine.export import ExportConfig, export_engine
-    from amo_engine.spec import sample_feeds
+    from amo_engine.model.inputs import sample_feeds
 
     cfg.validate()
     timing.set_threads(cfg.threads)
@@ -125,9 +125,10 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> list[dict
     with tmp_dir:
         manifest = export_engine(model, ExportConfig(out=tmp / "amo", height=height, width=width, aoti=cfg.aoti,
                                                      stages=staged_arm, log=False))
-        notes.append(f"ONNX export {manifest['timings']['export_s']:.1f} s"
-                     + (f", AOTInductor compile {manifest['timings']['aoti_compile_s']:.1f} s" if cfg.aoti else ""))
-        _export_stock_engine(stock, spec, tmp / "stock")
+        notes.append(f"ONNX export {manifest.timings['export_s']:.1f} s"
+                     + (f", AOTInductor compile {manifest.timings['aoti_compile_s']:.1f} s" if cfg.aoti else ""))
+        export_engine(model, ExportConfig(out=tmp / "stock", height=height, width=width, log=False),
+                      HookConfig(score_tap=False))  # the stock graph: no span_mask input, no attn output
         ort_options = dict(threads=cfg.threads, spinning=cfg.ort_spinning)
         engine = open_engine(tmp / "amo", model)
         staged = (load_engine_model(str(model.folder), engine, threads=cfg.threads, spinning=cfg.ort_spinning)
@@ -303,32 +304,6 @@ def _stages_supported(pipe, height: int, width: int, max_seq: int, notes: list[s
         notes.append(f"{STAGES_ARM} not run: {err}")
         return False
     return True
-
-
-def _export_stock_engine(stock, spec, folder: Path) -> None:
-    """Engine folder for the stock transformer (no score branch, no attn output): prices the scores."""
-    from amo_engine.engine.manifest import FORMAT_VERSION, MANIFEST, ONNX_FILE, file_records, write_json_atomic
-    from amo_engine.spec import IOSpec, sample_feeds
-
-    names = [t.name for t in spec.inputs if t.name != "span_mask"]
-
-    class Stock(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, *args):
-            return self.m(**dict(zip(names, args)), return_dict=False)[0]
-
-    io = IOSpec(tuple(t for t in spec.inputs if t.name != "span_mask"), spec.outputs[:1], spec.dims)
-    feeds = sample_feeds(io)
-    folder.mkdir(parents=True, exist_ok=True)
-    prog = torch.onnx.export(Stock(stock).eval(), tuple(feeds[n] for n in names), input_names=names,
-                             output_names=["velocity"], opset_version=18, dynamo=True, verbose=False)
-    prog.save(str(folder / ONNX_FILE))
-    manifest = {"format": FORMAT_VERSION, "family": "stock", "io": io.to_json(),
-                "onnx": {"file": ONNX_FILE, "exporter": "dynamo", "opset": 18}, "files": file_records(folder)}
-    write_json_atomic(folder / MANIFEST, manifest)
 
 
 def _trt_note() -> str:

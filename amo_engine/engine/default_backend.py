@@ -10,6 +10,8 @@ CPU, or with no measurement, ``auto`` says so and runs ORT.
 
 from __future__ import annotations
 
+from amo_engine.engine.manifest import DefaultBackend, Manifest
+
 ROUNDS = 5
 FALLBACK = "ort"
 
@@ -26,12 +28,12 @@ class BusyMachine(RuntimeError):
     """The contention watch saw other work on the cores a measurement needs: nothing recorded."""
 
 
-def measure(engine, model, rounds: int = ROUNDS) -> dict:
+def measure(engine, model, rounds: int = ROUNDS) -> DefaultBackend:
     """Time ORT and AOTInductor on ``engine`` (both artifacts, CPU) round-robin under the contention
     watch; the faster one wins. Raises BusyMachine when the machine was busy (nothing to record)."""
     from amo_engine.engine.backends import open_backend
     from amo_engine import timing
-    from amo_engine.spec import sample_feeds
+    from amo_engine.model.inputs import sample_feeds
     from amo_engine.threads import usable_cpus
 
     feeds = sample_feeds(engine.spec, "cpu")
@@ -45,17 +47,17 @@ def measure(engine, model, rounds: int = ROUNDS) -> dict:
         raise BusyMachine(f"the machine was busy while measuring ({'; '.join(verdict['reasons'])}; "
                           + ", ".join(f"{k} {v:.1f} ms" for k, v in p50_ms.items())
                           + "): nothing recorded; rerun when it is idle")
-    return {"backend": min(p50_ms, key=p50_ms.get), "p50_ms": p50_ms, "rounds": rounds, "machine": machine()}
+    return DefaultBackend(min(p50_ms, key=p50_ms.get), p50_ms, rounds, machine())
 
 
-def resolve(manifest) -> tuple[str, str | None]:
+def resolve(manifest: Manifest) -> tuple[str, str | None]:
     """(backend, a note or None) for ``--backend auto`` on this machine."""
-    record = manifest.get("default_backend")
+    record = manifest.default_backend
     if record is None:
         return FALLBACK, (f"--backend auto: the engine holds no measured default (measure one with: amo-engine inspect "
                           f"ENGINE --measure, on an engine exported with --aoti); running {FALLBACK}")
-    if record["machine"] != machine():
-        return FALLBACK, (f"--backend auto: the engine's default ({record['backend']}) was measured on "
-                          f"{record['machine']}, not this CPU; running {FALLBACK} (measure here with: amo-engine inspect ENGINE "
+    if record.machine != machine():
+        return FALLBACK, (f"--backend auto: the engine's default ({record.backend}) was measured on "
+                          f"{record.machine}, not this CPU; running {FALLBACK} (measure here with: amo-engine inspect ENGINE "
                           "--measure)")
-    return record["backend"], None
+    return record.backend, None

@@ -4,6 +4,7 @@ cleaned and folded, checked, with a manifest generated from the IOSpec, publishe
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import platform
 import time
 import warnings
@@ -15,19 +16,10 @@ import torch
 from torch import nn
 
 from amo_engine.model.backbone import HookConfig
-from amo_engine.engine.manifest import (
-    FORMAT_VERSION,
-    EngineError,
-    MANIFEST,
-    ONNX_FILE,
-    PT2_FILE,
-    export_lock,
-    file_records,
-    staging_dir,
-    weights_fingerprint,
-    write_json_atomic,
-)
-from amo_engine.spec import IOSpec, dtype_name, sample_feeds
+from amo_engine.engine.folder import export_lock, file_records, staging_dir, weights_fingerprint, write_manifest
+from amo_engine.engine.manifest import ONNX_FILE, PT2_FILE, AotiSection, EngineError, Manifest, OnnxSection, StageSection
+from amo_engine.spec import IOSpec, dtype_name
+from amo_engine.model.inputs import sample_feeds
 
 EXPORTERS = ("dynamo", "torchscript")
 EXTERNAL_DATA_BYTES = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GB limit, with headroom
@@ -49,6 +41,23 @@ class ExportConfig:
     aoti_weights: str = "embedded"  # embedded in the package | "model": taken from the model at load
     stages: bool = False  # also export the prompt encoders and the VAE decoder (stages.py), ONNX
     log: bool = True
+
+    def check(self) -> None:
+        """Refuse option combinations no export can honour, before any work."""
+        if self.exporter not in EXPORTERS:
+            raise ValueError(f"unknown exporter {self.exporter!r}; choose one of {', '.join(EXPORTERS)}")
+        if not 9 <= self.opset <= 23:
+            raise ValueError(f"opset {self.opset} unsupported; use 17-20 (TensorRT 10 parses up to 20)")
+        if self.batch < 1:
+            raise ValueError("batch must be >= 1")
+        if self.aoti_weights not in ("embedded", "model"):
+            raise ValueError(f"unknown --aoti-weights {self.aoti_weights!r}; choose embedded or model")
+        if self.stages and self.dynamic_batch:
+            raise ValueError("--stages exports the engine's fixed shapes: drop --dynamic-batch")
+        if self.aoti and self.dynamic_batch:
+            raise ValueError("--aoti compiles the engine's fixed shapes: drop --dynamic-batch")
+        if self.dynamic_batch and self.exporter != "dynamo":
+            raise ValueError("--dynamic-batch needs --exporter dynamo (the TorchScript export bakes the batch into reshapes)")
 
 
 def _say(cfg: ExportConfig, msg: str) -> None:
@@ -210,7 +219,8 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _export_stages(model, cfg: ExportConfig, folder: Path, height: int, width: int, max_seq: int, label: str) -> dict:
+def _export_stages(model, cfg: ExportConfig, folder: Path, height: int, width: int, max_seq: int,
+                   label: str) -> dict[str, StageSection]:
     """Export every prompt encoder and the VAE decoder of ``model`` into ``folder`` as
     ``<component>.onnx`` (fixed shapes, ``cfg.batch`` prompts or images per call), each checked by
     the onnx checker and an ONNX Runtime load; returns the manifest's ``stages`` section."""
@@ -234,31 +244,18 @@ def _export_stages(model, cfg: ExportConfig, folder: Path, height: int, width: i
         onnx.checker.check_model(str(path))
         _ort_loads(path)
         report = check_graph(onnx.load(str(path), load_external_data=False))
-        section[name] = {"kind": module.kind, "io": spec.to_json(), "onnx": {"file": path.name},
-                         "trt_ok": report.trt_ok, "unsupported_ops": report.to_json()["unsupported_ops"]}
+        section[name] = StageSection(module.kind, spec, path.name, report.trt_ok,
+                                     tuple(report.to_json()["unsupported_ops"]))
     return section
 
 
-def export_engine(model, cfg: ExportConfig, hook: HookConfig = HookConfig()) -> dict:
+def export_engine(model, cfg: ExportConfig, hook: HookConfig = HookConfig()) -> Manifest:
     """Export ``model`` (a LoadedModel) into engine folder ``cfg.out``; returns the manifest."""
     import onnx
 
     from amo_engine.engine.checks import check_graph
 
-    if cfg.exporter not in EXPORTERS:
-        raise ValueError(f"unknown exporter {cfg.exporter!r}; choose one of {', '.join(EXPORTERS)}")
-    if not 9 <= cfg.opset <= 23:
-        raise ValueError(f"opset {cfg.opset} unsupported; use 17-20 (TensorRT 10 parses up to 20)")
-    if cfg.batch < 1:
-        raise ValueError("batch must be >= 1")
-    if cfg.aoti_weights not in ("embedded", "model"):
-        raise ValueError(f"unknown --aoti-weights {cfg.aoti_weights!r}; choose embedded or model")
-    if cfg.stages and cfg.dynamic_batch:
-        raise ValueError("--stages exports the engine's fixed shapes: drop --dynamic-batch")
-    if cfg.aoti and cfg.dynamic_batch:
-        raise ValueError("--aoti compiles the engine's fixed shapes: drop --dynamic-batch")
-    if cfg.dynamic_batch and cfg.exporter != "dynamo":
-        raise ValueError("--dynamic-batch needs --exporter dynamo (the TorchScript export bakes the batch into reshapes)")
+    cfg.check()
     out = Path(cfg.out)
     pipe, family = model.pipe, model.family
     height, width = cfg.height or model.default_size[0], cfg.width or model.default_size[1]
@@ -313,7 +310,7 @@ def export_engine(model, cfg: ExportConfig, hook: HookConfig = HookConfig()) -> 
             start = time.perf_counter()
             compile_package(backbone, feeds, tmp / PT2_FILE, embed_weights=cfg.aoti_weights == "embedded")
             timings["aoti_compile_s"] = time.perf_counter() - start
-            aoti = {"file": PT2_FILE, "device": device.type, "weights": cfg.aoti_weights, "torch": torch.__version__}
+            aoti = AotiSection(device.type, torch.__version__, cfg.aoti_weights, PT2_FILE)
 
         stages = None
         if cfg.stages:
@@ -322,35 +319,18 @@ def export_engine(model, cfg: ExportConfig, hook: HookConfig = HookConfig()) -> 
             timings["stages_s"] = time.perf_counter() - start
 
         _say(cfg, f"[{steps}/{steps}] writing manifest ...")
-        manifest = {
-            "format": FORMAT_VERSION,
-            "family": family.name,
-            "model": model.source,
-            "weights_fingerprint": weights_fingerprint(model.folder),
-            "io": spec.to_json(),
-            "rows": rows,
-            "images_per_call": cfg.batch,
-            "cfg_rows": cfg_rows,
-            "height": height,
-            "width": width,
-            "max_sequence_length": max_seq,
-            "dtype": dtype_name(dtype),
-            "hooked_blocks": list(backbone.hooked_blocks),
-            "max_span_tokens": hook.max_span_tokens,
-            "kv_swap": hook.kv_swap,
-            "modulation": {"max_groups": hook.max_groups, "path": hook.modulation_path,
-                           "blocks": sorted(backbone.modulation_blocks) if backbone.modulation_blocks else None}
-            if hook.modulation else None,
-            "onnx": {"file": ONNX_FILE, "opset": cfg.opset, "exporter": cfg.exporter,
-                     "dynamic_batch": cfg.dynamic_batch, "folded": cfg.fold_constants and not large},
-            **({"aoti": aoti} if aoti else {}),
-            **({"stages": stages} if stages else {}),
-            "graph": report.to_json(),
-            "versions": _versions(),
-            "timings": timings,
-            "files": file_records(tmp),
-        }
-        write_json_atomic(tmp / MANIFEST, manifest)
+        manifest = Manifest(
+            family=family.name, io=spec,
+            hook=dataclasses.replace(hook, hooked_blocks=backbone.hooked_blocks,
+                                     modulation_blocks=tuple(sorted(backbone.modulation_blocks))
+                                     if backbone.modulation_blocks else None),
+            files=file_records(tmp), model=model.source, weights_fingerprint=weights_fingerprint(model.folder),
+            rows=rows, images_per_call=cfg.batch, cfg_rows=cfg_rows, height=height, width=width,
+            max_sequence_length=max_seq, dtype=dtype_name(dtype),
+            onnx=OnnxSection(ONNX_FILE, cfg.opset, cfg.exporter, cfg.dynamic_batch, cfg.fold_constants and not large),
+            aoti=aoti, stages=stages or {}, graph=report.to_json(), versions=_versions(), timings=timings,
+        )
+        write_manifest(tmp, manifest)
     total = sum(timings.values())
     _say(cfg, f"exported {out} in {total:.1f} s; TensorRT-parser compatible: {report.trt_ok}"
               + ("" if report.trt_ok else f" ({'; '.join(report.problems())})"))

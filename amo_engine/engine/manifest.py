@@ -1,390 +1,291 @@
-"""Engine folders: open (read and check once), manifest validation, fingerprints, atomic publishing,
-export locks.
+"""The engine manifest's format: typed sections, JSON in and out, and the reader for format-1 engines.
 
-An engine folder holds ``manifest.json`` and one or more artifacts, each described by its own
-manifest section: ``onnx`` (``model.onnx``, + ``model.onnx.data`` for > 2 GB models), ``aoti``
-(``model.pt2``, an AOTInductor package, with ``export --aoti``) and, after ``amo-engine build`` on
-an NVIDIA GPU, ``trt`` (``model.plan``). ``open_engine`` reads the manifest,
-checks every file's size and sha256 once, checks the model it will run with, and returns an
-``Engine`` that backends take: no backend reads metadata again. Folders are written under a temp
-name and renamed into place, so a reader never sees half an engine.
+``manifest.json`` describes one engine folder: what model and shapes it was exported for, the hook
+it carries, one section per artifact (``onnx``, ``aoti``, ``trt``), the other stages, the graph
+report, versions, timings, the measured default CPU backend and every file's size and hash. Only
+this module reads or writes its keys; everything else reads ``Manifest`` attributes. A missing key
+or a value of the wrong type is refused by name. Format 2 keeps the hook in one ``hook`` section
+and records each input's identity fill in ``io``; format-1 manifests (hook keys at the top, no
+fills) are read as format 2 (the fills from the input declarations).
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
-import os
-import shutil
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterator, Mapping
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
-from amo_engine.atomic import atomic_path, temp_dir_beside
 from amo_engine.spec import IOSpec
 
 MANIFEST = "manifest.json"
 ONNX_FILE = "model.onnx"
 PLAN_FILE = "model.plan"
 PT2_FILE = "model.pt2"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 ARTIFACT_FILES = {"onnx": ONNX_FILE, "trt": PLAN_FILE, "aoti": PT2_FILE}  # manifest section -> default file
 ARTIFACTS = tuple(ARTIFACT_FILES)  # manifest sections, one per artifact format an engine folder can hold
 RUNTIME_ARTIFACT = {"ort": "onnx", "trt": "trt", "aoti": "aoti"}  # the artifact each runtime runs
+HOOK_KEYS_V1 = ("hooked_blocks", "max_span_tokens", "kv_swap", "modulation")  # format 1 kept these at the top
 
 
 class EngineError(ValueError):
     """An engine folder is missing, damaged, or does not fit what is asked of it."""
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+_REQUIRED = object()
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list",
+               dict: "an object"}
 
 
-def weights_fingerprint(folder: Path | None, subfolder: str = "transformer") -> str | None:
-    """Cheap identity of a model's transformer weights: per safetensors file its name, size,
-    header (tensor names, shapes, offsets) and first/last MiB. Reads a few MiB, not gigabytes."""
-    if folder is None:
-        return None
-    files = sorted((Path(folder) / subfolder).glob("*.safetensors"))
-    if not files:
-        return None
-    h = hashlib.sha256()
-    for f in files:
-        size = f.stat().st_size
-        h.update(f"{f.name}:{size}".encode())
-        with open(f, "rb") as fh:
-            header_len = int.from_bytes(fh.read(8), "little")
-            h.update(fh.read(min(header_len, 100_000_000)))
-            h.update(fh.read(1 << 20))
-            fh.seek(max(size - (1 << 20), 0))
-            h.update(fh.read(1 << 20))
-    return h.hexdigest()
-
-
-def write_json_atomic(path: Path, data: Mapping) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def file_records(folder: Path) -> dict[str, dict]:
-    """sha256 and size of every artifact file in ``folder`` (manifest excluded)."""
-    return {
-        p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-        for p in sorted(folder.iterdir())
-        if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")
-    }
-
-
-def export_command(model: str, out: Path | str, *, batch: int = 1, height: int | None = None, width: int | None = None,
-                   dtype: str = "fp32", device: str = "cpu", cfg_rows: bool = True, max_sequence_length: int | None = None,
-                   opset: int = 18, exporter: str = "dynamo", dynamic_batch: bool = False, blocks=None,
-                   max_span_tokens: int = 64, kv_swap: bool = False, modulation: bool = False, modulation_blocks=None,
-                   stages: bool = False, aoti: bool = False, aoti_weights: str = "embedded") -> str:
-    """A pasteable ``amo-engine export`` command line; flags at their defaults are left out. Keyword
-    names and defaults are export's options (cli.py), so a hint built here parses as written."""
-    import shlex
-
-    def q(v) -> str:
-        return shlex.quote(str(v))
-
-    parts = ["amo-engine export", f"--model {q(model)}", f"--out {q(out)}"]
-    parts += [f"--batch {batch}"] if batch != 1 else []
-    parts += [f"--height {height}"] if height is not None else []
-    parts += [f"--width {width}"] if width is not None else []
-    parts += [f"--dtype {dtype}"] if dtype != "fp32" else []
-    parts += [f"--device {q(device)}"] if device != "cpu" else []
-    parts += ["--no-cfg"] if not cfg_rows else []
-    parts += [f"--max-sequence-length {max_sequence_length}"] if max_sequence_length is not None else []
-    parts += [f"--opset {opset}"] if opset != 18 else []
-    parts += [f"--exporter {exporter}"] if exporter != "dynamo" else []
-    parts += ["--dynamic-batch"] if dynamic_batch else []
-    parts += [f"--blocks {','.join(map(str, blocks))}"] if blocks is not None else []
-    parts += [f"--max-span-tokens {max_span_tokens}"] if max_span_tokens != 64 else []
-    parts += ["--kv-swap"] if kv_swap else []
-    parts += ["--modulation"] if modulation else []
-    parts += [f"--modulation-blocks {','.join(map(str, modulation_blocks))}"] if modulation_blocks else []
-    parts += ["--stages"] if stages else []
-    parts += ["--aoti"] if aoti else []
-    parts += ["--aoti-weights model"] if aoti and aoti_weights != "embedded" else []
-    return " ".join(parts)
-
-
-def engine_folder_for(model: str) -> Path:
-    """Where a hint suggests exporting ``model``'s engine: engines/<its name>."""
-    import re
-
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(str(model)).name or str(model)).strip("-.") or "engine"
-    return Path("engines") / name
-
-
-DTYPE_FLAGS = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
-
-
-def reexport_command(manifest: Mapping, folder: Path | str, model: str | None = None, **changes) -> str:
-    """The export command that wrote ``folder`` again, from its manifest, with ``changes`` (export's
-    option names, e.g. ``kv_swap=True, batch=2``) and ``model`` (default: the manifest's)."""
-    from amo_engine.model.families import family_named
-
-    aoti = manifest.get("aoti") or {}
-    modulation = manifest.get("modulation") or {}
-    onnx = manifest.get("onnx") or {}
-    batches_cfg = family_named(manifest["family"]).batches_cfg if "family" in manifest else True
-    flags = dict(
-        batch=manifest.get("images_per_call", 1), height=manifest.get("height"), width=manifest.get("width"),
-        dtype=DTYPE_FLAGS.get(manifest.get("dtype"), "fp32"), device=aoti.get("device", "cpu"),
-        cfg_rows=manifest.get("cfg_rows", True) or not batches_cfg,  # --no-cfg means nothing to FLUX
-        max_sequence_length=manifest.get("max_sequence_length"),
-        opset=onnx.get("opset", 18), exporter=onnx.get("exporter", "dynamo"),
-        dynamic_batch=onnx.get("dynamic_batch", False), blocks=manifest.get("hooked_blocks"),
-        max_span_tokens=manifest.get("max_span_tokens", 64), kv_swap=bool(manifest.get("kv_swap")),
-        modulation=bool(modulation), modulation_blocks=modulation.get("blocks"), stages=bool(manifest.get("stages")),
-        aoti=bool(aoti), aoti_weights=aoti.get("weights", "embedded"),
-    )
-    return export_command(model or manifest.get("model") or "glyph", folder, **{**flags, **changes})
-
-
-def export_hint(folder: Path, model: str | None) -> str:
-    """A pasteable export command for ``folder``: of the model named when the caller knows it, else
-    of the default model (glyph), said before the command so the line pastes as it is."""
-    if model is not None:
-        return export_command(model, folder)
-    return f"(for the default glyph model; name yours with --model) {export_command('glyph', folder)}"
-
-
-def read_manifest(folder: Path | str, check_hashes: bool = True, model: str | None = None) -> dict:
-    """Read and validate an engine folder's manifest against the files beside it.
-
-    ``model``: what the caller will run the engine with, named in the hints when given.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        what = "is a file, not an engine folder" if folder.exists() else "does not exist"
-        raise EngineError(f"engine folder {folder} {what}; create it with: {export_hint(folder, model)}")
-    path = folder / MANIFEST
-    if not path.is_file():
-        if (folder / "model_index.json").is_file():
-            raise EngineError(f"{folder} is a diffusers model folder, not an engine; export one from it with: "
-                              f"{export_hint(Path('engines') / folder.name, str(folder))}")
-        raise EngineError(f"{folder} has no {MANIFEST}, so it is not an engine folder; write one with: "
-                          f"{export_hint(folder, model)}")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise EngineError(f"{path} is not valid JSON ({err}); re-export the engine") from None
-    missing = [k for k in ("format", "family", "io", "files") if k not in manifest]
-    if not any(k in manifest for k in ARTIFACTS):
-        missing.append(" or ".join(ARTIFACTS))
-    if missing:
-        raise EngineError(f"{path} lacks {missing}; it was not written by this amo-engine: re-export the engine")
-    if manifest["format"] != FORMAT_VERSION:
-        raise EngineError(f"{path} has format {manifest['format']}, this amo-engine reads {FORMAT_VERSION}; re-export")
-    for name, rec in manifest["files"].items():
-        f = folder / name
-        if not f.is_file():
-            raise EngineError(f"{folder}: {name} is missing; re-export the engine")
-        if f.stat().st_size != rec["bytes"]:
-            raise EngineError(f"{folder}: {name} has {f.stat().st_size} bytes, the manifest says {rec['bytes']} "
-                              "(truncated or replaced); re-export the engine")
-        if check_hashes and sha256_file(f) != rec["sha256"]:
-            raise EngineError(f"{folder}: {name} does not match its sha256 in the manifest (corrupted); re-export")
-    return manifest
-
-
-def manifest_spec(manifest: Mapping) -> IOSpec:
-    return IOSpec.from_json(manifest["io"])
+def _take(data: Mapping, key: str, kind: type | tuple[type, ...], where: str, default: Any = _REQUIRED):
+    """``data[key]``, checked to be of ``kind`` (None is absent when a default is given)."""
+    if key not in data or (data[key] is None and default is not _REQUIRED):
+        if default is _REQUIRED:
+            raise EngineError(f"{where} lacks {key!r}")
+        return default
+    value = data[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if float in kinds:
+        kinds = (*kinds, int)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        wanted = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise EngineError(f"{where}: {key!r} should be {wanted}, not {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
-class Engine:
-    """An engine folder, read and checked once by ``open_engine``: what backends take."""
+class FileRecord:
+    bytes: int
+    sha256: str
 
-    folder: Path
-    manifest: Mapping
+    @classmethod
+    def from_json(cls, data: Mapping, where: str) -> "FileRecord":
+        return cls(_take(data, "bytes", int, where), _take(data, "sha256", str, where))
 
-    @property
-    def spec(self) -> IOSpec:
-        return manifest_spec(self.manifest)
 
-    @property
-    def stages(self) -> list[str]:
-        """The other stages exported beside the backbone (prompt encoders, VAE decoder), by component name."""
-        return list(self.manifest.get("stages", {}))
+@dataclass(frozen=True)
+class OnnxSection:
+    file: str = ONNX_FILE
+    opset: int = 18
+    exporter: str = "dynamo"
+    dynamic_batch: bool = False
+    folded: bool = True
 
-    def stage_spec(self, stage: str) -> IOSpec:
-        return IOSpec.from_json(self._stage(stage)["io"])
+    @classmethod
+    def from_json(cls, data: Mapping, where: str) -> "OnnxSection":
+        return cls(_take(data, "file", str, where, ONNX_FILE), _take(data, "opset", int, where),
+                   _take(data, "exporter", str, where), _take(data, "dynamic_batch", bool, where, False),
+                   _take(data, "folded", bool, where, True))
 
-    def stage_artifact(self, stage: str, section: str = "onnx") -> Path:
-        record = self._stage(stage)
-        if section not in record:
-            raise EngineError(f"{self.folder}: stage {stage} has no {section} artifact; re-export the engine")
-        return self.folder / record[section]["file"]
 
-    def _stage(self, stage: str) -> Mapping:
-        if stage not in self.manifest.get("stages", {}):
-            raise EngineError(f"{self.folder} holds no {stage} stage (it has {self.stages or 'none'}); "
-                              f"re-export it with: {reexport_command(self.manifest, self.folder, stages=True)}")
-        return self.manifest["stages"][stage]
+@dataclass(frozen=True)
+class AotiSection:
+    device: str  # the device type it was compiled for: cpu | cuda
+    torch: str  # the torch that compiled it (packages are version-specific)
+    weights: str = "embedded"  # embedded | model (taken from the model at load)
+    file: str = PT2_FILE
 
-    @property
-    def family(self) -> str:
-        return self.manifest["family"]
+    @classmethod
+    def from_json(cls, data: Mapping, where: str) -> "AotiSection":
+        return cls(_take(data, "device", str, where), _take(data, "torch", str, where),
+                   _take(data, "weights", str, where, "embedded"), _take(data, "file", str, where, PT2_FILE))
 
-    @property
-    def hook(self):
-        """The HookConfig the graph was exported with (its hooked blocks, span rows, K/V swap inputs)."""
-        from amo_engine.model.backbone import HookConfig
 
-        m = self.manifest
-        modulation = m.get("modulation") or {}
-        blocks = modulation.get("blocks")
-        return HookConfig(tuple(m["hooked_blocks"]), m["max_span_tokens"], bool(m.get("kv_swap", False)),
-                          bool(modulation), modulation.get("max_groups", HookConfig.max_groups),
-                          modulation.get("path", HookConfig.modulation_path), tuple(blocks) if blocks else None)
+@dataclass(frozen=True)
+class TrtSection:
+    version: str  # TensorRT's (plans are version-specific)
+    gpu: str
+    sm: str
+    precision: str
+    strongly_typed: bool
+    opt_level: int
+    build_s: float
+    file: str = PLAN_FILE
 
-    def artifact(self, section: str) -> Path:
-        """The file of artifact ``section`` (``onnx``, ``aoti`` or ``trt``), refusing folders without it."""
-        if section not in self.manifest:
-            hint = {"trt": f"build it: amo-engine build {self.folder}",
-                    "aoti": f"re-export it with: {reexport_command(self.manifest, self.folder, aoti=True)}"}.get(
-                section, f"re-export it with: {reexport_command(self.manifest, self.folder)}")
-            raise EngineError(f"{self.folder} holds no {section} artifact (it has {self.artifacts}); {hint}")
-        return self.folder / self.manifest[section].get("file", ARTIFACT_FILES[section])
+    @classmethod
+    def from_json(cls, data: Mapping, where: str) -> "TrtSection":
+        return cls(_take(data, "version", str, where), _take(data, "gpu", str, where), _take(data, "sm", str, where),
+                   _take(data, "precision", str, where), _take(data, "strongly_typed", bool, where),
+                   _take(data, "opt_level", int, where), float(_take(data, "build_s", float, where)),
+                   _take(data, "file", str, where, PLAN_FILE))
+
+
+@dataclass(frozen=True)
+class StageSection:
+    """A prompt encoder or the VAE decoder exported beside the backbone (``export --stages``)."""
+
+    kind: str  # clip | t5 | vae_decoder
+    io: IOSpec
+    onnx_file: str
+    trt_ok: bool
+    unsupported_ops: tuple[str, ...] = ()
+    trt: TrtSection | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping, where: str) -> "StageSection":
+        onnx = _take(data, "onnx", dict, where)
+        trt = _take(data, "trt", dict, where, None)
+        return cls(_take(data, "kind", str, where), _io(data, where), _take(onnx, "file", str, f"{where}.onnx"),
+                   _take(data, "trt_ok", bool, where), tuple(_take(data, "unsupported_ops", list, where, [])),
+                   None if trt is None else TrtSection.from_json(trt, f"{where}.trt"))
+
+    def to_json(self) -> dict:
+        out = {"kind": self.kind, "io": self.io.to_json(), "onnx": {"file": self.onnx_file}, "trt_ok": self.trt_ok,
+               "unsupported_ops": list(self.unsupported_ops)}
+        return out if self.trt is None else {**out, "trt": dataclasses.asdict(self.trt)}
+
+
+@dataclass(frozen=True)
+class DefaultBackend:
+    """``inspect --measure``: the faster CPU runtime of this engine on one machine."""
+
+    backend: str
+    p50_ms: Mapping[str, float]
+    rounds: int
+    machine: str
+
+    @classmethod
+    def from_json(cls, data: Mapping, where: str) -> "DefaultBackend":
+        return cls(_take(data, "backend", str, where), dict(_take(data, "p50_ms", dict, where)),
+                   _take(data, "rounds", int, where), _take(data, "machine", str, where))
+
+
+def _io(data: Mapping, where: str) -> IOSpec:
+    from amo_engine.model.inputs import declared_fills
+
+    io = _take(data, "io", dict, where)
+    try:
+        return IOSpec.from_json(io, declared_fills())
+    except (KeyError, TypeError, ValueError) as err:
+        raise EngineError(f"{where}: 'io' is not an IOSpec ({err})") from None
+
+
+def _hook_from_json(data: Mapping, where: str):
+    """The HookConfig: span tap settings, each input group's switch (inputs.GROUPS; modulation's
+    switch is its settings object, or null)."""
+    from amo_engine.model.backbone import HookConfig
+    from amo_engine.model.inputs import GROUPS, MODULATION
+
+    switches = {g.switch: _take(data, g.switch, bool, where, False) for g in GROUPS if g is not MODULATION}
+    modulation = _take(data, "modulation", dict, where, None)
+    mod_where = f"{where}.modulation"
+    blocks = None if modulation is None else _take(modulation, "blocks", list, mod_where, None)
+    return HookConfig(
+        hooked_blocks=tuple(_take(data, "hooked_blocks", list, where)),
+        max_span_tokens=_take(data, "max_span_tokens", int, where),
+        modulation=modulation is not None,
+        max_groups=HookConfig.max_groups if modulation is None else _take(modulation, "max_groups", int, mod_where),
+        modulation_path=HookConfig.modulation_path if modulation is None else _take(modulation, "path", str, mod_where),
+        modulation_blocks=tuple(blocks) if blocks else None,
+        score_tap=_take(data, "score_tap", bool, where, True),
+        **switches,
+    )
+
+
+def _hook_to_json(hook) -> dict:
+    from amo_engine.model.inputs import GROUPS
+
+    return {"hooked_blocks": list(hook.hooked_blocks), "max_span_tokens": hook.max_span_tokens,
+            "score_tap": hook.score_tap, **{g.switch: g.enabled(hook) for g in GROUPS},
+            "modulation": {"max_groups": hook.max_groups, "path": hook.modulation_path,
+                           "blocks": sorted(hook.modulation_blocks) if hook.modulation_blocks else None}
+            if hook.modulation else None}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One engine folder's manifest (format 2). ``hook`` is the backbone's HookConfig with its
+    hooked blocks resolved; shapes are the fixed ones the graph was exported at."""
+
+    family: str  # families.Family.name
+    io: IOSpec
+    hook: Any  # backbone.HookConfig
+    files: Mapping[str, FileRecord]
+    model: str | None = None  # what the exporter was given (preset, folder or id)
+    weights_fingerprint: str | None = None
+    rows: int = 1  # backbone rows per call
+    images_per_call: int = 1
+    cfg_rows: bool = False  # SD3: [uncond ; cond] rows in one call
+    height: int | None = None
+    width: int | None = None
+    max_sequence_length: int | None = None
+    dtype: str = "float32"
+    onnx: OnnxSection | None = None
+    aoti: AotiSection | None = None
+    trt: TrtSection | None = None
+    stages: Mapping[str, StageSection] = field(default_factory=dict)
+    graph: Mapping[str, Any] = field(default_factory=dict)  # checks.GraphReport.to_json()
+    versions: Mapping[str, str] = field(default_factory=dict)
+    timings: Mapping[str, float] = field(default_factory=dict)
+    default_backend: DefaultBackend | None = None
+    format: int = FORMAT_VERSION  # the format it was read in (written: always FORMAT_VERSION)
 
     @property
     def artifacts(self) -> list[str]:
-        return [k for k in ARTIFACTS if k in self.manifest]
+        return [name for name in ARTIFACTS if getattr(self, name) is not None]
 
-    def check_model(self, model) -> None:
-        """Refuse running this engine with a LoadedModel of another family or other weights."""
-        check_model_matches(self.manifest, model.family.name, weights_fingerprint(model.folder), self.folder,
-                            model.source)
+    def artifact_file(self, section: str) -> str:
+        return getattr(self, section).file
 
+    def replace(self, **changes) -> "Manifest":
+        return dataclasses.replace(self, **changes)
 
-def open_engine(folder: Path | str, model=None, check_hashes: bool = True, model_name: str | None = None) -> Engine:
-    """Read ``folder``'s manifest, check its files (hashing each once) and, given the LoadedModel
-    it will run with, that the engine was exported from that model's family and weights.
-    ``model_name``: the model to name in hints when no LoadedModel is given yet."""
-    named = model.source if model is not None else model_name
-    engine = Engine(Path(folder), read_manifest(folder, check_hashes, model=named))
-    if model is not None:
-        engine.check_model(model)
-    return engine
+    @classmethod
+    def from_json(cls, data: Any, where: str = MANIFEST) -> "Manifest":
+        """Read a format-1 or format-2 manifest; EngineError naming the first missing or mistyped key."""
+        if not isinstance(data, dict):
+            raise EngineError(f"{where} is not a JSON object")
+        version = _take(data, "format", int, where)
+        if version not in READABLE_FORMATS:
+            raise EngineError(f"{where} has format {version}, this amo-engine reads formats "
+                              f"{', '.join(map(str, READABLE_FORMATS))}")
+        if not any(data.get(name) is not None for name in ARTIFACTS):
+            raise EngineError(f"{where} lacks an artifact section ({' or '.join(ARTIFACTS)})")
+        hook_data = {k: data.get(k) for k in HOOK_KEYS_V1} if version == 1 else _take(data, "hook", dict, where)
+        files = _take(data, "files", dict, where)
+        sections = {name: _take(data, name, dict, where, None) for name in ("onnx", "aoti", "trt", "default_backend")}
+        return cls(
+            family=_take(data, "family", str, where),
+            io=_io(data, where),
+            hook=_hook_from_json(hook_data, f"{where} hook" if version == 1 else f"{where}.hook"),
+            files={name: FileRecord.from_json(rec, f"{where}.files.{name}") for name, rec in files.items()},
+            model=_take(data, "model", str, where, None),
+            weights_fingerprint=_take(data, "weights_fingerprint", str, where, None),
+            rows=_take(data, "rows", int, where, 1),
+            images_per_call=_take(data, "images_per_call", int, where, 1),
+            cfg_rows=_take(data, "cfg_rows", bool, where, False),
+            height=_take(data, "height", int, where, None),
+            width=_take(data, "width", int, where, None),
+            max_sequence_length=_take(data, "max_sequence_length", int, where, None),
+            dtype=_take(data, "dtype", str, where, "float32"),
+            onnx=None if sections["onnx"] is None else OnnxSection.from_json(sections["onnx"], f"{where}.onnx"),
+            aoti=None if sections["aoti"] is None else AotiSection.from_json(sections["aoti"], f"{where}.aoti"),
+            trt=None if sections["trt"] is None else TrtSection.from_json(sections["trt"], f"{where}.trt"),
+            stages={name: StageSection.from_json(s, f"{where}.stages.{name}")
+                    for name, s in _take(data, "stages", dict, where, {}).items()},
+            graph=dict(_take(data, "graph", dict, where, {})),
+            versions=dict(_take(data, "versions", dict, where, {})),
+            timings=dict(_take(data, "timings", dict, where, {})),
+            default_backend=None if sections["default_backend"] is None
+            else DefaultBackend.from_json(sections["default_backend"], f"{where}.default_backend"),
+            format=version,  # as read; to_json writes the current format
+        )
 
-
-def check_model_matches(manifest: Mapping, family: str, fingerprint: str | None, folder: Path | str = "ENGINE",
-                        model: str | None = None) -> None:
-    """Refuse an engine exported from another model family or other weights (``model``: the one
-    the caller loaded, named in the fix)."""
-    if manifest["family"] != family:
-        raise EngineError(f"the engine is a {manifest['family']} model but the loaded model is {family}; "
-                          f"pass the --model it was exported from ({manifest.get('model')})")
-    want = manifest.get("weights_fingerprint")
-    if want and fingerprint and want != fingerprint:
-        fix = (f"re-export it from this model: {reexport_command(manifest, folder, model)}" if model is not None
-               else f"pass --model {manifest.get('model')}, or re-export it from yours")
-        raise EngineError("the engine was exported from other weights than the loaded model "
-                          f"(manifest model {manifest.get('model')!r}); {fix}")
-
-
-@contextlib.contextmanager
-def export_lock(out: Path) -> Iterator[None]:
-    """Exclusive lock for writing engine folder ``out``; a second writer fails at once. The lock file
-    is removed by its holder when done (a writer that fails to lock never waits, so none can be left
-    holding an unlinked file it still means to use)."""
-    import fcntl
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = out.parent / f".{out.name}.lock"
-    fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise EngineError(f"another export or build is writing {out} right now; wait for it to finish") from None
-        try:
-            yield
-        finally:
-            lock_path.unlink(missing_ok=True)
-    finally:
-        os.close(fd)
-
-
-def recover_interrupted(out: Path) -> None:
-    """Remove a killed writer's temp folders; if it died after moving the old engine aside but
-    before renaming the new one in, put the old engine back."""
-    olds = sorted(out.parent.glob(f".{out.name}.old-*"))
-    if olds and not out.exists():
-        os.replace(olds.pop(), out)
-    for stale in list(out.parent.glob(f".{out.name}.tmp-*")) + olds:
-        shutil.rmtree(stale, ignore_errors=True)
-
-
-def check_runtime(manifest: Mapping, kind: str, runtime_version: str | None, max_opset: int | None = None,
-                  device: str | None = None, folder: Path | str = "ENGINE") -> None:
-    """Refuse an engine this runtime cannot run faithfully: no artifact for it, an unknown exporter,
-    an opset above what the installed ONNX Runtime implements, a TensorRT plan built by another
-    TensorRT version, or an AOTInductor package compiled for another torch or device kind."""
-    section = RUNTIME_ARTIFACT[kind]
-    if section not in manifest:
-        if kind == "trt":
-            raise EngineError("the engine has no TensorRT plan; build it: amo-engine build ENGINE")
-        raise EngineError(f"the engine holds no {section} artifact for the {kind} runtime; re-export it with: "
-                          f"{reexport_command(manifest, folder, aoti=kind == 'aoti')}")
-    if kind == "aoti":
-        built, where = manifest["aoti"].get("torch"), manifest["aoti"].get("device")
-        if built != runtime_version:
-            raise EngineError(f"the AOTInductor package was compiled by torch {built}, this is torch {runtime_version}; "
-                              f"packages are version-specific: re-export it with: {reexport_command(manifest, folder)}")
-        if device is not None and where != torch_device_type(device):
-            raise EngineError(f"the AOTInductor package was compiled for {where}, not {device}: run it with --device "
-                              f"{where}, or re-export it with: "
-                              f"{reexport_command(manifest, folder, device=torch_device_type(device))}")
-        return
-    if kind == "trt":
-        built = manifest["trt"].get("version")
-        if built != runtime_version:
-            raise EngineError(f"the TensorRT plan was built with TensorRT {built}, this machine has {runtime_version}; "
-                              "plans are version-specific: rebuild it with amo-engine build")
-        return
-    exporter = manifest["onnx"].get("exporter")
-    if exporter not in ("dynamo", "torchscript"):
-        raise EngineError(f"the engine was made by an unknown exporter {exporter!r}; re-export it with: "
-                          f"{reexport_command(manifest, folder, exporter='dynamo')}")
-    opset = manifest["onnx"].get("opset", 0)
-    if max_opset is not None and opset > max_opset:
-        raise EngineError(f"the engine uses ONNX opset {opset} but onnxruntime {runtime_version} implements up to "
-                          f"{max_opset}; upgrade onnxruntime or re-export it with: "
-                          f"{reexport_command(manifest, folder, opset=max_opset)}")
-
-
-def torch_device_type(device: str) -> str:
-    """'cuda' for 'cuda:1', 'cpu' for 'cpu'."""
-    return str(device).split(":")[0]
-
-
-@contextlib.contextmanager
-def staging_dir(out: Path) -> Iterator[Path]:
-    """A temp folder beside ``out``; on success it replaces ``out`` whole, on failure it is removed
-    and any previous ``out`` stays untouched. Call it under ``export_lock``: it first clears what a
-    killed writer left (stale temp folders) and restores an engine caught between the two renames."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    recover_interrupted(out)
-    tmp = temp_dir_beside(out, f".{out.name}.tmp-")
-    try:
-        yield tmp
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    def to_json(self) -> dict:
+        """The format-2 JSON object (sections that are absent are left out)."""
+        out = {
+            "format": FORMAT_VERSION, "family": self.family, "model": self.model,
+            "weights_fingerprint": self.weights_fingerprint, "io": self.io.to_json(), "hook": _hook_to_json(self.hook),
+            "rows": self.rows, "images_per_call": self.images_per_call, "cfg_rows": self.cfg_rows,
+            "height": self.height, "width": self.width, "max_sequence_length": self.max_sequence_length,
+            "dtype": self.dtype, "graph": dict(self.graph), "versions": dict(self.versions),
+            "timings": dict(self.timings), "files": {n: dataclasses.asdict(r) for n, r in self.files.items()},
+        }
+        for name in ("onnx", "aoti", "trt", "default_backend"):
+            section = getattr(self, name)
+            if section is not None:
+                out[name] = dataclasses.asdict(section)
+        if self.stages:
+            out["stages"] = {name: stage.to_json() for name, stage in self.stages.items()}
+        return out

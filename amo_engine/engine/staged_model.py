@@ -30,8 +30,9 @@ def runs_on_stages(backend: str, engine) -> bool:
     if not engine.stages:
         return False
     if backend == "trt":
-        return all("trt" in engine.manifest["stages"][name] for name in engine.stages)
-    return backend == "ort" or (backend == "aoti" and engine.manifest.get("aoti", {}).get("weights") == "embedded")
+        return all(engine.manifest.stages[name].trt is not None for name in engine.stages)
+    return backend == "ort" or (backend == "aoti" and engine.manifest.aoti is not None
+                                and engine.manifest.aoti.weights == "embedded")
 
 
 def stage_runtime(backend: str) -> str:
@@ -123,7 +124,9 @@ def load_engine_model(model: str, engine, device: str = "cpu", cache_dir=None, r
     import transformers
 
     from amo_engine.engine.backends.ort import OrtBackend
-    from amo_engine.engine.manifest import EngineError, check_model_matches, reexport_command, weights_fingerprint
+    from amo_engine.engine.folder import check_model_matches, weights_fingerprint
+    from amo_engine.engine.hints import reexport_command
+    from amo_engine.engine.manifest import EngineError
     from amo_engine.model.folders import family_of_folder, resolve_folder
     from amo_engine.model.load import LoadedModel
     from amo_engine.model.presets import ModelSettings
@@ -162,10 +165,10 @@ def load_engine_model(model: str, engine, device: str = "cpu", cache_dir=None, r
             if name == "vae":
                 components[name] = VaeStandIn(backend, _config(folder, name), dtype, device)
             else:
-                kind = engine.manifest["stages"][name]["kind"]
+                kind = engine.manifest.stages[name].kind
                 components[name] = EncoderStandIn(backend, kind, _config(folder, name), dtype, device)
         elif name == "transformer":
-            components[name] = _StandIn(_config(folder, name), DTYPES[engine.manifest["dtype"]], device)
+            components[name] = _StandIn(_config(folder, name), DTYPES[engine.manifest.dtype], device)
         else:
             components[name] = None
     logger = diffusers.utils.logging.get_logger("diffusers.pipelines.pipeline_utils")

@@ -4,14 +4,15 @@ each IOSpec, strongly typed by default, one timing cache shared by the builds.""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from amo_engine.atomic import atomic_path
 from amo_engine.engine.backends.trt import import_tensorrt
-from amo_engine.engine.manifest import MANIFEST, ONNX_FILE, PLAN_FILE, EngineError, export_lock, file_records, manifest_spec, \
-    read_manifest, write_json_atomic
+from amo_engine.engine.folder import export_lock, file_records, read_manifest, write_manifest
+from amo_engine.engine.manifest import ONNX_FILE, PLAN_FILE, EngineError, Manifest, TrtSection
 from amo_engine.spec import IOSpec
 
 PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -36,20 +37,20 @@ def half_unsafe(family: str, kind: str) -> str | None:
     return HALF_UNSAFE.get(kind) or HALF_UNSAFE.get((family, kind))
 
 
-def stage_precisions(manifest: dict, precision: str, strongly_typed: bool) -> dict[str, str]:
+def stage_precisions(manifest: Manifest, precision: str, strongly_typed: bool) -> dict[str, str]:
     """The precision each exported stage builds in: the requested one, except that T5 and FLUX's VAE
     decoder stay in fp32 when fp16 is asked of a weakly typed build; a strongly typed build keeps the
     ONNX types, so float16 there is refused with the export that fixes it."""
     found = {}
-    for name, stage in manifest.get("stages", {}).items():
-        reason = half_unsafe(manifest["family"], stage["kind"])
-        if reason and strongly_typed and stage["io"]["outputs"][0]["dtype"] == "float16":
+    for name, stage in manifest.stages.items():
+        reason = half_unsafe(manifest.family, stage.kind)
+        if reason and strongly_typed and stage.io.outputs[0].dtype == "float16":
             raise ValueError(f"stage {name}: {reason}; export with --dtype bf16 (or fp32) and build again")
         found[name] = "fp32" if reason and precision == "fp16" else precision
     return found
 
 
-def build_plan(cfg: BuildConfig) -> dict:
+def build_plan(cfg: BuildConfig) -> Manifest:
     """Build ``model.plan`` next to ``model.onnx`` (and ``<stage>.plan`` for every stage exported
     with --stages) and record them in the manifest."""
     if cfg.precision not in PRECISIONS:
@@ -59,16 +60,15 @@ def build_plan(cfg: BuildConfig) -> dict:
     engine_dir = Path(cfg.engine_dir)
     manifest = read_manifest(engine_dir)
     trt = import_tensorrt()  # first: without TensorRT or a GPU nothing else matters
-    if cfg.strongly_typed and manifest["dtype"] != PRECISIONS[cfg.precision]:
+    if cfg.strongly_typed and manifest.dtype != PRECISIONS[cfg.precision]:
         raise ValueError(
-            f"a strongly typed engine keeps the ONNX types ({manifest['dtype']}); export with "
+            f"a strongly typed engine keeps the ONNX types ({manifest.dtype}); export with "
             f"--dtype {cfg.precision} or build with --weakly-typed"
         )
-    graphs = [(None, engine_dir / ONNX_FILE, manifest_spec(manifest), cfg.precision, PLAN_FILE)]
+    graphs = [(None, engine_dir / ONNX_FILE, manifest.io, cfg.precision, PLAN_FILE)]
     for name, precision in stage_precisions(manifest, cfg.precision, cfg.strongly_typed).items():
-        stage = manifest["stages"][name]
-        graphs.append((name, engine_dir / stage["onnx"]["file"], IOSpec.from_json(stage["io"]), precision,
-                       f"{name}.plan"))
+        stage = manifest.stages[name]
+        graphs.append((name, engine_dir / stage.onnx_file, stage.io, precision, f"{name}.plan"))
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     cache_bytes = cfg.timing_cache.read_bytes() if cfg.timing_cache and cfg.timing_cache.is_file() else b""
@@ -82,24 +82,19 @@ def build_plan(cfg: BuildConfig) -> dict:
             plan = _build_one(trt, builder, logger, onnx_path, spec, precision, cfg, cache)
             with atomic_path(engine_dir / plan_file) as tmp:
                 tmp.write_bytes(memoryview(plan))
-            record = {
-                "file": plan_file,
-                "version": trt.__version__,
-                "gpu": torch.cuda.get_device_name(),
-                "sm": "%d.%d" % torch.cuda.get_device_capability(),
-                "precision": precision,
-                "strongly_typed": cfg.strongly_typed,
-                "opt_level": cfg.opt_level,
-                "build_s": time.perf_counter() - start,
-            }
+            record = TrtSection(trt.__version__, torch.cuda.get_device_name(),
+                                "%d.%d" % torch.cuda.get_device_capability(), precision, cfg.strongly_typed,
+                                cfg.opt_level, time.perf_counter() - start, plan_file)
             if stage is None:
-                manifest["trt"] = record
+                manifest = manifest.replace(trt=record)
             else:
-                manifest["stages"][stage]["trt"] = record
+                stages = {**manifest.stages, stage: dataclasses.replace(manifest.stages[stage], trt=record)}
+                manifest = manifest.replace(stages=stages)
         if cfg.timing_cache:
             cfg.timing_cache.write_bytes(memoryview(cache.serialize()))
-        manifest["files"] = file_records(engine_dir)
-        write_json_atomic(engine_dir / MANIFEST, manifest)
+        # the graphs were hashed once when the manifest was read; only the new plans are hashed here
+        manifest = manifest.replace(files={**manifest.files, **file_records(engine_dir, [g[-1] for g in graphs])})
+        write_manifest(engine_dir, manifest)
     return manifest
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from amo_engine.engine.backends import open_backend
-from amo_engine.engine.manifest import Engine, open_engine
-from amo_engine.spec import sample_feeds
+from amo_engine.engine.folder import Engine, open_engine
+from amo_engine.model.inputs import sample_feeds
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def stage_parity(model, engine: Engine) -> dict[str, float]:
     from amo_engine.model.stages import pipeline_stages
 
     m = engine.manifest
-    eager = pipeline_stages(model.pipe, m["images_per_call"], m["height"], m["width"], m["max_sequence_length"])
+    eager = pipeline_stages(model.pipe, m.images_per_call, m.height, m.width, m.max_sequence_length)
     errors = {}
     for name in engine.stages:
         module, _ = eager[name]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from amo_engine.atomic import atomic_path
 from amo_engine.eval.metrics import mcnemar_exact
+from amo_engine.rules import SAMPLERS
 
 SAMPLER_ORDER = {"euler": 0, "overshoot": 1, "amo": 2}
 BINARY = ("exact", "texture_right", "image_right")  # the last two on textured models only
@@ -213,7 +214,7 @@ def plot(summary: list[dict], path: Path) -> None:
     settings = sorted({(s["steps"], s["c"]) for s in summary if s["in_vocab"] and s["sampler"] != "euler"})
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), dpi=100)
     width = 0.8 / 3
-    for k, sampler in enumerate(("euler", "overshoot", "amo")):
+    for k, sampler in enumerate(SAMPLERS):
         xs = [i + (k - 1) * width for i in range(len(settings))]
         for ax, (field, _, scale) in zip(axes, panels):
             values = []
@@ -294,7 +295,7 @@ def grid(rows: list[dict], out_dir: Path, path: Path, steps: int, c: float, seed
         return
     words = _pick_words(rows, n_words)
     columns = []
-    for sampler in ("euler", "overshoot", "amo"):
+    for sampler in SAMPLERS:
         cells = {r["word"]: r for r in rows if r["sampler"] == sampler}
         if cells:
             columns.append((sampler if sampler == "euler" else f"{sampler}, c = {c:g}", cells))

@@ -16,6 +16,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from amo_engine.rules import SAMPLERS, check_sampler
+
 ROWS_FILE = "rows.jsonl"
 DEFAULT_TEMPLATE = "A sign that says '{word}'"
 
@@ -28,7 +30,7 @@ class EvalConfig:
     max_words: int | None = None
     seeds: int = 3
     first_seed: int = 0  # seeds first_seed .. first_seed + seeds - 1 (a split of seeds apart from the report's)
-    samplers: tuple[str, ...] = ("euler", "overshoot", "amo")
+    samplers: tuple[str, ...] = SAMPLERS
     c: float = 2.0
     steps: int = 28
     guidance: float | None = None
@@ -42,11 +44,8 @@ class EvalConfig:
     _word_list: list[str] = field(default_factory=list, repr=False)
 
     def validate(self) -> None:
-        from amo_engine.rules import SAMPLERS
-
-        bad = [s for s in self.samplers if s not in SAMPLERS]
-        if bad:
-            raise ValueError(f"unknown sampler(s) {bad}; choose from {', '.join(SAMPLERS)}")
+        for sampler in self.samplers:
+            check_sampler(sampler)
         if self.seeds < 1 or self.steps < 1 or self.batch < 1 or self.first_seed < 0:
             raise ValueError("--seeds, --steps and --batch must be >= 1, --first-seed >= 0")
         if not self.c >= 0:
@@ -54,7 +53,7 @@ class EvalConfig:
         if self.words not in ("train", "held-out") and not Path(self.words).is_file():
             raise ValueError(f"--words takes train, held-out or a file of words; {self.words} is none of these")
         if self.backend != "eager" and self.engine is None:
-            from amo_engine.engine.manifest import engine_folder_for, export_command
+            from amo_engine.engine.hints import engine_folder_for, export_command
 
             raise ValueError(f"--backend {self.backend} needs --engine DIR, exported with: "
                              f"{export_command(self.model, engine_folder_for(self.model), batch=self.batch)}")
@@ -102,7 +101,7 @@ def run_eval(cfg: EvalConfig) -> Path:
     """Generate, OCR and append rows; returns the rows file."""
     from amo_engine.model.backbone import HookConfig
     from amo_engine.engine.backends import open_backend
-    from amo_engine.engine.manifest import open_engine
+    from amo_engine.engine.folder import open_engine
     from amo_engine.model.load import load_model
     from amo_engine.ocr import Reader
     from amo_engine.pipeline.generate import AmoPipeline

@@ -3,26 +3,28 @@ returning (velocity, attn), and with the modulation inputs also ``group_attn`` [
 entity group's map, beside AMO's span map). The same module runs eagerly and is what gets exported.
 
 ``HookConfig`` says what the hook adds to the graph: the AMO score tap (always; ``hooked_blocks``
-and ``max_span_tokens``) and, with ``kv_swap``, Paper A's text K/V swap inputs ``kv_donor_index``
-[B] int64 and ``kv_swap_gate`` [n_blocks] float, whose identity values (arange(B), zeros)
-reproduce the plain backbone.
+and ``max_span_tokens``) and the optional input groups declared in ``inputs.py`` (``kv_swap``:
+Paper A's text K/V swap; ``modulation``: Paper B's knobs), whose identity fills reproduce the
+plain backbone.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import nn
 
 from amo_engine.model.attention import CONTEXT_KEY, CallContext, ContextFreeProcessor, GroupTap, JointAttnProcessor, KvSwap, SpanTap
-from amo_engine.model.modulation import KNOBS, Modulation
+from amo_engine.model.inputs import GROUPS, KV_SWAP, MODULATION
+from amo_engine.model.modulation import Modulation
 from amo_engine.spec import IOSpec, TensorSpec, dtype_name
 
+if TYPE_CHECKING:
+    from amo_engine.model.families.base import Family
 
-KV_SWAP_INPUTS = ("kv_donor_index", "kv_swap_gate")  # [B] int64, [n_blocks]
 
 
 @dataclass(frozen=True)
@@ -32,11 +34,12 @@ class HookConfig:
 
     hooked_blocks: tuple[int, ...] | None = None  # None: every joint (SD3) / double-stream (FLUX) block
     max_span_tokens: int = 64  # fixed S of the side branch; longer spans are cut (pipeline warns)
-    kv_swap: bool = False  # graph inputs kv_donor_index [B] and kv_swap_gate [n_blocks]
-    modulation: bool = False  # graph inputs of Paper B's knobs (modulation.py), MODULATION_INPUTS
+    kv_swap: bool = False  # the graph takes inputs.KV_SWAP (text K/V swap)
+    modulation: bool = False  # the graph takes inputs.MODULATION (Paper B's knobs, modulation.py)
     max_groups: int = 4  # G of the group one-hots
     modulation_path: str = "split"  # modulation.py: split (two SDPA calls) | augmented | explicit
     modulation_blocks: tuple[int, ...] | None = None  # joint blocks that modulate (None: all); others stay plain
+    score_tap: bool = True  # False: no span_mask input and no attn output (the stock graph, for pricing the tap)
 
 
 def resolve_blocks(n_blocks: int, hooked: Sequence[int] | None) -> tuple[int, ...]:
@@ -112,24 +115,34 @@ class _Backbone(nn.Module):
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        """What forward returns, in order: velocity, attn, and group_attn with the modulation inputs."""
-        return ("velocity", "attn", "group_attn") if self.hook.modulation else ("velocity", "attn")
+        """What forward returns, in order: velocity, attn (with the score tap), group_attn (with the modulation inputs)."""
+        return ("velocity", *(t.name for t in self._tap_specs()))
 
-    def _run(self, span_mask: torch.Tensor, hook_inputs: dict, **model_inputs) -> tuple[torch.Tensor, ...]:
-        """One call: the hook's inputs (``KV_SWAP_INPUTS``, ``KNOBS``; each group all or none) become
-        the call's context; ``model_inputs`` go to the transformer. Returns ``output_names``' tensors."""
-        unknown = sorted(set(hook_inputs) - set(KV_SWAP_INPUTS) - set(KNOBS))
+    def _run(self, span_mask: torch.Tensor | None, hook_inputs: dict, **model_inputs) -> tuple[torch.Tensor, ...]:
+        """One call: the hook's inputs (``inputs.GROUPS``; each group all or none, and exactly the
+        groups this backbone was built with) become the call's context; ``model_inputs`` go to the
+        transformer. Returns ``output_names``' tensors."""
+        known = [name for group in GROUPS for name in group.names]
+        unknown = sorted(set(hook_inputs) - set(known))
         if unknown:
-            raise TypeError(f"unexpected backbone inputs {unknown}; the hook takes {KV_SWAP_INPUTS + KNOBS}")
-        swap, knobs = (_all_or_none(hook_inputs, names, label) for names, label in
-                       ((KV_SWAP_INPUTS, "kv_donor_index and kv_swap_gate"), (KNOBS, "the modulation inputs")))
-        if swap and tuple(swap["kv_swap_gate"].shape) != (self.n_joint_blocks,):
-            raise ValueError(f"kv_swap_gate has shape {tuple(swap['kv_swap_gate'].shape)}; this model takes one gate "
-                             f"per joint block: ({self.n_joint_blocks},)")
-        if bool(knobs) != self.hook.modulation:
-            raise ValueError("this backbone was built " + ("with" if self.hook.modulation else "without")
-                             + " the modulation inputs; give " + ("all of them" if self.hook.modulation else "none"))
-        ctx = CallContext(SpanTap.for_call(span_mask, self.hook.max_span_tokens, self.hooked_blocks),
+            raise TypeError(f"unexpected backbone inputs {unknown}; the hook takes {known}")
+        given = {group.switch: _all_or_none(hook_inputs, group) for group in GROUPS}
+        for group in GROUPS:
+            if bool(given[group.switch]) != group.enabled(self.hook):
+                raise ValueError(f"this backbone was built {'with' if group.enabled(self.hook) else 'without'} "
+                                 f"{group.title}; give {'all of them' if group.enabled(self.hook) else 'none'}")
+            for spec in group.specs(self.n_joint_blocks, self.hook.max_groups):
+                fixed = [(i, d) for i, d in enumerate(spec.shape) if isinstance(d, int)]
+                value = given[group.switch].get(spec.name)
+                if value is not None and any(value.shape[i] != d for i, d in fixed):
+                    raise ValueError(f"{spec.name} has shape {tuple(value.shape)}; this model takes {spec.shape} "
+                                     f"(it has {self.n_joint_blocks} joint blocks)")
+        if (span_mask is not None) != self.hook.score_tap:
+            raise ValueError("this backbone was built " + ("with the score tap: give span_mask" if self.hook.score_tap
+                                                          else "without the score tap: give no span_mask"))
+        swap, knobs = given[KV_SWAP.switch], given[MODULATION.switch]
+        ctx = CallContext(SpanTap.for_call(span_mask, self.hook.max_span_tokens, self.hooked_blocks)
+                          if span_mask is not None else None,
                           KvSwap(swap["kv_donor_index"], swap["kv_swap_gate"]) if swap else None,
                           Modulation(**knobs, path=self.hook.modulation_path, blocks=self.modulation_blocks)
                           if knobs else None,
@@ -137,36 +150,28 @@ class _Backbone(nn.Module):
         with hooked(self.transformer, self.family, self._processors, self._rope):
             velocity = self.transformer(**model_inputs, **{self.family.attention_kwargs_name: {CONTEXT_KEY: ctx}},
                                         return_dict=False)[0]
-        if ctx.group_taps is not None:
-            return velocity, ctx.taps.finish(), ctx.group_taps.finish()
-        return velocity, ctx.taps.finish()
+        maps = [tap.finish() for tap in (ctx.taps, ctx.group_taps) if tap is not None]
+        return (velocity, *maps)
 
     def _ranges(self) -> dict[str, tuple[float, float]]:
         """Input value ranges for the IOSpec: the timestep of sigma 0..1 under the family's rule."""
         return {"timestep": (0.0, self.family.timestep(1.0, self.family.reference_scheduler))}
 
-    def _kv_swap_specs(self) -> list[TensorSpec]:
-        if not self.hook.kv_swap:
-            return []
-        return [TensorSpec("kv_donor_index", "int64", ("batch",)),
-                TensorSpec("kv_swap_gate", "float32", (self.n_joint_blocks,))]
+    def _span_mask_spec(self, dt: str) -> tuple[TensorSpec, ...]:
+        return (TensorSpec("span_mask", dt, ("batch", "text_len")),) if self.hook.score_tap else ()
 
-    def _modulation_specs(self) -> list[TensorSpec]:
-        if not self.hook.modulation:
-            return []
-        n, g = self.n_joint_blocks, self.hook.max_groups
-        return [TensorSpec("quadrant_scale", "float32", (n, 4)),
-                TensorSpec("text_bias", "float32", ("batch", "text_len")),
-                TensorSpec("text_groups", "float32", ("batch", "text_len", g)),
-                TensorSpec("image_groups", "float32", ("batch", "image_tokens", g)),
-                TensorSpec("group_gate", "float32", (n,))]
+    def _hook_input_specs(self) -> list[TensorSpec]:
+        """The inputs of the groups this hook adds (``inputs.GROUPS``), at this model's block count."""
+        return [spec for group in GROUPS if group.enabled(self.hook)
+                for spec in group.specs(self.n_joint_blocks, self.hook.max_groups)]
 
     def _tap_specs(self) -> tuple[TensorSpec, ...]:
-        """The score outputs: AMO's span map, and the entity groups' maps with the modulation inputs."""
-        attn = TensorSpec("attn", "float32", ("batch", "image_tokens"))
+        """The score outputs: AMO's span map (with the score tap), and the entity groups' maps with the
+        modulation inputs."""
+        attn = (TensorSpec("attn", "float32", ("batch", "image_tokens")),) if self.hook.score_tap else ()
         if not self.hook.modulation:
-            return (attn,)
-        return attn, TensorSpec("group_attn", "float32", ("batch", self.hook.max_groups, "image_tokens"))
+            return attn
+        return *attn, TensorSpec("group_attn", "float32", ("batch", self.hook.max_groups, "image_tokens"))
 
     @property
     def config(self):
@@ -194,9 +199,8 @@ class _Backbone(nn.Module):
                 TensorSpec("hidden_states", dt, ("batch", cfg.in_channels, "latent_h", "latent_w")),
                 *conditioning(dt),
                 TensorSpec("timestep", dt, ("batch",)),
-                TensorSpec("span_mask", dt, ("batch", "text_len")),
-                *self._kv_swap_specs(),
-                *self._modulation_specs(),
+                *self._span_mask_spec(dt),
+                *self._hook_input_specs(),
             ),
             outputs=(
                 TensorSpec("velocity", dt, ("batch", cfg.out_channels, "latent_h", "latent_w")),
@@ -218,8 +222,8 @@ class SD3Backbone(_Backbone):
         encoder_hidden_states: torch.Tensor,  # [B, T, D_txt]
         pooled_projections: torch.Tensor,  # [B, P]
         timestep: torch.Tensor,  # [B] in the scheduler's 0..1000 scale
-        span_mask: torch.Tensor,  # [B, T] 1 on quoted-text tokens
-        **hook_inputs: torch.Tensor,  # KV_SWAP_INPUTS (HookConfig.kv_swap), KNOBS (HookConfig.modulation)
+        span_mask: torch.Tensor | None = None,  # [B, T] 1 on quoted-text tokens (with the score tap)
+        **hook_inputs: torch.Tensor,  # the groups of inputs.GROUPS that the HookConfig adds
     ) -> tuple[torch.Tensor, ...]:
         return self._run(
             span_mask,
@@ -259,9 +263,9 @@ class FluxBackbone(_Backbone):
         timestep: torch.Tensor,  # [B] sigma in [0, 1]
         img_ids: torch.Tensor,  # [N_img, 3]
         txt_ids: torch.Tensor,  # [T, 3]
-        span_mask: torch.Tensor,  # [B, T]
+        span_mask: torch.Tensor | None = None,  # [B, T] (with the score tap)
         guidance: torch.Tensor | None = None,  # [B] (guidance-distilled models only)
-        **hook_inputs: torch.Tensor,  # KV_SWAP_INPUTS (HookConfig.kv_swap), KNOBS (HookConfig.modulation)
+        **hook_inputs: torch.Tensor,  # the groups of inputs.GROUPS that the HookConfig adds
     ) -> tuple[torch.Tensor, ...]:
         return self._run(
             span_mask,
@@ -289,11 +293,11 @@ class FluxBackbone(_Backbone):
             TensorSpec("timestep", dt, ("batch",)),
             TensorSpec("img_ids", "float32", ("image_tokens", 3)),
             TensorSpec("txt_ids", "float32", ("text_len", 3)),
-            TensorSpec("span_mask", dt, ("batch", "text_len")),
+            *self._span_mask_spec(dt),
         ]
         if self.has_guidance:
             inputs.append(TensorSpec("guidance", dt, ("batch",)))
-        inputs += self._kv_swap_specs() + self._modulation_specs()
+        inputs += self._hook_input_specs()
         return IOSpec(
             inputs=tuple(inputs),
             outputs=(
@@ -316,8 +320,8 @@ class AuraFlowBackbone(_Backbone):
         hidden_states: torch.Tensor,  # [B, C, h, w] latents
         encoder_hidden_states: torch.Tensor,  # [B, T_prompt, D_txt]
         timestep: torch.Tensor,  # [B] sigma in [0, 1]
-        span_mask: torch.Tensor,  # [B, registers + T_prompt]; register positions 0
-        **hook_inputs: torch.Tensor,  # KV_SWAP_INPUTS (HookConfig.kv_swap), KNOBS (HookConfig.modulation)
+        span_mask: torch.Tensor | None = None,  # [B, registers + T_prompt]; register positions 0 (score tap)
+        **hook_inputs: torch.Tensor,  # the groups of inputs.GROUPS that the HookConfig adds
     ) -> tuple[torch.Tensor, ...]:
         return self._run(span_mask, hook_inputs, hidden_states=hidden_states,
                          encoder_hidden_states=encoder_hidden_states, timestep=timestep)
@@ -332,9 +336,9 @@ class AuraFlowBackbone(_Backbone):
         ), {"text_len": text_len, "prompt_len": text_len - registers})
 
 
-def _all_or_none(inputs: dict, names: tuple[str, ...], label: str) -> dict:
-    """``names`` from ``inputs`` (None counts as absent): all of them, or none (an empty dict)."""
-    given = {n: inputs[n] for n in names if inputs.get(n) is not None}
-    if given and len(given) != len(names):
-        raise ValueError(f"{label} go together: give all of {', '.join(names)} or none")
+def _all_or_none(inputs: dict, group) -> dict:
+    """``group``'s tensors from ``inputs`` (None counts as absent): all of them, or none (an empty dict)."""
+    given = {n: inputs[n] for n in group.names if inputs.get(n) is not None}
+    if given and len(given) != len(group.names):
+        raise ValueError(f"{group.title} go together: give all of {', '.join(group.names)} or none")
     return given

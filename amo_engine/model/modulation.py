@@ -30,7 +30,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-KNOBS = ("quadrant_scale", "text_bias", "text_groups", "image_groups", "group_gate")  # graph inputs, as below
 GROUP_PENALTY = 1e4  # logit penalty from a patch to another group's tokens: exp(-1e4) is 0 in float32
 
 

@@ -24,9 +24,10 @@ from amo_engine.engine.backends.eager import EagerBackend
 from amo_engine.pipeline.text_swap import TextSwap, with_text_swap
 from amo_engine.pipeline.plans import ModulationPlan, group_masks, with_modulation
 from amo_engine.model.families import Denoise, DenoiseInputs
+from amo_engine.model.inputs import GROUPS, KV_SWAP, MODULATION
 from amo_engine.model.load import LoadedModel
 from amo_engine.prompts import TextLayout, find_quoted_spans
-from amo_engine.rules import SAMPLERS, check_size
+from amo_engine.rules import check_count, check_sampler, check_size, check_strength
 from amo_engine.samplers import sample_amo, sample_euler, sample_overshoot
 
 
@@ -82,14 +83,10 @@ def validate(cfg: GenerateConfig, patch_factor: int, largest: int | None = None)
     """Refuse a request this model cannot run (``largest``: the most pixels a side it draws)."""
     if not cfg.prompts or any(not isinstance(p, str) for p in cfg.prompts):
         raise ValueError("prompts must be a non-empty list of strings")
-    if cfg.sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {cfg.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    if cfg.steps < 1:
-        raise ValueError(f"steps must be >= 1, got {cfg.steps}")
-    if not cfg.c >= 0:
-        raise ValueError(f"c must be >= 0, got {cfg.c}")
-    if cfg.num_images_per_prompt < 1:
-        raise ValueError("num_images_per_prompt must be >= 1")
+    check_sampler(cfg.sampler)
+    check_count("steps", cfg.steps)
+    check_strength("c", cfg.c)
+    check_count("num_images_per_prompt", cfg.num_images_per_prompt)
     if cfg.text_swap is not None and cfg.num_images_per_prompt != 1:
         raise ValueError("a text swap pairs images one to one: use num_images_per_prompt=1")
     if not isinstance(cfg.seed, int):
@@ -97,8 +94,8 @@ def validate(cfg: GenerateConfig, patch_factor: int, largest: int | None = None)
             raise ValueError("a text swap seeds its noise groups from one seed: pass seed as an int")
         if len(cfg.seed) != len(cfg.prompts) or any(not isinstance(s, int) for s in cfg.seed):
             raise ValueError(f"seed must be an int or one int per prompt ({len(cfg.prompts)}), got {cfg.seed!r}")
-    if cfg.pad_images_to is not None and cfg.pad_images_to < 1:
-        raise ValueError(f"pad_images_to must be >= 1, got {cfg.pad_images_to}")
+    if cfg.pad_images_to is not None:
+        check_count("pad_images_to", cfg.pad_images_to)
     check_size(cfg.width, cfg.height, patch_factor, largest)
 
 
@@ -188,7 +185,7 @@ class AmoPipeline:
         self.family = model.family
         self.hook = hook
         self._backend = backend
-        self._eager: dict[tuple, EagerBackend] = {}  # eager backbones by (kv_swap, modulation)
+        self._eager: dict[frozenset, EagerBackend] = {}  # eager backbones by their input groups (inputs.GROUPS)
 
     # ------------------------------------------------------------ model facts
 
@@ -214,52 +211,62 @@ class AmoPipeline:
         rows = spec.dims["batch"]
         return rows // per_image if rows % per_image == 0 else None
 
-    def backbone(self, kv_swap: bool = False, modulation: bool = False):
-        """The eager backbone, with the K/V swap or modulation inputs when the engine or the request has them."""
-        return self._eager_backend(kv_swap, modulation).backbone
+    def backbone(self, groups: frozenset[str] = frozenset()):
+        """The eager backbone with the input groups (``inputs.GROUPS`` switches, e.g. {"kv_swap"}) that
+        the request needs, besides those the hook has."""
+        return self._eager_backend(groups).backbone
 
-    def _eager_backend(self, kv_swap: bool, modulation: bool) -> EagerBackend:
-        key = (kv_swap or self.hook.kv_swap, modulation or self.hook.modulation)
+    def _eager_backend(self, groups: frozenset[str]) -> EagerBackend:
+        key = frozenset(groups) | {g.switch for g in GROUPS if g.enabled(self.hook)}
         if key not in self._eager:
-            hook = dataclasses.replace(self.hook, kv_swap=key[0], modulation=key[1])
+            hook = dataclasses.replace(self.hook, **{g.switch: g.switch in key for g in GROUPS})
             backbone = self.family.backbone(self.pipe.transformer, hook, self.pipe.vae_scale_factor)
             self._eager[key] = EagerBackend(backbone)
         return self._eager[key]
 
-    def _backend_for(self, height: int, width: int, images: int, kv_swap: bool = False, modulation: bool = False,
+    def _backend_for(self, height: int, width: int, images: int, groups: frozenset[str] = frozenset(),
                      max_sequence_length: int | None = None):
-        """``(rows, text_len) -> (IOSpec, backend)`` for one request: the eager backbone, or the
-        engine after checking that its fixed shapes and inputs fit."""
+        """``(rows, text_len) -> (IOSpec, backend, feeds)`` for one request needing input ``groups``:
+        the eager backbone or the engine (after checking that its fixed shapes and inputs fit), and
+        its input buffers, the same tensors for every request of this shape, with the hook's input
+        groups back at their identity fills (the request's text swap or modulation then writes its own)."""
 
         def open_for(rows: int, text_len: int):
-            backbone = self.backbone(kv_swap, modulation)
+            spec, backend = choose(rows, text_len)
+            feeds = backend.input_buffers(spec, self.device)
+            spec.refill(feeds, [name for group in GROUPS if group.present_in(spec) for name in group.names])
+            return spec, backend, feeds
+
+        def choose(rows: int, text_len: int):
+            backbone = self.backbone(groups)
             spec = backbone.io_spec(rows, height, width, text_len, self.pipe.transformer.dtype)
             if self._backend is None:
-                return spec, self._eager_backend(kv_swap, modulation)
+                return spec, self._eager_backend(groups)
             have = self._backend.spec
             if have is None:  # runs any shape: the eager backbone, with the inputs this request needs
                 given = getattr(getattr(self._backend, "backbone", None), "hook", None)
-                if given is not None and ((kv_swap and not given.kv_swap) or (modulation and not given.modulation)):
-                    return spec, self._eager_backend(kv_swap, modulation)
+                if given is not None and any(not g.enabled(given) for g in GROUPS if g.switch in groups):
+                    return spec, self._eager_backend(groups)
                 return spec, self._backend
             engine = getattr(self._backend, "engine", None)
 
             def reexport(**changes) -> str:  # the engine's own export command with what this request needs
                 if engine is None:  # a backend without an engine folder: no command to name
                     return "amo-engine export with what this request needs"
-                from amo_engine.engine.manifest import reexport_command
+                from amo_engine.engine.hints import reexport_command
 
                 return reexport_command(engine.manifest, engine.folder, self.model.source, **changes)
 
-            if kv_swap and "kv_donor_index" not in have.input_names:
-                kept = engine.manifest.get("images_per_call", 1) if engine is not None else 1
-                raise ValueError("this engine was exported without the text K/V swap inputs: re-export it with: "
-                                 + reexport(kv_swap=True, batch=max(images, kept)))
-            if modulation and "quadrant_scale" not in have.input_names:
-                raise ValueError("this engine was exported without the attention-modulation inputs: re-export it "
-                                 "with: " + reexport(modulation=True))
+            if "attn" not in have.output_names:  # the stock graph the bench prices the tap against
+                raise ValueError("this engine was exported without the score tap, which every sampler here reads: "
+                                 "re-export it with: " + reexport())  # export always adds the tap
+            for group in GROUPS:
+                if group.switch in groups and not group.present_in(have):
+                    kept = engine.manifest.images_per_call if engine is not None else 1
+                    raise ValueError(f"this engine was exported without {group.title}: re-export it with: "
+                                     + reexport(**{group.switch: True}, batch=max(images, kept)))
             mismatch = [n for n in spec.input_names if n not in have.input_names or have.shape(n) != spec.shape(n)]
-            drawn = (engine.manifest.get("width"), engine.manifest.get("height")) if engine is not None else None
+            drawn = (engine.manifest.width, engine.manifest.height) if engine is not None else None
             if mismatch and drawn is not None and drawn != (width, height):
                 raise ValueError(f"the engine draws {drawn[0]}x{drawn[1]} px, this request asks {width}x{height}: ask "
                                  f"for --size {drawn[0]}x{drawn[1]}, or export one for this size: "
@@ -319,10 +326,10 @@ class AmoPipeline:
         generator = [torch.Generator(self.device).manual_seed(s) for s in seeds]  # one per row
         inputs = DenoiseInputs(prompts, cfg.negative_prompt, span_mask, height, width, max_seq, guidance, generator,
                                cfg.latents)
+        needed = frozenset(g.switch for g, wanted in ((KV_SWAP, swap is not None), (MODULATION, plan is not None)) if wanted)
         start = time.perf_counter()
         loop = self.family.prepare(self.pipe, inputs,
-                                   self._backend_for(height, width, len(prompts), swap is not None, plan is not None,
-                                                     max_seq))
+                                   self._backend_for(height, width, len(prompts), needed, max_seq))
         sigmas = self.family.sigmas(self.pipe.scheduler.config, cfg.steps, loop.image_tokens)
         if swap is not None:
             loop = with_text_swap(loop, swap, len(prompts), sigmas)

@@ -64,7 +64,7 @@ def open_pipeline(rt: Runtime) -> Iterator:
 
     engine = None
     if rt.backend != "eager":
-        from amo_engine.engine.manifest import open_engine
+        from amo_engine.engine.folder import open_engine
 
         engine = open_engine(rt.engine, model_name=rt.model)
         hook = engine_hook(rt, engine)

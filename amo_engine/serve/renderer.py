@@ -76,11 +76,11 @@ class Renderer:
                              f"{engine_batch} (export an engine with --batch {batch} for {batch})")
         self.batch = engine_batch or batch or 1
         if rt.engine is not None:  # an engine renders its one size and text length
-            from amo_engine.engine.manifest import read_manifest
+            from amo_engine.engine.folder import read_manifest
 
             manifest = read_manifest(rt.engine, check_hashes=False)
-            height, width = manifest["height"], manifest["width"]
-            self.max_sequence_length = manifest["max_sequence_length"]
+            height, width = manifest.height, manifest.width
+            self.max_sequence_length = manifest.max_sequence_length
         else:
             height, width = model.default_size
             self.max_sequence_length = None

@@ -10,7 +10,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from amo_engine.rules import SAMPLERS, parse_size
+from amo_engine.rules import check_sampler, parse_size
 
 OPENAI_IGNORED = ("model", "user", "quality", "style")  # OpenAI fields clients send that change nothing here
 MAX_PROMPT_CHARS = 2000
@@ -106,8 +106,10 @@ def parse_request(body: bytes, limits: Limits, content_length: int | None = None
     if fmt != "b64_json":
         raise BadRequest(400, f"response_format {fmt!r} is not served: use \"b64_json\" (images come inline)")
     sampler = data.get("sampler", "amo")
-    if sampler not in SAMPLERS:
-        raise BadRequest(400, f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
+    try:
+        check_sampler(sampler)
+    except ValueError as err:
+        raise BadRequest(400, str(err)) from None
     steps = _integer(data, "steps", limits.default_steps, 1, limits.max_steps)
     seed = _integer(data, "seed", 0, 0, MAX_SEED)
     c = _number(data, "c", 2.0, 0.0, 10.0)

@@ -5,6 +5,7 @@ Contract::
 
     backend.spec: IOSpec | None          # the fixed shapes an engine takes; None: any (eager)
     backend(feeds: Mapping[str, Tensor]) -> Mapping[str, Tensor]   # "velocity", "attn"
+    backend.input_buffers(spec, device)  # the feeds for ``spec``: the same tensors every request
     backend.close()                      # also: ``with open_backend(...) as backend:``
 
 Feeds stay on the device; returned tensors belong to the backend and are overwritten by the next
@@ -41,7 +42,7 @@ def open_backend(kind: str, engine=None, model=None, hook=None, device: str = "c
         return EagerBackend(model.family.backbone(pipe.transformer, hook or HookConfig(), pipe.vae_scale_factor))
     if engine is None:
         raise ValueError(f"the {kind} backend runs an engine: pass --engine DIR")
-    from amo_engine.engine.manifest import Engine, check_runtime, open_engine
+    from amo_engine.engine.folder import Engine, check_runtime, open_engine
 
     if not isinstance(engine, Engine):
         engine = open_engine(engine, model)

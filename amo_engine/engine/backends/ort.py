@@ -16,7 +16,7 @@ from typing import Mapping
 
 import torch
 
-from amo_engine.engine.manifest import Engine
+from amo_engine.engine.folder import Engine
 from amo_engine.engine.backends.base import ClosingBackend
 from amo_engine.errors import BackendUnavailable
 

@@ -8,7 +8,9 @@ from typing import Mapping
 
 import torch
 
-from amo_engine.engine.manifest import Engine, EngineError
+from amo_engine.engine.folder import Engine
+
+from amo_engine.engine.manifest import EngineError
 from amo_engine.engine.backends.base import ClosingBackend
 from amo_engine.errors import BackendUnavailable
 

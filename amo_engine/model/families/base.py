@@ -135,7 +135,8 @@ class Family:
 
     def prepare(self, pipe, inputs: DenoiseInputs, backend_for: Callable) -> Denoise:
         """Encode prompts, allocate feeds once, draw the noise, and return the loop's velocity function.
-        ``backend_for(rows, text_len) -> (IOSpec, backend)`` gives the feeds' spec and what runs them."""
+        ``backend_for(rows, text_len) -> (IOSpec, backend, feeds)`` gives the feeds' spec, what runs
+        them, and the input buffers (kept across requests; the loop writes the model's inputs)."""
         raise NotImplementedError
 
     def decode(self, pipe, latents, height: int, width: int) -> list:
@@ -165,11 +166,11 @@ def guided_loop(family: Family, pipe, inputs: DenoiseInputs, backend_for: Callab
     device, dtype = pipe.transformer.device, pipe.transformer.dtype
     images = len(inputs.prompts)
     rows = family.rows(images, cfg_rows)
-    spec, backend = backend_for(rows, text_len)
-    feeds = spec.allocate("inputs", device)
+    spec, backend, feeds = backend_for(rows, text_len)
     for name, value in text_feeds.items():
         feeds[name].copy_(value)
-    feeds["span_mask"][rows - images :].copy_(inputs.span_mask)  # cond rows only; uncond rows stay 0
+    feeds["span_mask"][: rows - images].zero_()  # uncond rows read no span
+    feeds["span_mask"][rows - images :].copy_(inputs.span_mask)
     latents = pipe.prepare_latents(images, pipe.transformer.config.in_channels, inputs.height, inputs.width,
                                    dtype, device, inputs.generator, inputs.latents)  # [B, C, H/f, W/f]
     image_tokens = spec.dims["image_tokens"]

@@ -53,11 +53,10 @@ class FluxFamily(Family):
             embeds, pooled, text_ids = pipe.encode_prompt(prompt=list(inputs.prompts), prompt_2=None, device=device,
                                                           num_images_per_prompt=1,
                                                           max_sequence_length=inputs.max_sequence_length)
-        spec, backend = backend_for(self.rows(images, False), embeds.shape[1])
+        spec, backend, feeds = backend_for(self.rows(images, False), embeds.shape[1])
         latents, image_ids = pipe.prepare_latents(images, pipe.transformer.config.in_channels // 4, inputs.height,
                                                   inputs.width, dtype, device, inputs.generator, inputs.latents)
         # latents [B, N, 64], image_ids [N, 3]
-        feeds = spec.allocate("inputs", device)
         feeds["encoder_hidden_states"].copy_(embeds)
         feeds["pooled_projections"].copy_(pooled)
         feeds["img_ids"].copy_(image_ids)
