@@ -154,8 +154,8 @@ def test_default_cpu_engine_is_measured_on_request_and_picked_by_auto(flux_aoti,
     assert main(["inspect", str(folder), "--measure", "--cache-dir", str(preset_cache)]) == 0
     manifest = read_manifest(folder)
     record = manifest.default_backend
-    assert record.backend in ("ort", "aoti") and record.machine == default_backend.machine()
-    assert set(record.p50_ms) == {"ort", "aoti"} and min(record.p50_ms.values()) > 0
+    assert record.backend in ("ort", "aoti", "openvino") and record.machine == default_backend.machine()
+    assert set(record.p50_ms) >= {"ort", "aoti"} and min(record.p50_ms.values()) > 0
     assert record.p50_ms[record.backend] == min(record.p50_ms.values())
     assert default_backend.resolve(manifest) == (record.backend, None)
     elsewhere = manifest.replace(default_backend=dataclasses.replace(record, backend="aoti", machine="another CPU"))

@@ -15,14 +15,18 @@ from amo_engine.bench.cpu import BenchConfig, run_bench
 
 @pytest.mark.slow
 def test_bench_smoke_writes_jsonl_table_and_plot(tmp_path):
+    import importlib.util
+
     from amo_engine.engine.aoti import cpp_compiler
 
     have_aoti = cpp_compiler() is not None
+    have_openvino = importlib.util.find_spec("openvino") is not None
     rows = run_bench(BenchConfig("tiny-flux", calls=2, loops=1, steps=2, warmup=1, compile=False, aoti=have_aoti, threads=1,
                                  out_dir=tmp_path, cache_dir=tmp_path / "cache"), log=lambda s: None)
     arms = [r["arm"] for r in rows]
     assert arms == ["eager-stock-euler", "eager-hook-amo", "reference-amo", "ort-euler", "ort-amo", "ort-noattn-euler",
-                    *(["aoti-euler", "aoti-amo"] if have_aoti else []), "ort-stages-amo"]
+                    *(["aoti-euler", "aoti-amo"] if have_aoti else []),
+                    *(["openvino-euler", "openvino-amo"] if have_openvino else []), "ort-stages-amo"]
     lines = (tmp_path / "tiny-flux.jsonl").read_text().splitlines()
     assert len(lines) == len(arms)
     first = json.loads(lines[0])
@@ -38,6 +42,9 @@ def test_bench_smoke_writes_jsonl_table_and_plot(tmp_path):
     stages = by["ort-stages-amo"]  # the whole pipeline on engines: end-to-end only
     assert stages["e2e_s"]["n"] == 1 and stages["loop_s"] is None and stages["speedup_e2e_vs_eager"] > 0
     assert "| ort-stages-amo | same call as ort-euler | | | | — |" in table
+    if have_openvino:  # the same graph on OpenVINO, judged against ORT by the fp32 gates
+        assert any(n.startswith("openvino vs ORT parity (fp32 gates)") and n.endswith("PASS") for n in first["notes"])
+        assert "OpenVINO vs ORT" in table
     if have_aoti:  # the AOTInductor arm needs a C++ compiler
         assert by["aoti-amo"]["e2e_s"]["n"] == 1 and any("AOTInductor compile" in n for n in first["notes"])
     assert (tmp_path / "tiny-flux.png").stat().st_size > 1000

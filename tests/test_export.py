@@ -30,9 +30,17 @@ def _trt_available() -> bool:
     return importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
 
 
+def _openvino_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
 BACKENDS = [
     "eager",
     "ort",
+    pytest.param("openvino", marks=pytest.mark.skipif(not _openvino_available(),
+                                                      reason="OpenVINO is not installed (pip install -e '.[openvino]')")),
     pytest.param("trt", marks=[pytest.mark.gpu, pytest.mark.trt,
                                pytest.mark.skipif(not _trt_available(), reason="TensorRT and an NVIDIA GPU are not present")]),
 ]

@@ -50,6 +50,8 @@ LOOP_ARMS = (
     LoopArm("ort-noattn-euler", "ort-noattn", "euler"),
     LoopArm("aoti-euler", "aoti", "euler"),
     LoopArm("aoti-amo", "aoti", "amo"),
+    LoopArm("openvino-euler", "openvino", "euler"),
+    LoopArm("openvino-amo", "openvino", "amo"),
 )
 BASELINE = "eager-stock-euler"
 STAGES_ARM = "ort-stages-amo"  # end-to-end only: encoders, loop and VAE all on ONNX Runtime (export --stages)
@@ -71,6 +73,7 @@ class BenchConfig:
     warmup: int = 2
     compile: bool = True
     aoti: bool = True  # the AOTInductor package of the same engine (compiling it adds minutes)
+    openvino: bool = True  # the same ONNX graph on OpenVINO's CPU plugin (where openvino is installed)
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     ort_spinning: bool = False
     out_dir: Path | None = None  # default: default_out_dir()
@@ -135,10 +138,14 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> list[dict
                   if staged_arm else None)
         with open_backend("ort", engine, model, **ort_options) as ort_amo, \
                 open_backend("ort", open_engine(tmp / "stock"), **ort_options) as ort_stock, \
-                (open_backend("aoti", engine, model) if cfg.aoti else contextlib.nullcontext()) as aoti:
+                (open_backend("aoti", engine, model) if cfg.aoti else contextlib.nullcontext()) as aoti, \
+                _openvino(engine, cfg, notes) as openvino:
             calls["ort"], calls["ort-noattn"] = _backend_call(ort_amo), _backend_call(ort_stock)
             if aoti is not None:
                 calls["aoti"] = _backend_call(aoti)
+            if openvino is not None:
+                calls["openvino"] = _backend_call(openvino)
+                notes.append(_parity_note("openvino", openvino, ort_amo, feeds))
             notes.append(_trt_note())
             loop_arms = [a for a in LOOP_ARMS if a.call in calls]
             call_times = timing.interleaved({k: (lambda c=c: c(feeds)) for k, c in calls.items()}, cfg.calls,
@@ -147,7 +154,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> list[dict
             memory = timing.memory_pass({k: (lambda c=c: c(feeds)) for k, c in calls.items()})
             loop_times = timing.interleaved({a.name: _loop(a, calls[a.call], feeds, spec, model, cfg.steps)
                                               for a in loop_arms}, cfg.loops, watch, warmup=1)
-            engines = {"ort": ort_amo, **({"aoti": aoti} if aoti is not None else {})}
+            engines = {"ort": ort_amo, **({"aoti": aoti} if aoti is not None else {}),
+                       **({"openvino": openvino} if openvino is not None else {})}
             e2e_times = timing.interleaved(_end_to_end_runs(model, stock, compiled, engines, staged, cfg.steps),
                                             cfg.loops, watch, warmup=1)
     verdict = watch.verdict()
@@ -306,6 +314,32 @@ def _stages_supported(pipe, height: int, width: int, max_seq: int, notes: list[s
     return True
 
 
+def _openvino(engine, cfg: BenchConfig, notes: list[str]):
+    """OpenVINO's CPU plugin on the engine's ONNX graph, or a null context (and a note) without it."""
+    if not cfg.openvino:
+        return contextlib.nullcontext()
+    from amo_engine.engine.backends.openvino import OpenVinoBackend
+    from amo_engine.errors import BackendUnavailable
+
+    try:
+        return OpenVinoBackend(engine, threads=cfg.threads)
+    except BackendUnavailable as err:
+        notes.append(f"openvino arms skipped: {err}")
+        return contextlib.nullcontext()
+
+
+def _parity_note(kind: str, backend, reference, feeds) -> str:
+    """``kind``'s outputs against ORT's on the bench feeds, judged by the fp32 parity gates."""
+    from amo_engine.engine.verify import judge_parity
+
+    want = {k: v.clone() for k, v in reference(feeds).items()}
+    got = backend(feeds)
+    p = {"velocity_max_abs": float((got["velocity"] - want["velocity"]).abs().max()),
+         "attn_max_abs": float((got["attn"] - want["attn"]).abs().max())}
+    ok, detail = judge_parity(p, "float32")
+    return f"{kind} vs ORT parity (fp32 gates): {detail}: {'PASS' if ok else 'FAIL'}"
+
+
 def _trt_note() -> str:
     import importlib.util
 
@@ -391,6 +425,11 @@ def markdown_table(rows: list[dict], steps: int, call_s: dict) -> str:
               "- ORT vs torch.compile (call, > 1: ORT faster): "
               + (f"{call_s['eager-compile']['p50'] / call_s['ort']['p50']:.2f}" if "eager-compile" in call_s
                  else "n/a (no torch.compile arm)"),
+              "- OpenVINO vs ORT / vs torch.compile (call, > 1: OpenVINO faster): "
+              + (f"{call_s['ort']['p50'] / call_s['openvino']['p50']:.2f} / "
+                 + (f"{call_s['eager-compile']['p50'] / call_s['openvino']['p50']:.2f}" if "eager-compile" in call_s
+                    else "n/a")
+                 if "openvino" in call_s else "n/a (no OpenVINO arm)"),
               "- AOTInductor vs ORT / vs torch.compile (call, > 1: AOTI faster): "
               + (f"{call_s['ort']['p50'] / call_s['aoti']['p50']:.2f} / "
                  + (f"{call_s['eager-compile']['p50'] / call_s['aoti']['p50']:.2f}" if "eager-compile" in call_s else "n/a")

@@ -2,7 +2,7 @@
 
 * ``ARCHITECTURES``: random-init transformers per family and scale. ``medium`` (~70 M parameters,
   512 px: 1024 image tokens; one eager call ~0.5-1.5 s on 2 cores) runs on CPUs; ``released`` has
-  the shapes of SD3-medium and FLUX.1-dev (GPU only).
+  the shapes of SD3-medium and FLUX.1-dev (GPU only); ``tiny`` checks GPU scripts on a CPU (bench/gpu_run.py --smoke).
 * ``bench_model``: the LoadedModel a CPU bench config runs (a tiny preset, or a tiny preset's
   encoders and VAE around a medium transformer, so whole pipelines run through the same code).
 * ``ReferenceScoreProcessor``: AMO as its official release computes the map (explicit full softmax
@@ -20,6 +20,12 @@ from amo_engine.model.families import Family, family_named
 MEDIUM_SIZE = 512  # pixels: 1024 image tokens
 
 ARCHITECTURES = {
+    ("sd3", "tiny"): dict(sample_size=8, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=8,
+                          num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16,
+                          pooled_projection_dim=32, out_channels=16, pos_embed_max_size=16),
+    ("flux", "tiny"): dict(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                           num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+                           guidance_embeds=True, axes_dims_rope=(4, 6, 6)),
     ("sd3", "medium"): dict(sample_size=64, patch_size=2, in_channels=16, num_layers=8, attention_head_dim=64,
                             num_attention_heads=8, caption_projection_dim=512, out_channels=16, pos_embed_max_size=96),
     ("flux", "medium"): dict(patch_size=1, in_channels=64, num_layers=4, num_single_layers=8, attention_head_dim=64,

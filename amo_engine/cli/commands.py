@@ -297,15 +297,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _measure_default_backend(engine, model) -> int:
-    """inspect --measure: ORT against AOTInductor here, recorded in the manifest unless the machine was busy."""
+    """inspect --measure: ORT against OpenVINO and AOTInductor here (those that can run the engine),
+    recorded in the manifest unless the machine was busy."""
     from amo_engine.engine import default_backend
     from amo_engine.engine.folder import write_manifest
     from amo_engine.engine.manifest import EngineError
 
-    aoti = engine.manifest.aoti
-    if aoti is None or aoti.device != "cpu":
-        raise EngineError(f"{engine.folder} holds no CPU AOTInductor package to measure against ORT: export it "
-                          f"with amo-engine export --model {engine.manifest.model} --aoti --out {engine.folder}")
+    if default_backend.candidates(engine) == ["ort"]:
+        raise EngineError(f"nothing here to measure ORT against on {engine.folder}: pip install openvino, or export "
+                          f"a CPU AOTInductor package with amo-engine export --model {engine.manifest.model} --aoti "
+                          f"--out {engine.folder}")
     try:
         record = default_backend.measure(engine, model)
     except default_backend.BusyMachine as err:
@@ -322,7 +323,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     threads = {} if args.threads is None else {"threads": args.threads}
     rows = run_bench(BenchConfig(args.config, args.calls, args.loops, args.steps, compile=not args.no_compile,
-                                 aoti=not args.no_aoti, ort_spinning=args.ort_spinning, out_dir=args.out_dir, cache_dir=args.cache_dir, **threads))
+                                 aoti=not args.no_aoti, openvino=not args.no_openvino, ort_spinning=args.ort_spinning,
+                                 out_dir=args.out_dir, cache_dir=args.cache_dir, **threads))
     out = args.out_dir if args.out_dir is not None else default_out_dir()
     print(f"wrote {out / args.config}.jsonl, .md and .png")
     return 2 if rows[0]["contention"]["contended"] else 0

@@ -70,8 +70,9 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-span-tokens", type=int, default=None,
                    help="span rows the score branch reads (default 64; with --engine: the engine's)")
     p.add_argument("--backend", default="eager", choices=(*BACKENDS, "auto"),
-                   help="where the transformer runs (auto: the engine's measured default CPU engine, ort or aoti)")
-    p.add_argument("--engine", type=Path, default=None, help="engine folder for --backend ort/aoti/trt")
+                   help="where the transformer runs (auto: the engine's measured default CPU engine: ort, openvino "
+                        "or aoti)")
+    p.add_argument("--engine", type=Path, default=None, help="engine folder for --backend ort/openvino/aoti/trt")
     p.add_argument("--cuda-graph", action="store_true",
                    help="aoti/trt on CUDA: capture the transformer call in a CUDA graph and replay it")
     p.add_argument("--threads", type=int, default=None,
@@ -214,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="let ORT's threads spin-wait between calls (faster alone, steals CPU from interleaved arms)")
     be.add_argument("--no-compile", action="store_true", help="skip the torch.compile arm")
     be.add_argument("--no-aoti", action="store_true", help="skip the AOTInductor arm (its compile takes minutes)")
+    be.add_argument("--no-openvino", action="store_true", help="skip the OpenVINO arm (it runs where openvino is installed)")
     be.add_argument("--out-dir", type=Path, default=None,
                     help="where JSON lines, table and plot go (default: ~/.cache/amo-engine/bench, outside the repo; "
                          "pass bench/results to update the committed tables)")

@@ -25,7 +25,7 @@ FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
 ARTIFACT_FILES = {"onnx": ONNX_FILE, "trt": PLAN_FILE, "aoti": PT2_FILE}  # manifest section -> default file
 ARTIFACTS = tuple(ARTIFACT_FILES)  # manifest sections, one per artifact format an engine folder can hold
-RUNTIME_ARTIFACT = {"ort": "onnx", "trt": "trt", "aoti": "aoti"}  # the artifact each runtime runs
+RUNTIME_ARTIFACT = {"ort": "onnx", "openvino": "onnx", "trt": "trt", "aoti": "aoti"}  # the artifact each runtime runs
 HOOK_KEYS_V1 = ("hooked_blocks", "max_span_tokens", "kv_swap", "modulation")  # format 1 kept these at the top
 
 

@@ -15,7 +15,7 @@ class Runtime:
     """Where generations run: ``generate``'s model and runtime flags, as values."""
 
     model: str = "glyph"
-    backend: str = "eager"  # eager | ort | aoti | trt | auto (the engine's measured CPU default)
+    backend: str = "eager"  # eager | ort | openvino | aoti | trt | auto (the engine's measured CPU default)
     engine: Path | None = None
     device: str = "cpu"
     dtype: str = "fp32"
@@ -37,6 +37,8 @@ class Runtime:
         torch.set_num_threads(threads)
         if self.backend == "ort":
             return {"opt_level": self.ort_opt_level, "threads": threads}
+        if self.backend == "openvino":
+            return {"threads": threads}
         return {"cuda_graph": True} if self.cuda_graph else {}
 
 

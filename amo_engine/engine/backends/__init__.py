@@ -19,16 +19,17 @@ from __future__ import annotations
 from amo_engine.engine.backends.base import Backend, ClosingBackend  # noqa: F401  (callers import them from here)
 from amo_engine.errors import BackendUnavailable  # noqa: F401  (raised by every backend; callers import it from here)
 
-BACKENDS = ("eager", "ort", "aoti", "trt")
+BACKENDS = ("eager", "ort", "openvino", "aoti", "trt")
 
 
 def open_backend(kind: str, engine=None, model=None, hook=None, device: str = "cpu", **options) -> Backend:
     """The backend ``kind`` for ``model`` (a LoadedModel).
 
     eager: the model's own transformer behind the attention hook (``hook``: a backbone.HookConfig);
-    no engine. ort / aoti / trt: ``engine``, an ``engine.Engine`` or an engine folder (opened here,
-    checked against ``model``); the hook configuration is the engine's. ``options`` go to the
-    backend (ORT: opt_level, threads, spinning; AOTInductor and TensorRT: cuda_graph).
+    no engine. ort / openvino / aoti / trt: ``engine``, an ``engine.Engine`` or an engine folder
+    (opened here, checked against ``model``); the hook configuration is the engine's. ``options`` go
+    to the backend (ORT: opt_level, threads, spinning; OpenVINO: threads; AOTInductor and TensorRT:
+    cuda_graph). ORT and OpenVINO run the same ``model.onnx``.
     """
     if kind not in BACKENDS:
         raise ValueError(f"unknown backend {kind!r}; choose one of {', '.join(BACKENDS)}")
@@ -53,6 +54,11 @@ def open_backend(kind: str, engine=None, model=None, hook=None, device: str = "c
 
         check_runtime(engine.manifest, "ort", onnxruntime.__version__, max_supported_opset(), folder=engine.folder)
         return OrtBackend(engine, device=device, **options)
+    if kind == "openvino":
+        from amo_engine.engine.backends.openvino import OpenVinoBackend, import_openvino
+
+        check_runtime(engine.manifest, "openvino", import_openvino().__version__, folder=engine.folder)
+        return OpenVinoBackend(engine, device=device, **options)
     if kind == "aoti":
         import torch
 
