@@ -251,7 +251,7 @@ def family_arms(run: Run, name: str) -> None:
         if compiled is not None:
             euler, _ = loop_runners(family, feeds, run.steps, ctx["spec"].dims["image_tokens"], run.device,
                                     family.latent_patch(model.config))
-            result["compile-euler"] = _loop_ms(run, lambda: euler(stock_call_feeds(ctx["compiled"], feeds)))
+            result["compile-euler"] = _loop_ms(run, lambda: euler(stock_call(ctx["compiled"])))  # plain: views of feeds
         if "runner" in ctx:
             engine_feeds = ctx.get("graph_inputs", feeds)
             engine = ctx["graph"] if "graph" in ctx else (lambda: ctx["runner"](**engine_feeds))
@@ -279,14 +279,6 @@ def family_arms(run: Run, name: str) -> None:
     ctx.clear()
     if run.cuda:
         torch.cuda.empty_cache()
-
-
-def stock_call_feeds(transformer, feeds):
-    """A call of the stock ``transformer`` that reads the loop's static ``feeds`` (written each step)."""
-    def call():
-        with torch.no_grad():
-            return transformer(**stock_feeds(feeds), return_dict=False)[0]
-    return call
 
 
 def _loop_ms(run: Run, loop) -> dict:

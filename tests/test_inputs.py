@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from amo_engine.cli import build_parser
-
 from amo_engine.engine.hints import export_command
 from amo_engine.model.backbone import HookConfig
 from amo_engine.model.families import make_backbone

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
 
     from amo_engine.spec import IOSpec
 
+
 class Backend(Protocol):
     spec: IOSpec | None
 
