@@ -25,7 +25,8 @@ def model_feeds(backbone) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def both():
-    return make_backbone(tiny_transformer("sd3"), HookConfig(kv_swap=True, modulation=True, max_groups=3))
+    return make_backbone(tiny_transformer("sd3"), HookConfig(kv_swap=True, modulation=True, max_groups=3,
+                                                             lora_rank=2, lora_blocks=(1, 2)))
 
 
 def test_the_io_spec_holds_each_declared_tensor_as_declared(both):
@@ -37,6 +38,8 @@ def test_the_io_spec_holds_each_declared_tensor_as_declared(both):
             assert len(t.shape) == len(declared.shape)
     assert spec.shape("kv_swap_gate") == (4,) and spec.shape("quadrant_scale") == (4, 4)
     assert spec.shape("text_groups") == (2, TEXT_LEN["sd3"], 3)
+    dim = both.config.num_attention_heads * both.config.attention_head_dim
+    assert spec.shape("lora_down") == (2, 16, 2, dim) and spec.shape("lora_up") == (2, 16, dim, 2)  # 2 blocks x 8
     plain = make_backbone(tiny_transformer("sd3"), HookConfig()).io_spec(2, HEIGHT, WIDTH, TEXT_LEN["sd3"])
     assert not any(g.present_in(plain) for g in GROUPS) and all(g.present_in(spec) for g in GROUPS)
 
@@ -64,9 +67,11 @@ def test_sample_feeds_follow_the_declarations(both):
 
 
 def test_flags_hints_and_old_manifests_come_from_the_declarations():
-    args = build_parser().parse_args(["export", "--out", "e", *[g.flag for g in GROUPS]])
-    assert all(getattr(args, g.switch) for g in GROUPS)
+    flags = [part for g in GROUPS for part in ((g.flag, "3") if g.metavar else (g.flag,))]
+    args = build_parser().parse_args(["export", "--out", "e", *flags])
+    assert all(getattr(args, g.switch) for g in GROUPS) and args.lora_rank == 3
     assert export_command("glyph", "e", kv_swap=True).endswith("--kv-swap")
+    assert export_command("glyph", "e", lora_rank=3, lora_blocks=(4, 5)).endswith("--lora-slots 3 --lora-blocks 4,5")
     assert export_command("glyph", "e", modulation=True, kv_swap=True).endswith("--kv-swap --modulation")
     with pytest.raises(TypeError, match="unknown options"):
         export_command("glyph", "e", nope=True)

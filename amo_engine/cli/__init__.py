@@ -9,6 +9,7 @@ import warnings
 from amo_engine.cli.checks import (
     check_edit_args,
     check_eval_args,
+    check_finetune_args,
     check_generate_args,
     check_localize_args,
     check_model_name,
@@ -21,6 +22,7 @@ from amo_engine.cli.commands import (
     cmd_edit,
     cmd_eval,
     cmd_export,
+    cmd_finetune,
     cmd_generate,
     cmd_inspect,
     cmd_loadtest,
@@ -33,11 +35,11 @@ from amo_engine.cli.parser import build_parser
 __all__ = ["build_parser", "main"]
 
 COMMANDS = {"generate": cmd_generate, "edit": cmd_edit, "localize": cmd_localize, "export": cmd_export, "build": cmd_build, "inspect": cmd_inspect, "bench": cmd_bench,
-            "train-glyph": cmd_train_glyph, "eval": cmd_eval, "serve": cmd_serve, "loadtest": cmd_loadtest}
+            "train-glyph": cmd_train_glyph, "finetune": cmd_finetune, "eval": cmd_eval, "serve": cmd_serve, "loadtest": cmd_loadtest}
 
 
 PRECHECKS = {"generate": check_generate_args, "edit": check_edit_args, "localize": check_localize_args,
-             "export": check_model_name,
+             "export": check_model_name, "finetune": check_finetune_args,
              "eval": check_eval_args, "serve": check_serve_args, "loadtest": check_serve_args}
 
 
@@ -63,7 +65,7 @@ def _unquoted_prompt(argv: list[str], extras: list[str]) -> str | None:
     return f'--prompt "{" ".join(words)}"'
 
 
-RESUMABLE = {"eval", "train-glyph"}  # commands that keep what they finished and resume from it
+RESUMABLE = {"eval", "train-glyph", "finetune"}  # commands that keep what they finished and resume from it
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,29 @@ def check_model_name(args: argparse.Namespace) -> None:
     resolve_folder(args.model, getattr(args, "cache_dir", None), build=False)
 
 
+def check_finetune_args(args: argparse.Namespace) -> None:
+    """finetune's numbers and word list, before torch loads."""
+    from amo_engine.train.lora import FinetuneConfig
+
+    check_model_name(args)
+    FinetuneConfig(args.run_dir, words=args.words, rank=args.rank, steps=args.steps, batch=args.batch, lr=args.lr,
+                   ema_decay=args.ema_decay, samples_per_word=args.samples_per_word,
+                   checkpoint_every=args.checkpoint_every).validate()
+
+
+def check_lora_args(choices: list[str], prompts: int) -> None:
+    """--lora FILE[:SCALE] (repeatable): one for all prompts or one per prompt, each file there."""
+    from amo_engine.model.adapters import NONE, parse_choice
+
+    if len(choices) not in (1, prompts):
+        raise ValueError(f"{len(choices)} --lora for {prompts} --prompt: give one for every prompt (--lora none for "
+                         "no adapter) or one for all")
+    for choice in choices:
+        path, _ = parse_choice(choice)
+        if path != NONE and not Path(path).is_file():
+            raise ValueError(f"--lora {choice}: no file {path} (FILE[:SCALE], e.g. runs/lora/adapter.safetensors:0.8)")
+
+
 def check_generate_args(args: argparse.Namespace) -> None:
     """Everything about generate's options that can be judged before importing or loading anything."""
     from amo_engine.model.folders import size_limits
@@ -40,6 +63,10 @@ def check_generate_args(args: argparse.Namespace) -> None:
         raise ValueError("--cuda-graph needs --backend aoti or trt on --device cuda")
     if args.ort_opt_level != "all" and args.backend != "ort":
         raise ValueError("--ort-opt-level applies to --backend ort: add --backend ort --engine DIR, or drop it")
+    if getattr(args, "lora", None):
+        check_lora_args(args.lora, len(args.prompt))
+        if getattr(args, "safe_text", None) is not None:
+            raise ValueError("--lora and --safe-text do not combine yet: generate with one of them")
     if getattr(args, "safe_text", None) not in (None, "default"):
         from amo_engine.pipeline.text_edit import read_word_list
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from amo_engine.cli.checks import _eval_config, _localize_config
 from amo_engine.model.inputs import GROUPS as INPUT_GROUPS
+from amo_engine.model.lora import PROJECTIONS
+from amo_engine.model.lora import resolve_blocks as resolve_lora_blocks
 
 
 def _quiet_libraries() -> None:
@@ -60,7 +62,8 @@ def _edit_blocks(args: argparse.Namespace, model) -> tuple[tuple[int, ...], int]
 
 def cmd_generate(args: argparse.Namespace) -> int:
     if args.safe_text is None:
-        model, _, result = _run_generation(args, lambda model: _with_modulation(args, _generate_config(args)))
+        model, _, result = _run_generation(
+            args, lambda model: _with_adapters(args, model, _with_modulation(args, _generate_config(args))))
         _write_generated(args, model, result)
         return 0
     import dataclasses
@@ -97,6 +100,21 @@ def _with_modulation(args: argparse.Namespace, config):
 
     groups = max(len(group_spans(p, args.groups)) for p in config.prompts)
     return dataclasses.replace(config, modulation=plan_for(args.modulate, config.steps, groups), groups=args.groups)
+
+
+def _with_adapters(args: argparse.Namespace, model, config):
+    """``config`` with --lora's adapters, read and checked against the model (nothing generated yet)."""
+    if not args.lora:
+        return config
+    import dataclasses
+
+    from amo_engine.model.adapters import NONE, parse_choice, read_adapter
+
+    adapters = []
+    for choice in args.lora:
+        path, scale = parse_choice(choice)
+        adapters.append(None if path == NONE else read_adapter(path, model.family, model.pipe.transformer.config, scale))
+    return dataclasses.replace(config, adapters=adapters)
 
 
 def _first_images(result, n: int):
@@ -216,10 +234,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     cfg.check()  # before the model loads
     if args.modulation_blocks is not None and not args.modulation:
         raise ValueError("--modulation-blocks applies to --modulation: add --modulation")
+    if not args.lora_rank and (args.lora_blocks != "all" or args.lora_projections != PROJECTIONS):
+        raise ValueError("--lora-blocks and --lora-projections apply to --lora-slots: add --lora-slots RANK, e.g. 8")
     model = load_model(args.model, args.dtype, args.device, args.cache_dir)
     groups = {g.switch: getattr(args, g.switch) for g in INPUT_GROUPS}
+    lora_blocks = resolve_lora_blocks(args.lora_blocks, model.settings.edit_blocks or model.family.edit_blocks,
+                                      model.source)
     export_engine(model, cfg, HookConfig(args.blocks, args.max_span_tokens, modulation_blocks=args.modulation_blocks,
-                                         **groups))
+                                         lora_blocks=lora_blocks, lora_projections=args.lora_projections, **groups))
     return 0
 
 
@@ -362,6 +384,20 @@ def cmd_train_glyph(args: argparse.Namespace) -> int:
         return 0
     folder = trainer.run(args.export)
     print(f"trained {args.model} model -> {folder}")
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from amo_engine.train.lora import FinetuneConfig, Finetuner
+
+    cfg = FinetuneConfig(run_dir=args.run_dir, model=args.model, words=args.words,
+                         samples_per_word=args.samples_per_word, blocks=args.blocks, projections=args.projections,
+                         rank=args.rank, steps=args.steps, batch=args.batch, lr=args.lr, ema_decay=args.ema_decay,
+                         seed=args.seed, threads=args.threads, checkpoint_every=args.checkpoint_every,
+                         progress=not args.quiet)
+    cfg.validate()
+    adapter = Finetuner(cfg).run()
+    print(f"trained a rank-{args.rank} LoRA -> {adapter}")
     return 0
 
 

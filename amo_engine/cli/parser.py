@@ -11,6 +11,8 @@ from amo_engine.bench import CONFIGS as BENCH_CONFIGS
 from amo_engine.engine.backends import BACKENDS
 from amo_engine.model.glyph.variants import VARIANTS as GLYPH_MODELS
 from amo_engine.model.inputs import GROUPS as INPUT_GROUPS
+from amo_engine.model.lora import PROJECTIONS, parse_projections
+from amo_engine.model.lora import parse_blocks as parse_lora_blocks
 from amo_engine.rules import SAMPLERS
 
 
@@ -32,6 +34,31 @@ def _blocks(text: str) -> tuple[int, ...]:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"--blocks takes comma-separated block indices, e.g. 0,1,2; got {text!r}") from None
+
+
+def _checked(parse):
+    """An argparse type from a parser that raises ValueError with its own one-line message."""
+
+    def check(text: str):
+        try:
+            return parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return check
+
+
+def _count(flag: str):
+    def check(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{flag} takes a whole number >= 0, e.g. {flag} 8; got {text!r}")
+        return value
+
+    return check
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -122,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace listed words inside quoted text by benign ones at the text-localized blocks only "
                         "(scene and style stay): a file of WORD or WORD=SUBSTITUTE lines, or 'default' for the "
                         "shipped list")
+    g.add_argument("--lora", action="append", default=None, metavar="FILE[:SCALE]",
+                   help="a LoRA adapter (diffusers format, e.g. from amo-engine finetune), scale default 1; repeat "
+                        "once per --prompt to give each prompt its own (none: no adapter), or give one for all. "
+                        "An engine needs export --lora-slots RANK")
     _add_edit_block_args(g)
 
     ed = sub.add_parser("edit", help="edit the rendered text: A's image with B's text (Paper A's K/V swap, one loop)",
@@ -172,7 +203,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--blocks", type=_blocks, default=None, help="blocks with the score branch (default: all)")
     e.add_argument("--max-span-tokens", type=int, default=64, help="span rows the score branch reads (default 64)")
     for group in INPUT_GROUPS:  # the hook's optional inputs, as declared (model/inputs.py)
-        e.add_argument(group.flag, action="store_true", dest=group.switch, help=group.help())
+        if group.metavar:
+            e.add_argument(group.flag, type=_count(group.flag), default=0, dest=group.switch, metavar=group.metavar,
+                           help=group.help())
+        else:
+            e.add_argument(group.flag, action="store_true", dest=group.switch, help=group.help())
+    e.add_argument("--lora-blocks", type=_checked(parse_lora_blocks), default="all",
+                   help="with --lora-slots: all (default), localized (the model's text-localized blocks) or joint "
+                        "block indices, e.g. 4,5")
+    e.add_argument("--lora-projections", type=_checked(parse_projections), default=PROJECTIONS,
+                   help=f"with --lora-slots: the attention projections with slots (default all: {','.join(PROJECTIONS)})")
     e.add_argument("--modulation-blocks", type=_blocks, default=None,
                    help="with --modulation: the joint blocks that modulate, e.g. 0,1,2 (default all; the others "
                         "keep the plain attention call)")
@@ -266,6 +306,31 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--export-now", action="store_true",
                    help="export the EMA weights of the run's last checkpoint without training further")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    ft = sub.add_parser("finetune", help="train a LoRA adapter on chosen joint blocks of a glyph model (Paper A)",
+                        epilog=FINETUNE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ft.add_argument("--model", default="glyph", help="a glyph model: glyph, glyph-scene or a train-glyph folder")
+    ft.add_argument("--run-dir", type=Path, required=True,
+                    help="checkpoints, log.jsonl, finetune.json and at the end adapter.safetensors (reruns resume)")
+    ft.add_argument("--words", default="held-out",
+                    help="train | held-out (the model's lists; default held-out: words it never saw) | a file, "
+                         "one word a line")
+    ft.add_argument("--samples-per-word", type=int, default=0,
+                    help="renders per word in the data pool (default 0: a new render every draw)")
+    ft.add_argument("--blocks", type=_checked(parse_lora_blocks), default="localized",
+                    help="joint blocks to adapt: localized (default: the model's text-localized blocks), all, or "
+                         "indices such as 4,5")
+    ft.add_argument("--projections", type=_checked(parse_projections), default=PROJECTIONS,
+                    help=f"their attention projections (default all: {','.join(PROJECTIONS)})")
+    ft.add_argument("--rank", type=int, default=8, help="LoRA rank (default 8)")
+    ft.add_argument("--steps", type=int, default=600, help="optimiser steps (default 600)")
+    ft.add_argument("--batch", type=int, default=32, help="images per step (default 32)")
+    ft.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3; warm-up, cosine decay)")
+    ft.add_argument("--ema-decay", type=float, default=0.0, help="EMA of the adapter (default 0: none)")
+    ft.add_argument("--seed", type=int, default=0, help="data, noise and init seed (default 0)")
+    ft.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ft.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints (default 200)")
+    ft.add_argument("--quiet", action="store_true", help="no progress bar")
+
     sv = sub.add_parser("serve", help="serve an OpenAI-style image endpoint on Ray Serve (dynamic batching, loopback)",
                         epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_serve_args(sv)
@@ -285,6 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument("--out", type=Path, default=None, help="write the result JSON here (and the table beside it, .md)")
     return parser
 
+
+FINETUNE_EPILOG = """\
+Only the adapter trains; the model stays as it is. The adapter is written in diffusers' LoRA format,
+so stock diffusers loads it too (pipe.load_lora_weights(RUN_DIR, weight_name="adapter.safetensors")).
+Use it here with generate --lora RUN_DIR/adapter.safetensors (an engine needs export --lora-slots RANK).
+"""
 
 BENCH_EPILOG = """\
 Every arm runs on the same threads; arms are interleaved round-robin; p50 is the headline, with

@@ -323,7 +323,10 @@ def export_engine(model, cfg: ExportConfig, hook: HookConfig = HookConfig()) -> 
             family=family.name, io=spec,
             hook=dataclasses.replace(hook, hooked_blocks=backbone.hooked_blocks,
                                      modulation_blocks=tuple(sorted(backbone.modulation_blocks))
-                                     if backbone.modulation_blocks else None),
+                                     if backbone.modulation_blocks else None,
+                                     **({"lora_blocks": backbone.lora_layout.blocks,
+                                         "lora_projections": backbone.lora_layout.projections}
+                                        if backbone.lora_layout is not None else {})),
             files=file_records(tmp), model=model.source, weights_fingerprint=weights_fingerprint(model.folder),
             rows=rows, images_per_call=cfg.batch, cfg_rows=cfg_rows, height=height, width=width,
             max_sequence_length=max_seq, dtype=dtype_name(dtype),

@@ -13,11 +13,12 @@ DTYPE_FLAGS = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 def export_command(model: str, out: Path | str, *, batch: int = 1, height: int | None = None, width: int | None = None,
                    dtype: str = "fp32", device: str = "cpu", cfg_rows: bool = True, max_sequence_length: int | None = None,
                    opset: int = 18, exporter: str = "dynamo", dynamic_batch: bool = False, blocks=None,
-                   max_span_tokens: int = 64, modulation_blocks=None, stages: bool = False, aoti: bool = False,
-                   aoti_weights: str = "embedded", **groups: bool) -> str:
+                   max_span_tokens: int = 64, modulation_blocks=None, lora_blocks=None, lora_projections=None,
+                   stages: bool = False, aoti: bool = False, aoti_weights: str = "embedded", **groups) -> str:
     """A pasteable ``amo-engine export`` command line; flags at their defaults are left out. Keyword
     names and defaults are export's options (cli/), so a hint built here parses as written;
-    ``groups``: the hook's input groups by switch (``kv_swap=True``: ``--kv-swap``, inputs.GROUPS)."""
+    ``groups``: the hook's input groups by switch (``kv_swap=True``: ``--kv-swap``; a group whose flag
+    takes a value by that value, ``lora_rank=8``: ``--lora-slots 8``; inputs.GROUPS)."""
     import shlex
 
     from amo_engine.model.inputs import GROUPS
@@ -42,8 +43,14 @@ def export_command(model: str, out: Path | str, *, batch: int = 1, height: int |
     parts += ["--dynamic-batch"] if dynamic_batch else []
     parts += [f"--blocks {','.join(map(str, blocks))}"] if blocks is not None else []
     parts += [f"--max-span-tokens {max_span_tokens}"] if max_span_tokens != 64 else []
-    parts += [g.flag for g in GROUPS if groups.get(g.switch)]
+    parts += [f"{g.flag} {groups[g.switch]}" if g.metavar else g.flag for g in GROUPS if groups.get(g.switch)]
     parts += [f"--modulation-blocks {','.join(map(str, modulation_blocks))}"] if modulation_blocks else []
+    if groups.get("lora_rank"):
+        from amo_engine.model.lora import PROJECTIONS
+
+        parts += [f"--lora-blocks {','.join(map(str, lora_blocks))}"] if lora_blocks is not None else []
+        parts += ([f"--lora-projections {','.join(lora_projections)}"]
+                  if lora_projections is not None and tuple(lora_projections) != PROJECTIONS else [])
     parts += ["--stages"] if stages else []
     parts += ["--aoti"] if aoti else []
     parts += ["--aoti-weights model"] if aoti and aoti_weights != "embedded" else []
@@ -74,7 +81,8 @@ def reexport_command(manifest: Manifest, folder: Path | str, model: str | None =
         dynamic_batch=onnx.dynamic_batch if onnx else False, blocks=list(hook.hooked_blocks),
         max_span_tokens=hook.max_span_tokens, modulation_blocks=hook.modulation_blocks, stages=bool(manifest.stages),
         aoti=aoti is not None, aoti_weights=aoti.weights if aoti else "embedded",
-        **{g.switch: g.enabled(hook) for g in GROUPS},
+        lora_blocks=hook.lora_blocks, lora_projections=hook.lora_projections,
+        **{g.switch: getattr(hook, g.switch) if g.metavar else g.enabled(hook) for g in GROUPS},
     )
     return export_command(model or manifest.model or "glyph", folder, **{**flags, **changes})
 

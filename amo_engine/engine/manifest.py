@@ -162,15 +162,21 @@ def _io(data: Mapping, where: str) -> IOSpec:
 
 
 def _hook_from_json(data: Mapping, where: str):
-    """The HookConfig: span tap settings, each input group's switch (inputs.GROUPS; modulation's
-    switch is its settings object, or null)."""
+    """The HookConfig: span tap settings, each input group's switch (inputs.GROUPS; modulation's and
+    LoRA's switch is its settings object, or null)."""
     from amo_engine.model.backbone import HookConfig
-    from amo_engine.model.inputs import GROUPS, MODULATION
+    from amo_engine.model.inputs import GROUPS, LORA, MODULATION
 
-    switches = {g.switch: _take(data, g.switch, bool, where, False) for g in GROUPS if g is not MODULATION}
+    switches = {g.switch: _take(data, g.switch, bool, where, False) for g in GROUPS if g not in (MODULATION, LORA)}
     modulation = _take(data, "modulation", dict, where, None)
     mod_where = f"{where}.modulation"
     blocks = None if modulation is None else _take(modulation, "blocks", list, mod_where, None)
+    lora = _take(data, "lora", dict, where, None)
+    if lora is not None:
+        lora_where = f"{where}.lora"
+        switches.update(lora_rank=_take(lora, "rank", int, lora_where),
+                        lora_blocks=tuple(_take(lora, "blocks", list, lora_where)),
+                        lora_projections=tuple(_take(lora, "projections", list, lora_where)))
     return HookConfig(
         hooked_blocks=tuple(_take(data, "hooked_blocks", list, where)),
         max_span_tokens=_take(data, "max_span_tokens", int, where),
@@ -184,13 +190,15 @@ def _hook_from_json(data: Mapping, where: str):
 
 
 def _hook_to_json(hook) -> dict:
-    from amo_engine.model.inputs import GROUPS
+    from amo_engine.model.inputs import GROUPS, LORA, MODULATION
 
     return {"hooked_blocks": list(hook.hooked_blocks), "max_span_tokens": hook.max_span_tokens,
-            "score_tap": hook.score_tap, **{g.switch: g.enabled(hook) for g in GROUPS},
+            "score_tap": hook.score_tap, **{g.switch: g.enabled(hook) for g in GROUPS if g not in (MODULATION, LORA)},
             "modulation": {"max_groups": hook.max_groups, "path": hook.modulation_path,
                            "blocks": sorted(hook.modulation_blocks) if hook.modulation_blocks else None}
-            if hook.modulation else None}
+            if hook.modulation else None,
+            "lora": {"rank": hook.lora_rank, "blocks": list(hook.lora_blocks), "projections": list(hook.lora_projections)}
+            if hook.lora_rank else None}
 
 
 @dataclass(frozen=True)

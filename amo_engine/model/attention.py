@@ -3,7 +3,9 @@
 One processor serves SD3's joint blocks and FLUX's double-stream blocks; the families differ only
 in the joint order ([image ; text] for SD3, [text ; image] for FLUX) and FLUX's RoPE.
 
-* **project**: image and text Q/K/V after their norms (and RoPE), heads first [B, H, L, D].
+* **project**: image and text Q/K/V after their norms (and RoPE), heads first [B, H, L, D]; with
+  LoRA factors (``lora.py``) each adapted projection, here and at the output, adds its row's
+  low-rank path beside the fused one.
 * **edits**: change what the block attends with. ``swap_text_kv`` (Paper A): a row's text keys and
   values move towards its donor row's, ``K_txt <- K_txt + gate * (K_txt[donor] - K_txt)`` (same
   for V); image Q/K/V and text queries stay the row's own. Identity when the gate is 0.
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from amo_engine.model.lora import LoraCall
 from amo_engine.model.modulation import Modulation, modulated_attention
 
 CONTEXT_KEY = "amo"  # the joint_attention_kwargs key our processors read their CallContext from
@@ -101,6 +104,7 @@ class CallContext:
     kv_swap: KvSwap | None = None
     modulation: Modulation | None = None  # Paper B's logit knobs (modulation.py)
     group_taps: GroupTap | None = None  # with modulation: the entity groups' maps
+    lora: LoraCall | None = None  # LoRA factors per row beside the adapted projections (lora.py)
 
 
 # ---------------------------------------------------------------- stages
@@ -118,20 +122,28 @@ class JointQKV:
     txt_v: torch.Tensor
 
 
-def project(attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, image_rotary_emb=None,
-            image_first: bool = True) -> JointQKV:
-    """The block's image and text projections, their norms, and (FLUX) RoPE, whose positions are in
-    the joint order: cos/sin rows for the text part first when ``image_first`` is False."""
+def linear(attn, name: str, x: torch.Tensor, block: int, lora: LoraCall | None) -> torch.Tensor:
+    """The block's projection ``name`` (a diffusers module path such as "to_out.0") of x, with its
+    LoRA path when the call carries factors for it."""
+    layer = attn.get_submodule(name)
+    return layer(x) if lora is None else lora.project(layer, block, name, x)
 
-    def heads(layer, x, norm):  # [B, L, H*D] -> [B, L, H, D], normed per head
-        y = layer(x).unflatten(-1, (attn.heads, -1))
+
+def project(attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, image_rotary_emb=None,
+            image_first: bool = True, block: int = 0, lora: LoraCall | None = None) -> JointQKV:
+    """The block's image and text projections (with their LoRA paths), their norms, and (FLUX) RoPE,
+    whose positions are in the joint order: cos/sin rows for the text part first when ``image_first``
+    is False."""
+
+    def heads(name, x, norm):  # [B, L, H*D] -> [B, L, H, D], normed per head
+        y = linear(attn, name, x, block, lora).unflatten(-1, (attn.heads, -1))
         return norm(y) if norm is not None else y
 
-    img_q, img_k = heads(attn.to_q, hidden_states, attn.norm_q), heads(attn.to_k, hidden_states, attn.norm_k)
-    img_v = heads(attn.to_v, hidden_states, None)
-    txt_q = heads(attn.add_q_proj, encoder_hidden_states, attn.norm_added_q)
-    txt_k = heads(attn.add_k_proj, encoder_hidden_states, attn.norm_added_k)
-    txt_v = heads(attn.add_v_proj, encoder_hidden_states, None)
+    img_q, img_k = heads("to_q", hidden_states, attn.norm_q), heads("to_k", hidden_states, attn.norm_k)
+    img_v = heads("to_v", hidden_states, None)
+    txt_q = heads("add_q_proj", encoder_hidden_states, attn.norm_added_q)
+    txt_k = heads("add_k_proj", encoder_hidden_states, attn.norm_added_k)
+    txt_v = heads("add_v_proj", encoder_hidden_states, None)
     if image_rotary_emb is not None:
         from diffusers.models.embeddings import apply_rotary_emb
 
@@ -214,7 +226,9 @@ class JointAttnProcessor:
         if encoder_hidden_states is None:
             raise ValueError("JointAttnProcessor hooks joint blocks only (encoder_hidden_states is None)")
         b, n_img, n_txt = hidden_states.shape[0], hidden_states.shape[1], encoder_hidden_states.shape[1]
-        qkv = self.edit(project(attn, hidden_states, encoder_hidden_states, image_rotary_emb, self.image_first), amo)
+        lora = amo.lora if amo is not None else None
+        qkv = self.edit(project(attn, hidden_states, encoder_hidden_states, image_rotary_emb, self.image_first,
+                                self.block, lora), amo)
         key = joint(qkv.img_k, qkv.txt_k, self.image_first)  # [B, H, L, D]
         modulation = amo.modulation if amo is not None else None
         if modulation is not None and (modulation.blocks is None or self.block in modulation.blocks):
@@ -232,9 +246,9 @@ class JointAttnProcessor:
             groups.maps.append(group_image_scores(qkv.txt_q, key, groups.text_groups, image_start, n_img))
         out = out.transpose(1, 2).reshape(b, n_img + n_txt, -1).to(qkv.img_q.dtype)  # [B, L, C]
         img_out, txt_out = (out[:, :n_img], out[:, n_img:]) if self.image_first else (out[:, n_txt:], out[:, :n_txt])
-        img_out = attn.to_out[1](attn.to_out[0](img_out.contiguous()))
+        img_out = attn.to_out[1](linear(attn, "to_out.0", img_out.contiguous(), self.block, lora))
         if not getattr(attn, "context_pre_only", False):  # the last SD3 block keeps no text stream
-            txt_out = attn.to_add_out(txt_out.contiguous())
+            txt_out = linear(attn, "to_add_out", txt_out.contiguous(), self.block, lora)
         return img_out, txt_out
 
     def edit(self, qkv: JointQKV, amo: CallContext | None) -> JointQKV:

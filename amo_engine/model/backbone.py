@@ -4,8 +4,8 @@ entity group's map, beside AMO's span map). The same module runs eagerly and is 
 
 ``HookConfig`` says what the hook adds to the graph: the AMO score tap (always; ``hooked_blocks``
 and ``max_span_tokens``) and the optional input groups declared in ``inputs.py`` (``kv_swap``:
-Paper A's text K/V swap; ``modulation``: Paper B's knobs), whose identity fills reproduce the
-plain backbone.
+Paper A's text K/V swap; ``modulation``: Paper B's knobs; ``lora_rank``: LoRA factors per row,
+``lora.py``), whose identity fills reproduce the plain backbone.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from amo_engine.model.attention import CONTEXT_KEY, CallContext, ContextFreeProcessor, GroupTap, JointAttnProcessor, KvSwap, SpanTap
-from amo_engine.model.inputs import GROUPS, KV_SWAP, MODULATION
+from amo_engine.model.inputs import GROUPS, KV_SWAP, LORA, MODULATION
+from amo_engine.model.lora import PROJECTIONS, LoraCall, layout_for
 from amo_engine.model.modulation import Modulation
 from amo_engine.spec import IOSpec, TensorSpec, dtype_name
 
@@ -40,6 +41,9 @@ class HookConfig:
     modulation_path: str = "split"  # modulation.py: split (two SDPA calls) | augmented | explicit
     modulation_blocks: tuple[int, ...] | None = None  # joint blocks that modulate (None: all); others stay plain
     score_tap: bool = True  # False: no span_mask input and no attn output (the stock graph, for pricing the tap)
+    lora_rank: int = 0  # > 0: the graph takes inputs.LORA, adapters up to this rank (lora.py)
+    lora_blocks: tuple[int, ...] | None = None  # joint blocks with LoRA slots (None: all)
+    lora_projections: tuple[str, ...] = PROJECTIONS  # their attention projections with LoRA slots
 
 
 def resolve_blocks(n_blocks: int, hooked: Sequence[int] | None) -> tuple[int, ...]:
@@ -110,6 +114,8 @@ class _Backbone(nn.Module):
         self.hooked_blocks = resolve_blocks(self.n_joint_blocks, hook.hooked_blocks)
         self.modulation_blocks = (None if hook.modulation_blocks is None
                                   else frozenset(resolve_blocks(self.n_joint_blocks, hook.modulation_blocks)))
+        self.lora_layout = (layout_for(family, transformer.config, hook.lora_rank, hook.lora_blocks,
+                                       hook.lora_projections) if hook.lora_rank else None)
         self._processors = [JointAttnProcessor(i, self.family.image_first) for i in range(self.n_joint_blocks)]
         self._rope: nn.Module | None = None  # FLUX: fp32 RoPE used inside our calls
 
@@ -131,7 +137,7 @@ class _Backbone(nn.Module):
             if bool(given[group.switch]) != group.enabled(self.hook):
                 raise ValueError(f"this backbone was built {'with' if group.enabled(self.hook) else 'without'} "
                                  f"{group.title}; give {'all of them' if group.enabled(self.hook) else 'none'}")
-            for spec in group.specs(self.n_joint_blocks, self.hook.max_groups):
+            for spec in group.specs(self._own_sizes()):
                 fixed = [(i, d) for i, d in enumerate(spec.shape) if isinstance(d, int)]
                 value = given[group.switch].get(spec.name)
                 if value is not None and any(value.shape[i] != d for i, d in fixed):
@@ -140,13 +146,14 @@ class _Backbone(nn.Module):
         if (span_mask is not None) != self.hook.score_tap:
             raise ValueError("this backbone was built " + ("with the score tap: give span_mask" if self.hook.score_tap
                                                           else "without the score tap: give no span_mask"))
-        swap, knobs = given[KV_SWAP.switch], given[MODULATION.switch]
+        swap, knobs, lora = given[KV_SWAP.switch], given[MODULATION.switch], given[LORA.switch]
         ctx = CallContext(SpanTap.for_call(span_mask, self.hook.max_span_tokens, self.hooked_blocks)
                           if span_mask is not None else None,
                           KvSwap(swap["kv_donor_index"], swap["kv_swap_gate"]) if swap else None,
                           Modulation(**knobs, path=self.hook.modulation_path, blocks=self.modulation_blocks)
                           if knobs else None,
-                          GroupTap(knobs["text_groups"], frozenset(self.hooked_blocks)) if knobs else None)
+                          GroupTap(knobs["text_groups"], frozenset(self.hooked_blocks)) if knobs else None,
+                          LoraCall(lora["lora_down"], lora["lora_up"], self.lora_layout) if lora else None)
         with hooked(self.transformer, self.family, self._processors, self._rope):
             velocity = self.transformer(**model_inputs, **{self.family.attention_kwargs_name: {CONTEXT_KEY: ctx}},
                                         return_dict=False)[0]
@@ -162,8 +169,12 @@ class _Backbone(nn.Module):
 
     def _hook_input_specs(self) -> list[TensorSpec]:
         """The inputs of the groups this hook adds (``inputs.GROUPS``), at this model's block count."""
-        return [spec for group in GROUPS if group.enabled(self.hook)
-                for spec in group.specs(self.n_joint_blocks, self.hook.max_groups)]
+        return [spec for group in GROUPS if group.enabled(self.hook) for spec in group.specs(self._own_sizes())]
+
+    def _own_sizes(self) -> dict[str, int]:
+        """The sizes the input declarations name besides IOSpec dims: joint blocks, entity groups, LoRA slots."""
+        lora = self.lora_layout.sizes() if self.lora_layout is not None else {}
+        return {"blocks": self.n_joint_blocks, "groups": self.hook.max_groups, **lora}
 
     def _tap_specs(self) -> tuple[TensorSpec, ...]:
         """The score outputs: AMO's span map (with the score tap), and the entity groups' maps with the

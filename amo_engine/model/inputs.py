@@ -3,7 +3,7 @@
 An ``InputGroup`` is everything the project knows about one set of inputs the attention hook can add
 to the graph: the ``HookConfig`` switch and export flag that add it, and per tensor its name, dtype,
 shape (IOSpec dims such as ``batch``, ``text_len``, ``image_tokens``, plus the backbone's own
-``blocks`` and ``groups``), identity fill (the value that reproduces the plain graph) and sample
+``blocks``, ``groups`` and the LoRA layout's ``lora_layers``, ``lora_rank``, ``lora_dim``), identity fill (the value that reproduces the plain graph) and sample
 values (tracing and parity feeds). The backbone's IOSpec, the buffers (``IOSpec.allocate``), the
 sample feeds, the engine manifest, the refusal "this engine was exported without ..." and the
 export command's flags all read these declarations; the attention code uses the tensors by name.
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 class HookInput:
     name: str
     dtype: str  # a key of spec.DTYPES
-    shape: tuple[int | str, ...]  # "blocks" and "groups" are the backbone's; other strings are IOSpec dims
+    shape: tuple[int | str, ...]  # strings are the backbone's own sizes (specs' ``own``) or IOSpec dims
     fill: str  # identity value, a spec.FILLS kind: zeros | ones | row_index
     sample: Callable[[tuple[int, ...], "torch.Generator"], "torch.Tensor"]  # valid-looking values of that shape
 
@@ -38,6 +38,7 @@ class InputGroup:
     title: str  # what the group is, in a sentence: "the text K/V swap inputs"
     purpose: str  # the export flag's help: what the inputs are for
     inputs: tuple[HookInput, ...]
+    metavar: str | None = None  # the flag takes a value (the switch's; 0 is off), e.g. --lora-slots RANK
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -46,11 +47,11 @@ class InputGroup:
     def enabled(self, hook) -> bool:
         return bool(getattr(hook, self.switch))
 
-    def specs(self, blocks: int, groups: int) -> list[TensorSpec]:
-        """The group's TensorSpecs for a backbone of ``blocks`` joint blocks and ``groups`` entity groups."""
+    def specs(self, own: dict[str, int]) -> list[TensorSpec]:
+        """The group's TensorSpecs with the backbone's own sizes ``own`` ("blocks": joint blocks, "groups":
+        entity groups, the LoRA layout's sizes) resolved; other names stay IOSpec dims."""
         from amo_engine.spec import TensorSpec
 
-        own = {"blocks": blocks, "groups": groups}
         return [TensorSpec(t.name, t.dtype, tuple(own.get(d, d) if isinstance(d, str) else d for d in t.shape), t.fill)
                 for t in self.inputs]
 
@@ -58,6 +59,8 @@ class InputGroup:
         return all(name in spec.input_names for name in self.names)
 
     def help(self) -> str:
+        if self.metavar:
+            return f"add {self.title} ({', '.join(self.names)}) at {self.metavar}: {self.purpose}"
         return f"add {self.title} ({', '.join(self.names)}; identity values reproduce the plain graph): {self.purpose}"
 
 
@@ -118,7 +121,16 @@ MODULATION = InputGroup(
      HookInput("group_gate", "float32", ("blocks",), "zeros", _cycle((0.0, 1.0)))),  # per block: group mask on/off
 )
 
-GROUPS: tuple[InputGroup, ...] = (KV_SWAP, MODULATION)
+LORA = InputGroup(
+    "lora_rank", "--lora-slots", "the LoRA factor inputs",
+    "what generate --lora needs: per row, low-rank factors beside the adapted attention projections "
+    "(--lora-blocks, --lora-projections) of adapters up to this rank; zeros are no adapter",
+    (HookInput("lora_down", "float32", ("batch", "lora_layers", "lora_rank", "lora_dim"), "zeros", _normal(0.05)),
+     HookInput("lora_up", "float32", ("batch", "lora_layers", "lora_dim", "lora_rank"), "zeros", _normal(0.05))),
+    metavar="RANK",
+)
+
+GROUPS: tuple[InputGroup, ...] = (KV_SWAP, MODULATION, LORA)
 
 
 def group_of(name: str) -> InputGroup | None:

@@ -24,8 +24,10 @@ from amo_engine.engine.backends.eager import EagerBackend
 from amo_engine.pipeline.text_swap import TextSwap, with_text_swap
 from amo_engine.pipeline.plans import ModulationPlan, group_masks, with_modulation
 from amo_engine.model.families import Denoise, DenoiseInputs
-from amo_engine.model.inputs import GROUPS, KV_SWAP, MODULATION
+from amo_engine.model.adapters import Adapter, check_fits, covering, fill_rows
+from amo_engine.model.inputs import GROUPS, KV_SWAP, LORA, MODULATION
 from amo_engine.model.load import LoadedModel
+from amo_engine.model.lora import LoraLayout, layout_for
 from amo_engine.prompts import TextLayout, find_quoted_spans
 from amo_engine.rules import check_count, check_sampler, check_size, check_strength
 from amo_engine.samplers import sample_amo, sample_euler, sample_overshoot
@@ -58,6 +60,7 @@ class GenerateConfig:
     modulation: ModulationPlan | None = None  # Paper B: per-step attention knobs (modulation_plan.py)
     groups: str | None = None  # entity phrases "a|b" for the group knobs (default: the heuristic chunker)
     pad_images_to: int | None = None  # run at least this many images per call, filler rows discarded (see __call__)
+    adapters: Sequence[Adapter | None] | None = None  # LoRA per prompt (one: every prompt; None: no adapter)
     should_stop: Callable[[], bool] | None = None  # asked after every step (a host call, no device sync)
 
 
@@ -216,16 +219,52 @@ class AmoPipeline:
         the request needs, besides those the hook has."""
         return self._eager_backend(groups).backbone
 
-    def _eager_backend(self, groups: frozenset[str]) -> EagerBackend:
-        key = frozenset(groups) | {g.switch for g in GROUPS if g.enabled(self.hook)}
+    def _eager_backend(self, groups: frozenset[str], lora: dict | None = None) -> EagerBackend:
+        """The eager backbone with ``groups`` and, with ``lora`` (adapters.covering's settings), LoRA slots."""
+        switches = frozenset(groups) | {g.switch for g in GROUPS if g.enabled(self.hook) and not g.metavar}
+        lora = lora or ({} if not self.hook.lora_rank else {"lora_rank": self.hook.lora_rank,
+                                                             "lora_blocks": self.hook.lora_blocks,
+                                                             "lora_projections": self.hook.lora_projections})
+        key = (switches - {LORA.switch}, tuple(sorted(lora.items())))
         if key not in self._eager:
-            hook = dataclasses.replace(self.hook, **{g.switch: g.switch in key for g in GROUPS})
+            hook = dataclasses.replace(self.hook, **{g.switch: g.switch in switches for g in GROUPS if not g.metavar},
+                                       **(lora or {"lora_rank": 0}))
             backbone = self.family.backbone(self.pipe.transformer, hook, self.pipe.vae_scale_factor)
             self._eager[key] = EagerBackend(backbone)
         return self._eager[key]
 
+    def lora_layout(self, hook: HookConfig) -> LoraLayout | None:
+        """The LoRA slots of a backbone with ``hook`` on this model (None without)."""
+        if not hook.lora_rank:
+            return None
+        return layout_for(self.family, self.pipe.transformer.config, hook.lora_rank, hook.lora_blocks,
+                          hook.lora_projections)
+
+    def check_adapters(self, adapters: Sequence[Adapter | None]) -> dict:
+        """The LoRA settings that hold ``adapters`` (adapters.covering), after checking that this
+        pipeline's backend can run them: refused in one line naming the export that can."""
+        used = [a for a in adapters if a is not None]
+        if not used:
+            return {}
+        need = covering(used)
+        engine = getattr(self._backend, "engine", None) if self._backend is not None else None
+        hook = engine.hook if engine is not None else self.hook
+        if engine is None and not hook.lora_rank:
+            return need  # eager without fixed slots: slots made to the adapters' measure
+        layout = self.lora_layout(hook)
+        if engine is not None:
+            from amo_engine.engine.hints import reexport_command
+
+            fix = reexport_command(engine.manifest, engine.folder, self.model.source, **need)
+        else:
+            fix = (f"give the pipeline a HookConfig with lora_rank={need['lora_rank']}, lora_blocks="
+                   f"{need['lora_blocks']}")
+        for adapter in used:
+            check_fits(adapter, layout, fix)
+        return {"lora_rank": layout.rank, "lora_blocks": layout.blocks, "lora_projections": layout.projections}
+
     def _backend_for(self, height: int, width: int, images: int, groups: frozenset[str] = frozenset(),
-                     max_sequence_length: int | None = None):
+                     max_sequence_length: int | None = None, lora: dict | None = None):
         """``(rows, text_len) -> (IOSpec, backend, feeds)`` for one request needing input ``groups``:
         the eager backbone or the engine (after checking that its fixed shapes and inputs fit), and
         its input buffers, the same tensors for every request of this shape, with the hook's input
@@ -238,15 +277,16 @@ class AmoPipeline:
             return spec, backend, feeds
 
         def choose(rows: int, text_len: int):
-            backbone = self.backbone(groups)
-            spec = backbone.io_spec(rows, height, width, text_len, self.pipe.transformer.dtype)
+            eager = self._eager_backend(groups, lora)
+            spec = eager.backbone.io_spec(rows, height, width, text_len, self.pipe.transformer.dtype)
             if self._backend is None:
-                return spec, self._eager_backend(groups)
+                return spec, eager
             have = self._backend.spec
             if have is None:  # runs any shape: the eager backbone, with the inputs this request needs
                 given = getattr(getattr(self._backend, "backbone", None), "hook", None)
-                if given is not None and any(not g.enabled(given) for g in GROUPS if g.switch in groups):
-                    return spec, self._eager_backend(groups)
+                if given is not None and (any(not g.enabled(given) for g in GROUPS if g.switch in groups)
+                                          or (lora and self.lora_layout(given) != eager.backbone.lora_layout)):
+                    return spec, eager
                 return spec, self._backend
             engine = getattr(self._backend, "engine", None)
 
@@ -264,7 +304,8 @@ class AmoPipeline:
                 if group.switch in groups and not group.present_in(have):
                     kept = engine.manifest.images_per_call if engine is not None else 1
                     raise ValueError(f"this engine was exported without {group.title}: re-export it with: "
-                                     + reexport(**{group.switch: True}, batch=max(images, kept)))
+                                     + reexport(**(lora if group is LORA else {group.switch: True}),
+                                                batch=max(images, kept)))
             mismatch = [n for n in spec.input_names if n not in have.input_names or have.shape(n) != spec.shape(n)]
             drawn = (engine.manifest.width, engine.manifest.height) if engine is not None else None
             if mismatch and drawn is not None and drawn != (width, height):
@@ -300,10 +341,13 @@ class AmoPipeline:
         seeds = row_seeds(cfg.seed, len(cfg.prompts), cfg.num_images_per_prompt)
         wanted = len(prompts)
         swap = cfg.text_swap
+        adapters = self._adapters_per_image(cfg)
+        lora = self.check_adapters(adapters) if adapters else {}
         pad_to = max(cfg.pad_images_to or 0, self.images_per_call(guidance) or 0)
         if swap is None and wanted < pad_to:  # filler rows (the last image again), cut after decoding
             prompts += [prompts[-1]] * (pad_to - wanted)
             seeds += [seeds[-1]] * (pad_to - wanted)
+            adapters = adapters + [adapters[-1]] * (pad_to - wanted) if adapters else adapters
         if swap is not None:
             swap.check(len(prompts), self.joint_blocks, cfg.steps)
 
@@ -326,10 +370,15 @@ class AmoPipeline:
         generator = [torch.Generator(self.device).manual_seed(s) for s in seeds]  # one per row
         inputs = DenoiseInputs(prompts, cfg.negative_prompt, span_mask, height, width, max_seq, guidance, generator,
                                cfg.latents)
-        needed = frozenset(g.switch for g, wanted in ((KV_SWAP, swap is not None), (MODULATION, plan is not None)) if wanted)
+        needed = frozenset(g.switch for g, wanted in ((KV_SWAP, swap is not None), (MODULATION, plan is not None),
+                                                      (LORA, bool(lora))) if wanted)
         start = time.perf_counter()
         loop = self.family.prepare(self.pipe, inputs,
-                                   self._backend_for(height, width, len(prompts), needed, max_seq))
+                                   self._backend_for(height, width, len(prompts), needed, max_seq, lora or None))
+        if lora:  # each row its image's adapter, rows segment-major; the others stay zeros
+            feeds, layout = loop.feeds, self.lora_layout(HookConfig(**lora))
+            rows = feeds["lora_down"].shape[0]
+            fill_rows(feeds["lora_down"], feeds["lora_up"], layout, [adapters[r % len(prompts)] for r in range(rows)])
         sigmas = self.family.sigmas(self.pipe.scheduler.config, cfg.steps, loop.image_tokens)
         if swap is not None:
             loop = with_text_swap(loop, swap, len(prompts), sigmas)
@@ -344,6 +393,18 @@ class AmoPipeline:
         attn_map = (loop.attn_sum / cfg.steps).reshape(len(prompts), side_h, side_w).float().cpu()  # [B, h, w]
         return GenerateResult(images[:wanted], latents[:wanted], attn_map[:wanted], span_mask[:wanted], sampler,
                               loop_seconds, cfg.steps, notes, prepare_seconds, decode_seconds)
+
+    @staticmethod
+    def _adapters_per_image(cfg: GenerateConfig) -> list:
+        """``cfg.adapters`` per image (prompts x images per prompt); [] when no image has one."""
+        given = list(cfg.adapters or [])
+        if not any(a is not None for a in given):
+            return []
+        if len(given) not in (1, len(cfg.prompts)):
+            raise ValueError(f"{len(given)} adapters for {len(cfg.prompts)} prompts: give one for every prompt "
+                             "(none for no adapter), or one for all")
+        per_prompt = given * len(cfg.prompts) if len(given) == 1 else given
+        return [a for a in per_prompt for _ in range(cfg.num_images_per_prompt)]
 
     def _denoise(self, loop: Denoise, sigmas: list[float], sampler: str, cfg: GenerateConfig, generator):
         """Run the sampler over ``loop`` (renoising from ``generator``, the one that drew the initial

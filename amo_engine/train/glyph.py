@@ -84,6 +84,25 @@ def sample_batch(seed: int, step: int, batch: int, empty_prob: float, model: Var
     return prompts, pixels
 
 
+def flow_loss(pipe, prompts: list[str], pixels: torch.Tensor, noise_seed: int, text_length: int) -> torch.Tensor:
+    """The rectified-flow loss of one batch on ``pipe`` (an SD3 pipeline): noise and sigmas from
+    ``noise_seed``, drawn on the CPU so a run is the same on every device."""
+    device = pipe.transformer.device
+    gen = torch.Generator().manual_seed(noise_seed)
+    vae = pipe.vae
+    pixels = pixels.to(device)
+    x0 = (vae.encode(pixels).latent_dist.mode() - vae.config.shift_factor) * vae.config.scaling_factor  # [B, 16, h, w]
+    noise = torch.randn(x0.shape, generator=gen).to(device)
+    sigma = torch.sigmoid(torch.randn(x0.shape[0], generator=gen)).to(device)  # [B] logit-normal
+    s = sigma[:, None, None, None]
+    x_t = (1 - s) * x0 + s * noise
+    embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None, device=device,
+                                              do_classifier_free_guidance=False, max_sequence_length=text_length)
+    pred = pipe.transformer(hidden_states=x_t, encoder_hidden_states=embeds, pooled_projections=pooled,
+                            timestep=sigma * pipe.scheduler.config.num_train_timesteps, return_dict=False)[0]
+    return torch.nn.functional.mse_loss(pred, noise - x0)
+
+
 class StepBatches(torch.utils.data.Dataset):
     """Batch ``step`` of a run, for a DataLoader whose workers render ahead of the optimiser."""
 
@@ -202,23 +221,9 @@ class Trainer:
 
     def loss(self, step: int, batch=None) -> torch.Tensor:
         """The loss of batch ``step`` (``batch``: that batch, already drawn by a worker)."""
-        cfg, pipe = self.cfg, self.pipe
+        cfg = self.cfg
         prompts, pixels = batch or sample_batch(cfg.seed, step, cfg.batch, cfg.empty_prompt_prob, cfg.variant)
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        vae = pipe.vae
-        pixels = pixels.to(self.device)
-        x0 = (vae.encode(pixels).latent_dist.mode() - vae.config.shift_factor) * vae.config.scaling_factor  # [B, 16, h, w]
-        noise = torch.randn(x0.shape, generator=gen).to(self.device)  # drawn on the CPU: the same on every device
-        sigma = torch.sigmoid(torch.randn(x0.shape[0], generator=gen)).to(self.device)  # [B] logit-normal
-        s = sigma[:, None, None, None]
-        x_t = (1 - s) * x0 + s * noise
-        embeds, _, pooled, _ = pipe.encode_prompt(
-            prompt=prompts, prompt_2=None, prompt_3=None, device=self.device,
-            do_classifier_free_guidance=False, max_sequence_length=cfg.variant.text_length,
-        )
-        pred = pipe.transformer(hidden_states=x_t, encoder_hidden_states=embeds, pooled_projections=pooled,
-                                timestep=sigma * pipe.scheduler.config.num_train_timesteps, return_dict=False)[0]
-        return torch.nn.functional.mse_loss(pred, noise - x0)
+        return flow_loss(self.pipe, prompts, pixels, cfg.seed * 1_000_003 + step, cfg.variant.text_length)
 
     def update_ema(self) -> None:
         decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))

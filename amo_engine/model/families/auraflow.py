@@ -23,6 +23,7 @@ class AuraFlowFamily(Family):
     batches_cfg = True
     explicit_sigmas = False
     attention_kwargs_name = "attention_kwargs"
+    joint_block_path = "joint_transformer_blocks"
     reference_scheduler = {"shift": 1.73, "num_train_timesteps": 1000}
 
     def pixels_per_token(self, vae_scale_factor, patch_size):

@@ -53,12 +53,19 @@ class Family:
     explicit_sigmas: bool = False  # the pipeline passes linspace(1, 1/n, n) sigmas to the scheduler
     attention_kwargs_name: str = "joint_attention_kwargs"  # the transformer's per-call processor kwargs
     register_tokens: int = 0  # learned tokens the transformer puts before the prompt's (AuraFlow: 8)
+    joint_block_path: str = "transformer_blocks"  # the joint blocks' module list (LoRA keys name it)
 
     # ---------------------------------------------------------------- blocks
 
     def joint_block_count(self, transformer_config) -> int:
         """Joint (image + text stream) blocks: the ones the hook replaces the processor of."""
         return transformer_config.num_layers
+
+    def joint_projections(self, transformer_config, block: int) -> tuple[str, ...]:
+        """The attention projections joint block ``block`` has (lora.PROJECTIONS names)."""
+        from amo_engine.model.lora import PROJECTIONS
+
+        return PROJECTIONS
 
     def attentions(self, transformer) -> tuple[list, list]:
         """(the joint blocks' attention modules, in order; the other attention modules that diffusers

@@ -25,6 +25,12 @@ class SD3Family(Family):
     edit_start_step = 2
     reference_scheduler = {"shift": 3.0, "num_train_timesteps": 1000}
 
+    def joint_projections(self, transformer_config, block):
+        from amo_engine.model.lora import PROJECTIONS
+
+        last = block == self.joint_block_count(transformer_config) - 1  # keeps no text stream: no to_add_out
+        return tuple(p for p in PROJECTIONS if not (last and p == "to_add_out"))
+
     def default_guidance(self, transformer_config):
         if config_value(transformer_config, "qk_norm") is None:
             return self.guidance  # SD3
