@@ -23,6 +23,7 @@ from amo_engine.cli.commands import (
     cmd_eval,
     cmd_export,
     cmd_finetune,
+    cmd_lora_study,
     cmd_generate,
     cmd_inspect,
     cmd_loadtest,
@@ -35,7 +36,7 @@ from amo_engine.cli.parser import build_parser
 __all__ = ["build_parser", "main"]
 
 COMMANDS = {"generate": cmd_generate, "edit": cmd_edit, "localize": cmd_localize, "export": cmd_export, "build": cmd_build, "inspect": cmd_inspect, "bench": cmd_bench,
-            "train-glyph": cmd_train_glyph, "finetune": cmd_finetune, "eval": cmd_eval, "serve": cmd_serve, "loadtest": cmd_loadtest}
+            "train-glyph": cmd_train_glyph, "finetune": cmd_finetune, "lora-study": cmd_lora_study, "eval": cmd_eval, "serve": cmd_serve, "loadtest": cmd_loadtest}
 
 
 PRECHECKS = {"generate": check_generate_args, "edit": check_edit_args, "localize": check_localize_args,
@@ -65,7 +66,7 @@ def _unquoted_prompt(argv: list[str], extras: list[str]) -> str | None:
     return f'--prompt "{" ".join(words)}"'
 
 
-RESUMABLE = {"eval", "train-glyph", "finetune"}  # commands that keep what they finished and resume from it
+RESUMABLE = {"eval", "train-glyph", "finetune", "lora-study"}  # commands that keep what they finished and resume from it
 
 
 def main(argv: list[str] | None = None) -> int:

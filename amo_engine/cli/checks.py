@@ -174,6 +174,10 @@ def check_serve_args(args: argparse.Namespace) -> None:
             raise ValueError("--kill-replica-after kills a replica of a service started here: drop --url")
     if not starts:
         return
+    lora_dir = getattr(args, "lora_dir", None)
+    if lora_dir is not None and not any(Path(lora_dir).glob("*.safetensors")):
+        raise ValueError(f"--lora-dir {lora_dir}: no .safetensors adapters there (amo-engine finetune writes "
+                         "RUN_DIR/adapter.safetensors; copy them in under the names requests will use)")
     check_model_name(args)
     from amo_engine.engine.hints import engine_folder_for, export_command
 

@@ -401,6 +401,14 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lora_study(args: argparse.Namespace) -> int:
+    from amo_engine.eval.lora_study import StudyConfig, run_study
+
+    run_study(StudyConfig(out_dir=args.out_dir, run_root=args.run_root, progress=not args.quiet))
+    print(f"wrote {args.out_dir}/rows.jsonl, results.json, table.md")
+    return 0
+
+
 def cmd_localize(args: argparse.Namespace) -> int:
     from amo_engine.eval.localize import run_localize
 
@@ -420,7 +428,7 @@ def _service_config(args: argparse.Namespace):
                          (4 if backend == "eager" else None), batch_wait_ms=args.batch_wait_ms,
                          max_queued=args.max_queued, request_timeout_s=args.request_timeout,
                          cpus_per_replica=args.cpus_per_replica, gpus_per_replica=args.gpus_per_replica,
-                         max_steps=args.max_steps)
+                         max_steps=args.max_steps, lora_dir=str(args.lora_dir) if args.lora_dir else None)
 
 
 def _ray_cpus(args: argparse.Namespace) -> int:

@@ -331,6 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints (default 200)")
     ft.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    ls = sub.add_parser("lora-study", help="Paper A's LoRA claim on glyph: localized-block vs all-block adapters "
+                                           "at three data sizes, OCR on new, unseen and own words, paired tests")
+    ls.add_argument("--out-dir", type=Path, required=True, help="rows.jsonl, results.json, table.md")
+    ls.add_argument("--run-root", type=Path, default=Path("runs/lora-study"),
+                    help="the fine-tunes' run folders (default runs/lora-study; finished ones are kept)")
+    ls.add_argument("--quiet", action="store_true", help="no progress bars")
+
     sv = sub.add_parser("serve", help="serve an OpenAI-style image endpoint on Ray Serve (dynamic batching, loopback)",
                         epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_serve_args(sv)
@@ -432,3 +439,7 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus-per-replica", type=float, default=1.0, help="Ray CPUs reserved per replica (default 1)")
     p.add_argument("--gpus-per-replica", type=float, default=0.0, help="Ray GPUs per replica (default 0)")
     p.add_argument("--max-steps", type=int, default=100, help="the most steps a request may ask for (default 100)")
+    p.add_argument("--lora-dir", type=Path, default=None,
+                   help="a folder of LoRA adapters (*.safetensors) that requests name in \"lora\" (by file stem); "
+                        "requests with different adapters share calls, each row its own. An engine needs export "
+                        "--lora-slots covering them")

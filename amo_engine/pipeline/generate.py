@@ -285,7 +285,7 @@ class AmoPipeline:
             if have is None:  # runs any shape: the eager backbone, with the inputs this request needs
                 given = getattr(getattr(self._backend, "backbone", None), "hook", None)
                 if given is not None and (any(not g.enabled(given) for g in GROUPS if g.switch in groups)
-                                          or (lora and self.lora_layout(given) != eager.backbone.lora_layout)):
+                                          or self.lora_layout(given) != eager.backbone.lora_layout):
                     return spec, eager
                 return spec, self._backend
             engine = getattr(self._backend, "engine", None)

@@ -53,6 +53,7 @@ class ServiceConfig:
     gpus_per_replica: float = 0.0
     max_steps: int = 100
     max_body_bytes: int = 64 * 1024
+    lora_dir: Optional[str] = None  # LoRA adapters requests may name ("lora": file stem)
 
 
 def _images(requests) -> int:
@@ -71,7 +72,7 @@ class RenderReplica:
 
         cfg = ServiceConfig(**config)
         runtime = {**cfg.runtime, "engine": Path(cfg.runtime["engine"]) if cfg.runtime.get("engine") else None}
-        self.renderer = Renderer(Runtime(**runtime), cfg.max_batch, cfg.max_steps)
+        self.renderer = Renderer(Runtime(**runtime), cfg.max_batch, cfg.max_steps, cfg.lora_dir)
         self.render.set_max_batch_size(self.renderer.batch)
         self.render.set_batch_wait_timeout_s(cfg.batch_wait_ms / 1000)
         self._cancelled: set[str] = set()  # request ids whose caller stopped waiting
@@ -147,7 +148,8 @@ class Gateway:
         except Exception:  # noqa: BLE001 - no replica is up yet
             return self._error(503, "the renderer is not ready yet: retry shortly", self._retry())
         limits = Limits(sizes=tuple(tuple(int(v) for v in s.split("x")) for s in info["sizes"]),
-                        max_images=info["batch"], max_steps=self.cfg.max_steps, max_body_bytes=self.cfg.max_body_bytes)
+                        max_images=info["batch"], max_steps=self.cfg.max_steps, max_body_bytes=self.cfg.max_body_bytes,
+                        adapters=tuple(info.get("adapters", ())))
         length = request.headers.get("content-length")
         try:
             if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
@@ -206,7 +208,8 @@ class Gateway:
     @api.get("/v1/models")
     async def models(self):
         info = await self._describe(timeout=30.0)
-        return {"object": "list", "data": [{"id": info["model"], "object": "model", "owned_by": "amo-engine"}]}
+        return {"object": "list", "data": [{"id": info["model"], "object": "model", "owned_by": "amo-engine",
+                                            "adapters": info.get("adapters", [])}]}
 
     @api.get("/v1/stats")
     async def stats(self):

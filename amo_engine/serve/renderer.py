@@ -1,7 +1,7 @@
 """One serving replica's model and its batched render calls (no Ray here; ``app`` wraps it).
 
 Requests that share a ``batch_key`` (size, steps, sampler, c, guidance, negative prompt) are packed
-into calls of at most ``batch`` images; every call runs at exactly ``batch`` images (filler rows
+into calls of at most ``batch`` images, whatever LoRA adapters they name (each row carries its own); every call runs at exactly ``batch`` images (filler rows
 padded, then dropped), each image from its own seeded generator. One call shape and per-row noise
 make an image bit-identical whether its request ran alone or beside others
 (tests/test_pipeline.py::test_batch_mates_never_change_an_image, tests/test_serve.py).
@@ -63,12 +63,17 @@ def pack(requests: Sequence[ImageRequest], batch: int) -> list[list[int]]:
 class Renderer:
     """The pipeline of one runtime.Runtime, opened once, rendering lists of requests."""
 
-    def __init__(self, rt, batch: int | None = None, max_steps: int = 100):
+    def __init__(self, rt, batch: int | None = None, max_steps: int = 100, lora_dir: str | None = None):
         from amo_engine.pipeline.runtime import open_pipeline
 
         self._stack = ExitStack()
         self.pipeline = self._stack.enter_context(open_pipeline(rt))
         model = self.pipeline.model
+        try:
+            self.adapters = self._open_adapters(lora_dir)
+        except ValueError:
+            self.close()
+            raise
         engine_batch = self.pipeline.images_per_call(model.default_guidance)
         if engine_batch is not None and batch is not None and batch != engine_batch:
             self.close()
@@ -84,10 +89,33 @@ class Renderer:
         else:
             height, width = model.default_size
             self.max_sequence_length = None
-        self.limits = Limits(sizes=((width, height),), max_images=self.batch, max_steps=max_steps)
+        self.limits = Limits(sizes=((width, height),), max_images=self.batch, max_steps=max_steps,
+                             adapters=tuple(self.adapters))
         self.rendered_images = 0  # images returned (filler rows not counted)
         self.calls = 0
         self.cancelled_calls = 0  # calls stopped because every request in them was cancelled
+
+    def _open_adapters(self, lora_dir: str | None) -> dict:
+        """Every ``*.safetensors`` of ``lora_dir`` by name (its stem), read and checked against the
+        model and engine at start; the pipeline's LoRA slots are then fixed (eager: made to hold
+        them all), so an image never depends on which adapters its batch-mates carry."""
+        if lora_dir is None:
+            return {}
+        import dataclasses
+        from pathlib import Path
+
+        from amo_engine.model.adapters import read_adapter
+
+        files = sorted(Path(lora_dir).glob("*.safetensors")) if Path(lora_dir).is_dir() else []
+        if not files:
+            raise ValueError(f"--lora-dir {lora_dir}: no .safetensors adapters there (amo-engine finetune writes "
+                             "RUN_DIR/adapter.safetensors; copy them in under the names requests will use)")
+        model = self.pipeline.model
+        adapters = {f.stem: read_adapter(f, model.family, model.pipe.transformer.config) for f in files}
+        slots = self.pipeline.check_adapters(list(adapters.values()))
+        if not self.pipeline.hook.lora_rank:
+            self.pipeline.hook = dataclasses.replace(self.pipeline.hook, **slots)
+        return adapters
 
     def close(self) -> None:
         self._stack.close()
@@ -95,7 +123,7 @@ class Renderer:
     def describe(self) -> dict:
         model = self.pipeline.model
         return {"model": model.source, "family": model.family.name, "batch": self.batch,
-                "sizes": self.limits.size_names, "max_steps": self.limits.max_steps}
+                "sizes": self.limits.size_names, "max_steps": self.limits.max_steps, "adapters": list(self.adapters)}
 
     def render(self, requests: Sequence[ImageRequest],
                cancelled: Callable[[str], bool] = lambda request_id: False) -> list[Rendered | RenderError]:
@@ -118,6 +146,8 @@ class Renderer:
             negative_prompt=first.negative_prompt, height=first.height, width=first.width, steps=first.steps,
             guidance=first.guidance, sampler=first.sampler, c=first.c, max_sequence_length=self.max_sequence_length,
             pad_images_to=self.batch, should_stop=lambda: all(cancelled(r.request_id) for r in call),
+            adapters=[self.adapters[r.lora] if r.lora else None for r in call for _ in range(r.n)]
+            if any(r.lora for r in call) else None,
         )
         try:
             with warnings.catch_warnings():

@@ -34,6 +34,7 @@ class Limits:
     max_steps: int = 100
     max_body_bytes: int = 64 * 1024
     default_steps: int = 28
+    adapters: tuple[str, ...] = ()  # the LoRA adapters a request may name (serve --lora-dir)
 
     @property
     def size_names(self) -> list[str]:
@@ -53,6 +54,7 @@ class ImageRequest:
     guidance: float | None  # None: the model's default
     negative_prompt: str | None
     return_attention: bool
+    lora: str | None = None  # an adapter of the service's --lora-dir, by name (requests with others share calls)
     request_id: str = ""  # set by the gateway; not part of what the image depends on
 
     def batch_key(self) -> tuple:
@@ -76,6 +78,7 @@ FIELDS = {
     "seed": "noise seed; image j of the request uses seed + j",
     "guidance": "guidance scale (default: the model's)",
     "return_attention": "true: each image also carries AMO's quoted-text attention map",
+    "lora": "a LoRA adapter of the service, by name (GET /v1/models lists them)",
 }
 
 
@@ -120,7 +123,12 @@ def parse_request(body: bytes, limits: Limits, content_length: int | None = None
     attention = data.get("return_attention", False)
     if not isinstance(attention, bool):
         raise BadRequest(400, "\"return_attention\" must be true or false")
-    return ImageRequest(prompt, n, width, height, steps, sampler, c, seed, guidance, negative or None, attention)
+    lora = data.get("lora")
+    if lora is not None and lora not in limits.adapters:
+        have = (f"this service has {', '.join(limits.adapters)}" if limits.adapters
+                else "this service has none (start it with --lora-dir DIR)")
+        raise BadRequest(400, f"unknown adapter {json.dumps(lora)}: {have}")
+    return ImageRequest(prompt, n, width, height, steps, sampler, c, seed, guidance, negative or None, attention, lora)
 
 
 def _integer(data: dict, name: str, default, lo: int, hi: int) -> int:
