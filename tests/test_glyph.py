@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from amo_engine.eval.metrics import mcnemar_exact, outside_text
+from amo_engine.eval.metrics import outside_text
+from amo_engine.stats import mcnemar_exact
 from amo_engine.model.glyph.render import render
 from amo_engine.model.glyph.words import HELD_OUT_WORDS, TRAIN_WORDS, prompt_for
 from amo_engine.model.load import load_model

@@ -402,7 +402,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_lora_study(args: argparse.Namespace) -> int:
-    from amo_engine.eval.lora_study import StudyConfig, run_study
+    from amo_engine.train.lora_study import StudyConfig, run_study
 
     run_study(StudyConfig(out_dir=args.out_dir, run_root=args.run_root, progress=not args.quiet))
     print(f"wrote {args.out_dir}/rows.jsonl, results.json, table.md")

@@ -1,8 +1,6 @@
-"""Pure measures for the OCR evaluation: paired significance and what happens outside the text."""
+"""Pure measures for the OCR evaluation: what happens outside the text (the paired test is in stats.py)."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
@@ -10,16 +8,6 @@ from amo_engine.model.glyph.locate import longest_run
 
 GROUND_DIFF = 40  # grey levels from the ground level that count as "not ground"
 SIGN_COLUMN_FRACTION = 0.3  # a column may be part of the sign when this share of it is not ground
-
-
-def mcnemar_exact(fixed: int, broken: int) -> float:
-    """Two-sided exact McNemar p-value: discordant pairs under H0 split 50/50 (binomial)."""
-    n = fixed + broken
-    if n == 0:
-        return 1.0
-    k = min(fixed, broken)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
-    return min(1.0, 2 * tail)
 
 
 def ground_region(grey: np.ndarray) -> np.ndarray:

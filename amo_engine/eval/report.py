@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from amo_engine.atomic import atomic_path
-from amo_engine.eval.metrics import mcnemar_exact
+from amo_engine.stats import mcnemar_exact
 from amo_engine.rules import SAMPLERS
 
 SAMPLER_ORDER = {"euler": 0, "overshoot": 1, "amo": 2}

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from amo_engine.eval.metrics import mcnemar_exact
+from amo_engine.stats import mcnemar_exact
 
 SETS = ("new", "unseen", "original")  # trained new words (held-out seeds) | new words never trained | the model's own
 SET_TITLES = {"new": "new words, trained (held-out seeds)", "unseen": "new words, never trained",
