@@ -153,6 +153,20 @@ def test_rows_with_different_adapters_equal_each_alone(models, exported, adapter
     assert not torch.equal(plain.latents[0], mixed.latents[order.index(0)])  # A changed its image
 
 
+def test_the_python_api_takes_adapters(models, adapters):
+    """AmoFlowPipeline(..., lora=FILE, lora_scale=) is the pipeline with that adapter read at that scale."""
+    import numpy as np
+
+    from amo_engine import AmoFlowPipeline
+
+    model, (a, _) = models["sd3"], adapters["sd3"]
+    got = AmoFlowPipeline(AmoPipeline(model))(PROMPT, num_inference_steps=2, seed=3, lora=a, lora_scale=0.5)
+    want = AmoPipeline(model)(GenerateConfig([PROMPT], steps=2, seed=3, adapters=[read(model, a, 0.5)]))
+    plain = AmoPipeline(model)(GenerateConfig([PROMPT], steps=2, seed=3))
+    assert np.array_equal(np.asarray(got.images[0]), np.asarray(want.images[0]))
+    assert not torch.equal(want.latents, plain.latents)
+
+
 # ---------------------------------------------------------------- the fine-tune
 
 

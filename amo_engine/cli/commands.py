@@ -269,6 +269,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     g = manifest.graph
     print(f"engine {args.engine}: {manifest.family} from {manifest.model!r}, {manifest.dtype}, "
           f"{manifest.height}x{manifest.width}, rows {manifest.rows}, hooked blocks {list(manifest.hook.hooked_blocks)}")
+    if manifest.hook.lora_rank:
+        h = manifest.hook
+        print(f"LoRA slots: rank {h.lora_rank} at joint blocks {','.join(map(str, h.lora_blocks))}, "
+              f"projections {','.join(h.lora_projections)} (generate --lora FILE[:SCALE])")
     files = ", ".join(f"{name} ({rec.bytes / 1e6:.1f} MB)" for name, rec in manifest.files.items())
     print(f"artifacts: {', '.join(engine.artifacts)}; files: {files}")
     if manifest.onnx is not None:

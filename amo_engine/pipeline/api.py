@@ -79,14 +79,25 @@ class AmoFlowPipeline:
                  num_inference_steps: int = 28, guidance_scale: float | None = None, height: int | None = None,
                  width: int | None = None, negative_prompt: str | None = None, num_images_per_prompt: int = 1,
                  seed: int | Sequence[int] = 10, max_sequence_length: int | None = None,
+                 lora: str | Path | Sequence[str | Path | None] | None = None, lora_scale: float = 1.0,
                  progress: bool = False) -> AmoOutput:
         """Generate. ``sampler``: euler, overshoot or amo, ``c`` their overshoot strength; ``seed``:
-        one int (image i gets seed + i) or one per prompt. Defaults for size and guidance are the model's."""
+        one int (image i gets seed + i) or one per prompt. Defaults for size and guidance are the model's.
+        ``lora``: a diffusers LoRA file for every prompt, or one per prompt (None: no adapter), at
+        ``lora_scale`` (an engine needs ``export --lora-slots``)."""
+        from amo_engine.model.adapters import read_adapter
+
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        adapters = None
+        if lora is not None:
+            model = self.pipeline.model
+            files = [lora] if isinstance(lora, (str, Path)) else list(lora)
+            adapters = [None if f is None else read_adapter(f, model.family, model.pipe.transformer.config, lora_scale)
+                        for f in files]
         result = self.pipeline(GenerateConfig(
             prompts, negative_prompt=negative_prompt, height=height, width=width, steps=num_inference_steps,
             guidance=guidance_scale, sampler=sampler, c=c, seed=seed, num_images_per_prompt=num_images_per_prompt,
-            max_sequence_length=max_sequence_length, progress=progress))
+            max_sequence_length=max_sequence_length, progress=progress, adapters=adapters))
         return AmoOutput(result.images, result.attn_map, result.sampler, result.warnings)
 
     def close(self) -> None:
