@@ -286,3 +286,41 @@ def test_export_lora_flags_and_manifest(models, exported, preset_cache, tmp_path
               "--lora-projections", "to_x"])
     assert "--lora-projections 'to_x': name some of to_q" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
+
+
+# ---------------------------------------------------------------- the study and the cost arm
+
+
+def test_the_study_pairs_arms_by_word_and_seed():
+    from amo_engine.train.lora_study import StudyConfig, compare, markdown, summarise
+
+    cfg = StudyConfig(out_dir=None, sizes=(2,))
+    rows = []
+    for arm, hits in (("base", (0, 0, 1, 0)), ("localized-s2", (1, 1, 1, 0)), ("all-s2", (1, 0, 0, 0))):
+        for i, hit in enumerate(hits):
+            rows += [{"arm": arm, "set": s, "word": f"W{i}", "seed": 1, "exact": bool(hit)} for s in
+                     ("new", "unseen", "original")]
+    summary = summarise(rows, cfg)
+    assert [e["new"]["exact"] for e in summary] == [0.25, 0.75, 0.25]
+    pair = next(c for c in compare(rows, cfg) if (c["a"], c["b"], c["set"]) == ("localized-s2", "all-s2", "new"))
+    assert (pair["pairs"], pair["a_only"], pair["b_only"], pair["p"]) == (4, 2, 0, 0.5)
+    table = markdown({"summary": summary, "comparisons": compare(rows, cfg)}, cfg)
+    assert "| localized | 2 | 75.0% (4) |" in table and "| localized-s2 | all-s2 | 2 / 0, p=0.5 |" in table
+
+
+@pytest.mark.slow
+def test_the_lora_cost_arm_runs(tmp_path):
+    """bench/hook_cost.py --feature lora on the tiny config: the three arms, the goals and the switch line."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("hook_cost", Path(__file__).parent.parent / "bench" / "hook_cost.py")
+    hook_cost = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook_cost)
+    hook_cost.main(["--feature", "lora", "--config", "tiny-sd3", "--calls", "1", "--lora-rank", "4", "--out",
+                    str(tmp_path)])
+    table = (tmp_path / "lora_cost-tiny-sd3.md").read_text()
+    assert "| LoRA slots carrying an adapter |" in table and "- ORT LoRA slots at zeros / plain:" in table
+    assert "switching adapters in the loaded engine: read the file" in table
+    result = json.loads((tmp_path / "lora_cost-tiny-sd3.json").read_text())
+    assert result["switch"]["rank"] == 4 and result["switch"]["fill_ms"] > 0

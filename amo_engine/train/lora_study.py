@@ -11,6 +11,7 @@ finished fine-tunes and evaluated arms (``rows.jsonl``) and do only what is miss
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -109,8 +110,10 @@ def _evaluate(cfg: StudyConfig, arm: str, adapter_path: Path | None, rows_path: 
     for start in range(0, len(items), 40):
         chunk = items[start : start + 40]
         prompts = [prompt_for(it["word"], TONES[it["seed"] % 2]) for it in chunk]
-        result = pipe(GenerateConfig(prompts, sampler=cfg.sampler, steps=cfg.eval_steps,
-                                     seed=[it["seed"] for it in chunk], adapters=[adapter] if adapter else None))
+        with warnings.catch_warnings():  # new words are the point here: no "not a training word" notes
+            warnings.simplefilter("ignore")
+            result = pipe(GenerateConfig(prompts, sampler=cfg.sampler, steps=cfg.eval_steps,
+                                         seed=[it["seed"] for it in chunk], adapters=[adapter] if adapter else None))
         for it, read in zip(chunk, read_words(reader, result.images, model.settings)):
             rows.append({"arm": arm, **it, "read": read, "exact": normalise(read) == it["word"]})
     with rows_path.open("a") as f:
