@@ -11,7 +11,8 @@ the bench harness on one medium config (the contention watch marks bad rounds).
   split path in the first two joint blocks only (``export --modulation-blocks 0,1``).
 * ``--feature lora`` (Paper A's adapters as inputs): a plain engine; the LoRA slots (rank
   ``--lora-rank``, every attention projection of every joint block) at zeros, i.e. no adapter; the
-  same slots carrying an adapter in every row. Beside the calls: switching adapters in the loaded
+  same slots carrying an adapter in every row; both again with slots in two joint blocks only (a
+  localized adapter's engine, ``export --lora-blocks 0,1``). Beside the calls: switching adapters in the loaded
   engine (reading the file and filling the factor buffers, ms) against re-exporting (s).
 
     python bench/hook_cost.py --feature edit --config medium-sd3 --out bench/results         # ~6 min
@@ -29,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-LORA_GOALS = {"LoRA slots at zeros": 1.03, "LoRA slots carrying an adapter": 1.06}  # x plain, per call (issue 26)
+LORA_GOALS = {"LoRA slots at zeros": 1.03, "LoRA slots carrying an adapter": 1.06,  # x plain, per call (issue 26)
+              "LoRA slots at zeros, blocks 0-1 only": 1.03, "LoRA slots carrying an adapter, blocks 0-1 only": 1.06}
 
 
 def variants(feature: str, lora_rank: int = 16):
@@ -52,9 +54,11 @@ def variants(feature: str, lora_rank: int = 16):
         return feeds  # sample_feeds sets every knob away from identity
 
     if feature == "lora":
-        lora = HookConfig(lora_rank=lora_rank)
-        return [("plain", 1, HookConfig(), on), ("LoRA slots at zeros", 1, lora, identity),
-                ("LoRA slots carrying an adapter", 1, lora, on)]
+        every, two = HookConfig(lora_rank=lora_rank), HookConfig(lora_rank=lora_rank, lora_blocks=(0, 1))
+        return [("plain", 1, HookConfig(), on), ("LoRA slots at zeros", 1, every, identity),
+                ("LoRA slots carrying an adapter", 1, every, on),
+                ("LoRA slots at zeros, blocks 0-1 only", 1, two, identity),
+                ("LoRA slots carrying an adapter, blocks 0-1 only", 1, two, on)]
     if feature == "edit":
         return [("plain", 1, HookConfig(), on), ("swap inputs at identity", 1, HookConfig(kv_swap=True), identity),
                 ("edit (2x rows)", 2, HookConfig(kv_swap=True), edit)]

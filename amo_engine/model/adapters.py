@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from amo_engine.model.lora import PROJECTIONS, LoraLayout
+from amo_engine.model.lora import PROJECTIONS, LoraLayout, blocks_of, projections_of
 
 if TYPE_CHECKING:
     import torch
@@ -45,12 +45,11 @@ class Adapter:
 
     @property
     def blocks(self) -> tuple[int, ...]:
-        return tuple(sorted({b for b, _ in self.factors}))
+        return blocks_of(self.factors)
 
     @property
     def projections(self) -> tuple[str, ...]:
-        used = {p for _, p in self.factors}
-        return tuple(p for p in PROJECTIONS if p in used)
+        return projections_of(self.factors)
 
 
 def parse_choice(text: str) -> tuple[str, float]:

@@ -62,6 +62,17 @@ def resolve_blocks(choice: str | tuple[int, ...], edit_blocks: Sequence[int] | N
     return tuple(choice)
 
 
+def blocks_of(layers) -> tuple[int, ...]:
+    """The joint blocks among (block, projection) layers, in order."""
+    return tuple(sorted({b for b, _ in layers}))
+
+
+def projections_of(layers) -> tuple[str, ...]:
+    """The projections among (block, projection) layers, in PROJECTIONS order."""
+    used = {p for _, p in layers}
+    return tuple(p for p in PROJECTIONS if p in used)
+
+
 @dataclass(frozen=True)
 class LoraLayout:
     """The adapted layers of one engine, in slot order, and the factors' sizes."""
@@ -72,12 +83,11 @@ class LoraLayout:
 
     @property
     def blocks(self) -> tuple[int, ...]:
-        return tuple(sorted({b for b, _ in self.layers}))
+        return blocks_of(self.layers)
 
     @property
     def projections(self) -> tuple[str, ...]:
-        used = {p for _, p in self.layers}
-        return tuple(p for p in PROJECTIONS if p in used)
+        return projections_of(self.layers)
 
     def slot(self, block: int, projection: str) -> int | None:
         try:

@@ -103,6 +103,37 @@ def flow_loss(pipe, prompts: list[str], pixels: torch.Tensor, noise_seed: int, t
     return torch.nn.functional.mse_loss(pred, noise - x0)
 
 
+def optimise(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """One optimiser step on ``loss``, gradients clipped to norm 1 (every trainer here)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
+    opt.step()
+
+
+def ema_update(ema: list[torch.Tensor], params: list[torch.Tensor], decay: float, step: int) -> None:
+    """The EMA after ``step`` optimiser steps, its decay warming up as (1 + step) / (10 + step)."""
+    with torch.no_grad():
+        torch._foreach_lerp_(ema, params, 1 - min(decay, (1 + step) / (10 + step)))
+
+
+class LossLog:
+    """A trainer's smoothed loss (EMA ``keep``) on its progress bar, and every ``every`` steps in log.jsonl."""
+
+    def __init__(self, bar, log, every: int, keep: float):
+        self.bar, self.log, self.every, self.keep = bar, log, every, keep
+        self.running, self.start = None, time.time()
+
+    def update(self, step: int, loss: torch.Tensor, lr: float) -> None:
+        value = float(loss.detach())
+        self.running = value if self.running is None else self.keep * self.running + (1 - self.keep) * value
+        self.bar.set_postfix(loss=f"{self.running:.4f}", lr=f"{lr:.1e}", refresh=False)
+        self.bar.update(1)
+        if step % self.every == 0:
+            self.log.write(json.dumps({"step": step, "loss": self.running, "seconds": time.time() - self.start}) + "\n")
+            self.log.flush()
+
+
 class StepBatches(torch.utils.data.Dataset):
     """Batch ``step`` of a run, for a DataLoader whose workers render ahead of the optimiser."""
 
@@ -226,10 +257,8 @@ class Trainer:
         return flow_loss(self.pipe, prompts, pixels, cfg.seed * 1_000_003 + step, cfg.variant.text_length)
 
     def update_ema(self) -> None:
-        decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
-        with torch.no_grad():
-            for k, m in self.trained.items():
-                torch._foreach_lerp_(list(self.ema[k].parameters()), list(m.parameters()), 1 - decay)
+        for k, m in self.trained.items():
+            ema_update(list(self.ema[k].parameters()), list(m.parameters()), self.cfg.ema_decay, self.step)
 
     def ema_pipeline(self):
         """A pipeline over the EMA weights (shares the frozen parts)."""
@@ -275,7 +304,7 @@ class Trainer:
             print(f"resuming {cfg.run_dir} at step {self.step}", flush=True)
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train-glyph", unit="step", disable=not cfg.progress,
                    mininterval=5)
-        running, start = None, time.time()
+        losses = LossLog(bar, log, every=50, keep=0.98)
         for m in self.trained.values():
             m.train()
         batches = iter(torch.utils.data.DataLoader(StepBatches(cfg), batch_size=None, num_workers=cfg.workers,
@@ -284,19 +313,10 @@ class Trainer:
             for group in self.opt.param_groups:
                 group["lr"] = lr_at(self.step, cfg)
             loss = self.loss(self.step, next(batches))
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]], 1.0)
-            self.opt.step()
+            optimise(self.opt, loss)
             self.step += 1
             self.update_ema()
-            value = float(loss.detach())
-            running = value if running is None else 0.98 * running + 0.02 * value
-            bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr_at(self.step - 1, cfg):.1e}", refresh=False)
-            bar.update(1)
-            if self.step % 50 == 0:
-                log.write(json.dumps({"step": self.step, "loss": running, "seconds": time.time() - start}) + "\n")
-                log.flush()
+            losses.update(self.step, loss, lr_at(self.step - 1, cfg))
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.save_checkpoint()  # before the check: a failing check never costs trained steps
             if reader is not None and (self.step % cfg.check_every == 0 or self.step == cfg.steps):

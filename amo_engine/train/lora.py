@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -232,7 +231,7 @@ class Finetuner:
         from tqdm.auto import tqdm
 
         from amo_engine.atomic import write_json
-        from amo_engine.train.glyph import flow_loss, lr_at
+        from amo_engine.train.glyph import LossLog, ema_update, flow_loss, lr_at, optimise
 
         cfg = self.cfg
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
@@ -246,29 +245,18 @@ class Finetuner:
         pipe.transformer.train()
         bar = tqdm(total=cfg.steps, initial=self.step, desc="finetune", unit="step", disable=not cfg.progress,
                    mininterval=5)
-        running, start = None, time.time()
         with (cfg.run_dir / LOG).open("a") as log:
+            losses = LossLog(bar, log, every=25, keep=0.95)
             while self.step < cfg.steps:
                 for group in self.opt.param_groups:
                     group["lr"] = lr_at(self.step, cfg)
                 prompts, pixels = self.batch_at(self.step)
                 loss = flow_loss(pipe, prompts, pixels, cfg.seed * 1_000_003 + self.step, self.variant.text_length)
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(list(self.params.values()), 1.0)
-                self.opt.step()
+                optimise(self.opt, loss)
                 self.step += 1
                 if self.ema is not None:
-                    decay = min(cfg.ema_decay, (1 + self.step) / (10 + self.step))
-                    with torch.no_grad():
-                        torch._foreach_lerp_(list(self.ema.values()), list(self.params.values()), 1 - decay)
-                value = float(loss.detach())
-                running = value if running is None else 0.95 * running + 0.05 * value
-                bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr_at(self.step - 1, cfg):.1e}", refresh=False)
-                bar.update(1)
-                if self.step % 25 == 0:
-                    log.write(json.dumps({"step": self.step, "loss": running, "seconds": time.time() - start}) + "\n")
-                    log.flush()
+                    ema_update(list(self.ema.values()), list(self.params.values()), cfg.ema_decay, self.step)
+                losses.update(self.step, loss, lr_at(self.step - 1, cfg))
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self.save_checkpoint()
         bar.close()
