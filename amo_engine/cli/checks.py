@@ -172,8 +172,17 @@ def check_serve_args(args: argparse.Namespace) -> None:
             raise ValueError("--requests, --payloads, --steps and every --concurrency must be >= 1")
         if args.kill_replica_after is not None and not starts:
             raise ValueError("--kill-replica-after kills a replica of a service started here: drop --url")
+    for name in ("max_prompt_chars", "max_body_kb", "max_concurrent_per_key"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not starts:
         return
+    keys = getattr(args, "api_key_file", None)
+    if keys is not None:
+        if not Path(keys).is_file():
+            raise ValueError(f"--api-key-file {keys}: no such file (one key a line)")
+        if not any(line.strip() and not line.strip().startswith("#") for line in Path(keys).read_text().splitlines()):
+            raise ValueError(f"--api-key-file {keys} holds no key: one key a line")
     lora_dir = getattr(args, "lora_dir", None)
     if lora_dir is not None and not any(Path(lora_dir).glob("*.safetensors")):
         raise ValueError(f"--lora-dir {lora_dir}: no .safetensors adapters there (amo-engine finetune writes "

@@ -432,7 +432,10 @@ def _service_config(args: argparse.Namespace):
                          (4 if backend == "eager" else None), batch_wait_ms=args.batch_wait_ms,
                          max_queued=args.max_queued, request_timeout_s=args.request_timeout,
                          cpus_per_replica=args.cpus_per_replica, gpus_per_replica=args.gpus_per_replica,
-                         max_steps=args.max_steps, lora_dir=str(args.lora_dir) if args.lora_dir else None)
+                         max_steps=args.max_steps, lora_dir=str(args.lora_dir) if args.lora_dir else None,
+                         max_prompt_chars=args.max_prompt_chars, max_body_bytes=1024 * args.max_body_kb,
+                         api_key_file=str(args.api_key_file) if args.api_key_file else None,
+                         max_concurrent_per_key=args.max_concurrent_per_key)
 
 
 def _ray_cpus(args: argparse.Namespace) -> int:
@@ -449,10 +452,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from amo_engine.serve import app
 
-    app.start(_service_config(args), args.host, args.port, num_cpus=_ray_cpus(args))
+    app.start(_service_config(args), args.host, args.port, num_cpus=_ray_cpus(args), metrics_port=args.metrics_port)
     url = f"http://{args.host}:{args.port}"
+    metrics = f", metrics http://127.0.0.1:{args.metrics_port}/metrics" if args.metrics_port else ""
     print(f"serving {args.model} at {url}/v1/images/generations ({args.replicas} replica(s)); health {url}/healthz, "
-          f"ready {url}/readyz, stats {url}/v1/stats; Ctrl-C stops", flush=True)
+          f"ready {url}/readyz, stats {url}/v1/stats{metrics}; Ctrl-C stops", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -4,6 +4,7 @@ heavy: ``amo-engine --help`` and bad options answer before torch loads."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from amo_engine import __version__
@@ -439,6 +440,15 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus-per-replica", type=float, default=1.0, help="Ray CPUs reserved per replica (default 1)")
     p.add_argument("--gpus-per-replica", type=float, default=0.0, help="Ray GPUs per replica (default 0)")
     p.add_argument("--max-steps", type=int, default=100, help="the most steps a request may ask for (default 100)")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="Ray's Prometheus metrics on http://127.0.0.1:PORT/metrics (Ray's, Serve's and amo_* series)")
+    p.add_argument("--max-prompt-chars", type=int, default=2000, help="the longest prompt accepted (default 2000)")
+    p.add_argument("--max-body-kb", type=int, default=64, help="the largest request body accepted (default 64 KiB)")
+    p.add_argument("--api-key-file", type=Path, default=os.environ.get("AMO_ENGINE_API_KEY_FILE"),
+                   help="one API key a line: every /v1 request then needs 'Authorization: Bearer KEY' (the openai "
+                        "client's api_key); default $AMO_ENGINE_API_KEY_FILE, else no keys")
+    p.add_argument("--max-concurrent-per-key", type=int, default=8,
+                   help="requests in flight per key (per client address without keys); past it: 429 (default 8)")
     p.add_argument("--lora-dir", type=Path, default=None,
                    help="a folder of LoRA adapters (*.safetensors) that requests name in \"lora\" (by file stem); "
                         "requests with different adapters share calls, each row its own. An engine needs export "

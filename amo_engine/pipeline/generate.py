@@ -61,6 +61,8 @@ class GenerateConfig:
     groups: str | None = None  # entity phrases "a|b" for the group knobs (default: the heuristic chunker)
     pad_images_to: int | None = None  # run at least this many images per call, filler rows discarded (see __call__)
     adapters: Sequence[Adapter | None] | None = None  # LoRA per prompt (one: every prompt; None: no adapter)
+    previews: int = 0  # clean-image estimates handed to on_preview at evenly spaced steps (streaming)
+    on_preview: Callable[[int, list], None] | None = None  # (preview index, PIL images of the user's rows)
     should_stop: Callable[[], bool] | None = None  # asked after every step (a host call, no device sync)
 
 
@@ -384,6 +386,8 @@ class AmoPipeline:
             loop = with_text_swap(loop, swap, len(prompts), sigmas)
         if plan is not None:
             loop = with_modulation(loop, plan, text_groups, used if plan.needs_groups else 0, len(prompts), sigmas)
+        if cfg.previews and cfg.on_preview is not None:
+            loop = self._with_previews(loop, cfg, sigmas, height, width, wanted)
         prepare_seconds = time.perf_counter() - start
         latents, loop_seconds = self._denoise(loop, sigmas, sampler, cfg, generator)
         start = time.perf_counter()
@@ -393,6 +397,26 @@ class AmoPipeline:
         attn_map = (loop.attn_sum / cfg.steps).reshape(len(prompts), side_h, side_w).float().cpu()  # [B, h, w]
         return GenerateResult(images[:wanted], latents[:wanted], attn_map[:wanted], span_mask[:wanted], sampler,
                               loop_seconds, cfg.steps, notes, prepare_seconds, decode_seconds)
+
+    def _with_previews(self, loop: Denoise, cfg: GenerateConfig, sigmas: list[float], height: int, width: int,
+                       wanted: int) -> Denoise:
+        """``loop`` whose step also decodes the clean-image estimate x - sigma * velocity (rectified flow)
+        at ``cfg.previews`` evenly spaced steps before the last and hands it to ``cfg.on_preview``. The
+        step's outputs are untouched: the final image is the one generated without previews."""
+        steps = len(sigmas) - 1
+        at = {round((k + 1) * steps / (cfg.previews + 1)) - 1: k for k in range(cfg.previews)}  # step -> index
+        calls = 0
+
+        def step(x, sigma):
+            nonlocal calls
+            out = loop.step(x, sigma)
+            if calls in at:
+                estimate = x.float() - float(sigma) * out.velocity.float()
+                cfg.on_preview(at[calls], self.family.decode(self.pipe, estimate.to(x.dtype), height, width)[:wanted])
+            calls += 1
+            return out
+
+        return dataclasses.replace(loop, step=step)
 
     @staticmethod
     def _adapters_per_image(cfg: GenerateConfig) -> list:

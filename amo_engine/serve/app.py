@@ -9,6 +9,12 @@ the cancellation). A replica that dies mid-request is restarted by Ray; the gate
 request once on another replica (images are deterministic, so a retry returns the same image), then
 answers 503.
 
+Keys: with ``api_key_file`` every ``/v1`` route wants ``Authorization: Bearer KEY`` (401 without;
+keys compared in constant time, never logged; ``/healthz`` and ``/readyz`` stay open). Each key (each
+client address without keys) has at most ``max_concurrent_per_key`` requests in flight: 429 with
+Retry-After past it. ``"stream": true`` answers with server-sent events, OpenAI's
+``image_generation.partial_image`` previews then ``image_generation.completed``.
+
 Local: ``amo-engine serve``. A cluster: ``serve deploy`` a config whose application imports
 ``amo_engine.serve.app:build_app`` with the same arguments (README, Serving).
 """
@@ -17,6 +23,9 @@ Local: ``amo-engine serve``. A cluster: ``serve deploy`` a config whose applicat
 import asyncio
 import collections
 import dataclasses
+import hashlib
+import hmac
+import json
 import os
 import time
 import uuid
@@ -29,7 +38,7 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from amo_engine.serve.renderer import RenderError
 from amo_engine.serve.schema import BadRequest, Limits, parse_request, response_body
@@ -53,7 +62,22 @@ class ServiceConfig:
     gpus_per_replica: float = 0.0
     max_steps: int = 100
     max_body_bytes: int = 64 * 1024
+    max_prompt_chars: int = 2000
     lora_dir: Optional[str] = None  # LoRA adapters requests may name ("lora": file stem)
+    api_key_file: Optional[str] = None  # one key a line; None: no keys asked
+    max_concurrent_per_key: int = 8  # requests in flight per key (per client address without keys)
+
+
+def _read_keys(path: Optional[str]) -> tuple[str, ...]:
+    """The sha256 digests of the keys in ``path`` (one a line; blank lines and # comments skipped).
+    Defined before the deployments: Serve captures their globals when the module is imported."""
+    if path is None:
+        return ()
+    keys = [line.strip() for line in Path(path).read_text().splitlines()]
+    keys = [k for k in keys if k and not k.startswith("#")]
+    if not keys:
+        raise ValueError(f"--api-key-file {path} holds no key: one key a line")
+    return tuple(hashlib.sha256(k.encode()).hexdigest() for k in keys)
 
 
 def _images(requests) -> int:
@@ -94,6 +118,33 @@ class RenderReplica:
         self._call_ms.observe(1000 * (time.perf_counter() - start))
         return answers
 
+    async def stream(self, request):
+        """A streamed request (a call of its own): ("partial", index, png_b64) per preview, then
+        ("done", Rendered | RenderError)."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def on_partial(k: int, b64: str) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, ("partial", k, b64))
+
+        work = asyncio.ensure_future(asyncio.to_thread(self.renderer.render_streamed, request, on_partial,
+                                                       self._cancelled.__contains__))
+        try:
+            while True:
+                item = asyncio.ensure_future(queue.get())
+                await asyncio.wait({item, work}, return_when=asyncio.FIRST_COMPLETED)
+                if item.done():
+                    yield item.result()
+                    continue
+                item.cancel()
+                while not queue.empty():
+                    yield queue.get_nowait()
+                yield ("done", work.result())
+                return
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away: stop the call at its next step
+            self._cancelled.add(request.request_id)
+            raise
+
     async def __call__(self, request):
         try:
             return await self.render(request)
@@ -122,7 +173,10 @@ class Gateway:
         self.latencies_ms: collections.deque = collections.deque(maxlen=2000)
         self.batch_images: collections.Counter = collections.Counter()
         self.retries = 0  # requests sent again after their replica died
+        self._keys = _read_keys(self.cfg.api_key_file)  # sha256 digests; the keys themselves are not kept
+        self._in_flight: collections.Counter = collections.Counter()  # requests per key digest / client address
         self._requests = metrics.Counter("amo_requests", "image requests by HTTP status", tag_keys=("status",))
+        self._retries = metrics.Counter("amo_retries", "requests sent again after their renderer replica died")
         self._latency = metrics.Histogram("amo_request_latency_ms", "request latency (ms), 200s only",
                                           boundaries=[50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000])
 
@@ -140,8 +194,46 @@ class Gateway:
         kind = "invalid_request_error" if status < 500 else "server_error"
         return self._answer(status, {"error": {"message": message, "type": kind, "code": status}}, headers)
 
+    def _caller(self, request: Request) -> tuple[Optional[str], Optional[JSONResponse]]:
+        """(who: a key's digest, or the client address without keys; or the 401 answer)."""
+        if not self._keys:
+            return (request.client.host if request.client else "unknown"), None
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        digest = hashlib.sha256(given.strip().encode()).hexdigest() if scheme.lower() == "bearer" else ""
+        if not any(hmac.compare_digest(digest, key) for key in self._keys):  # constant time per key
+            what = "a wrong API key" if header else "no API key"
+            return None, self._error(401, f"{what}: send the header \"Authorization: Bearer YOUR_KEY\" (the openai "
+                                          "client's api_key) with a key from the service's --api-key-file",
+                                     {"WWW-Authenticate": "Bearer"})
+        return digest, None
+
     @api.post("/v1/images/generations")
     async def generations(self, request: Request):
+        who, refused = self._caller(request)
+        if refused is not None:
+            return refused
+        cap = self.cfg.max_concurrent_per_key
+        if self._in_flight[who] >= cap:
+            return self._error(429, f"this {'key' if self._keys else 'client'} has {self._in_flight[who]} requests in "
+                                    f"flight, the limit is {cap} (serve --max-concurrent-per-key): retry after "
+                                    f"{self.cfg.retry_after_s} s", self._retry())
+        self._in_flight[who] += 1
+        streaming = False
+        try:
+            answer = await self._generate(request, who)
+            streaming = isinstance(answer, StreamingResponse)
+            return answer
+        finally:
+            if not streaming:  # a stream releases its slot when its last event is sent
+                self._release(who)
+
+    def _release(self, who: str) -> None:
+        self._in_flight[who] -= 1
+        if self._in_flight[who] <= 0:
+            del self._in_flight[who]
+
+    async def _generate(self, request: Request, who: str):
         start = time.perf_counter()
         try:
             info = await self._describe(timeout=30.0)
@@ -149,14 +241,17 @@ class Gateway:
             return self._error(503, "the renderer is not ready yet: retry shortly", self._retry())
         limits = Limits(sizes=tuple(tuple(int(v) for v in s.split("x")) for s in info["sizes"]),
                         max_images=info["batch"], max_steps=self.cfg.max_steps, max_body_bytes=self.cfg.max_body_bytes,
-                        adapters=tuple(info.get("adapters", ())))
+                        adapters=tuple(info.get("adapters", ())), max_prompt_chars=self.cfg.max_prompt_chars)
         length = request.headers.get("content-length")
         try:
             if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
-                raise BadRequest(413, f"the request body is over {limits.max_body_bytes} bytes: send a shorter prompt")
+                raise BadRequest(413, f"the request body is over {limits.max_body_bytes} bytes (serve --max-body-kb): "
+                                      "send a shorter prompt")
             req = dataclasses.replace(parse_request(await request.body(), limits), request_id=uuid.uuid4().hex)
         except BadRequest as err:
             return self._error(err.status, str(err))
+        if req.stream:
+            return self._stream(req, start, who)
         answer = None
         for attempt in range(2):  # one retry when a replica dies under the request
             response = self.renderer.remote(req)
@@ -179,6 +274,7 @@ class Gateway:
                                             f"({type(err).__name__}); Ray is restarting it: retry after "
                                             f"{self.cfg.retry_after_s} s", self._retry())
                 self.retries += 1
+                self._retries.inc()
         if isinstance(answer, RenderError):
             return self._error(answer.status, answer.message)
         total_ms = 1000 * (time.perf_counter() - start)
@@ -188,6 +284,54 @@ class Gateway:
         self.batch_images[answer.batch["images"]] += 1
         self._latency.observe(total_ms)
         return self._answer(200, response_body(int(time.time()), answer.images, timings, answer.batch, answer.notes))
+
+    def _stream(self, req, start: float, who: str) -> StreamingResponse:
+        """Server-sent events in OpenAI's image streaming format: a partial_image event per preview,
+        then completed with the image (or an error event). Not retried if its replica dies."""
+        size = f"{req.width}x{req.height}"
+        common = {"size": size, "quality": "auto", "background": "opaque", "output_format": "png"}
+        gen = self.renderer.options(stream=True).stream.remote(req)
+
+        def event(kind: str, data: dict) -> str:
+            return f"event: {kind}\ndata: {json.dumps(data)}\n\n"
+
+        async def events():
+            status = 200
+            try:
+                deadline = start + self.cfg.request_timeout_s
+                async for item in gen:
+                    if item[0] == "partial":
+                        yield event("image_generation.partial_image", {
+                            "type": "image_generation.partial_image", "b64_json": item[2],
+                            "created_at": int(time.time()), "partial_image_index": item[1], **common})
+                        if time.perf_counter() > deadline:
+                            raise asyncio.TimeoutError
+                        continue
+                    answer = item[1]
+                    if isinstance(answer, RenderError):
+                        status = answer.status
+                        yield event("error", {"error": {"message": answer.message, "type": "server_error",
+                                                        "code": answer.status}})
+                        return
+                    total_ms = 1000 * (time.perf_counter() - start)
+                    self.latencies_ms.append(total_ms)
+                    self._latency.observe(total_ms)
+                    yield event("image_generation.completed", {
+                        "type": "image_generation.completed", "b64_json": answer.images[0]["b64_json"],
+                        "created_at": int(time.time()), "seed": answer.images[0]["seed"], **common,
+                        "usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0,
+                                  "input_tokens_details": {"image_tokens": 0, "text_tokens": 0}}})
+            except asyncio.TimeoutError:
+                gen.cancel()
+                status = 504
+                yield event("error", {"error": {"message": f"the request took over {self.cfg.request_timeout_s:g} s "
+                                                           "and was cancelled", "type": "server_error", "code": 504}})
+            finally:
+                self.status_counts[status] += 1
+                self._requests.inc(tags={"status": str(status)})
+                self._release(who)
+
+        return StreamingResponse(events(), media_type="text/event-stream")
 
     def _retry(self) -> dict:
         return {"Retry-After": str(self.cfg.retry_after_s)}
@@ -206,13 +350,19 @@ class Gateway:
         return {"ready": True, **{k: info[k] for k in ("model", "family", "batch", "sizes", "max_steps")}}
 
     @api.get("/v1/models")
-    async def models(self):
+    async def models(self, request: Request):
+        refused = self._caller(request)[1]
+        if refused is not None:
+            return refused
         info = await self._describe(timeout=30.0)
         return {"object": "list", "data": [{"id": info["model"], "object": "model", "owned_by": "amo-engine",
                                             "adapters": info.get("adapters", [])}]}
 
     @api.get("/v1/stats")
-    async def stats(self):
+    async def stats(self, request: Request):
+        refused = self._caller(request)[1]
+        if refused is not None:
+            return refused
         lat = sorted(self.latencies_ms)
 
         def q(p: float):
@@ -250,16 +400,19 @@ def build_app(args: dict):
     return build(ServiceConfig(runtime=runtime, **rest))
 
 
-def start(cfg: ServiceConfig, host: str = "127.0.0.1", port: int = 8000, num_cpus: Optional[int] = None):
+def start(cfg: ServiceConfig, host: str = "127.0.0.1", port: int = 8000, num_cpus: Optional[int] = None,
+          metrics_port: Optional[int] = None):
     """Start Ray (local), Serve's HTTP proxy on ``host:port`` and the application; returns when the
-    renderer replicas are up (their model loaded)."""
+    renderer replicas are up (their model loaded). ``metrics_port``: Ray's Prometheus endpoint
+    (``http://127.0.0.1:PORT/metrics``: Ray's, Serve's and our ``amo_*`` series)."""
     import ray
 
     from amo_engine import quiet
 
     quiet.install()  # serve.run's "Connecting to existing Serve app" right after serve.start made it
     if not ray.is_initialized():
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+        metrics = {} if metrics_port is None else {"_metrics_export_port": metrics_port}
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True, **metrics)
     serve.start(http_options={"host": host, "port": port})
     return serve.run(build(cfg), name=APP_NAME, route_prefix="/")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
 import time
 import warnings
 from contextlib import ExitStack
@@ -91,6 +92,7 @@ class Renderer:
             self.max_sequence_length = None
         self.limits = Limits(sizes=((width, height),), max_images=self.batch, max_steps=max_steps,
                              adapters=tuple(self.adapters))
+        self._busy = threading.Lock()  # one pipeline call at a time: calls share the input buffers
         self.rendered_images = 0  # images returned (filler rows not counted)
         self.calls = 0
         self.cancelled_calls = 0  # calls stopped because every request in them was cancelled
@@ -136,7 +138,16 @@ class Renderer:
                 answers[i] = answer
         return answers
 
-    def _call(self, call: list[ImageRequest], cancelled: Callable[[str], bool]) -> list[Rendered | RenderError]:
+    def render_streamed(self, request: ImageRequest, on_partial: Callable[[int, str], None],
+                        cancelled: Callable[[str], bool] = lambda request_id: False) -> Rendered | RenderError:
+        """One streamed request, in a call of its own at the replica's batch (so its image is the one
+        it gets unstreamed): ``on_partial(index, png_b64)`` gets each of its ``partial_images``
+        previews (the clean-image estimate at evenly spaced steps) before the answer returns."""
+        return self._call([request], cancelled, lambda k, images: on_partial(k, png_b64(images[0])),
+                          request.partial_images)[0]
+
+    def _call(self, call: list[ImageRequest], cancelled: Callable[[str], bool],
+              on_preview: Callable[[int, list], None] | None = None, previews: int = 0) -> list[Rendered | RenderError]:
         from amo_engine.pipeline.generate import GenerateConfig, GenerationCancelled, NonFiniteLatentsError
 
         first = call[0]
@@ -147,10 +158,10 @@ class Renderer:
             guidance=first.guidance, sampler=first.sampler, c=first.c, max_sequence_length=self.max_sequence_length,
             pad_images_to=self.batch, should_stop=lambda: all(cancelled(r.request_id) for r in call),
             adapters=[self.adapters[r.lora] if r.lora else None for r in call for _ in range(r.n)]
-            if any(r.lora for r in call) else None,
+            if any(r.lora for r in call) else None, previews=previews, on_preview=on_preview,
         )
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), self._busy:
                 warnings.simplefilter("ignore")  # notes are made per request below
                 result = self.pipeline(cfg)
         except NonFiniteLatentsError as err:

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 
 from amo_engine.rules import check_sampler, parse_size
 
-OPENAI_IGNORED = ("model", "user", "quality", "style")  # OpenAI fields clients send that change nothing here
-MAX_PROMPT_CHARS = 2000
+# OpenAI image fields clients send that change nothing here (the official client sends what it is given)
+OPENAI_IGNORED = ("model", "user", "quality", "style", "background", "moderation", "output_compression",
+                  "safety_identifier")
 MAX_SEED = 2**63 - 1
+MAX_PARTIAL_IMAGES = 3  # OpenAI's range for partial_images: 0-3
 
 
 class BadRequest(ValueError):
@@ -35,6 +37,7 @@ class Limits:
     max_body_bytes: int = 64 * 1024
     default_steps: int = 28
     adapters: tuple[str, ...] = ()  # the LoRA adapters a request may name (serve --lora-dir)
+    max_prompt_chars: int = 2000
 
     @property
     def size_names(self) -> list[str]:
@@ -55,6 +58,8 @@ class ImageRequest:
     negative_prompt: str | None
     return_attention: bool
     lora: str | None = None  # an adapter of the service's --lora-dir, by name (requests with others share calls)
+    stream: bool = False  # server-sent events: partial images, then the image (OpenAI's image streaming)
+    partial_images: int = 0  # previews streamed before the image (0-3)
     request_id: str = ""  # set by the gateway; not part of what the image depends on
 
     def batch_key(self) -> tuple:
@@ -79,6 +84,9 @@ FIELDS = {
     "guidance": "guidance scale (default: the model's)",
     "return_attention": "true: each image also carries AMO's quoted-text attention map",
     "lora": "a LoRA adapter of the service, by name (GET /v1/models lists them)",
+    "output_format": "\"png\"",
+    "stream": "true: server-sent events, partial images then the image (n = 1)",
+    "partial_images": "previews streamed before the image, 0 to 3 (with stream)",
 }
 
 
@@ -86,7 +94,8 @@ def parse_request(body: bytes, limits: Limits, content_length: int | None = None
     """The request in ``body``, or ``BadRequest`` with the first problem found."""
     size = content_length if content_length is not None else len(body)
     if size > limits.max_body_bytes or len(body) > limits.max_body_bytes:
-        raise BadRequest(413, f"the request body is over {limits.max_body_bytes} bytes: send a shorter prompt")
+        raise BadRequest(413, f"the request body is over {limits.max_body_bytes} bytes (serve --max-body-kb): send a "
+                              "shorter prompt")
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -101,9 +110,10 @@ def parse_request(body: bytes, limits: Limits, content_length: int | None = None
     prompt = data.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise BadRequest(400, "\"prompt\" is missing or empty: send {\"prompt\": \"a sign that says 'OPEN'\"}")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise BadRequest(400, f"\"prompt\" has {len(prompt)} characters: send at most {MAX_PROMPT_CHARS}")
-    n = _integer(data, "n", 1, 1, limits.max_images)
+    if len(prompt) > limits.max_prompt_chars:
+        raise BadRequest(400, f"\"prompt\" has {len(prompt)} characters: the limit is {limits.max_prompt_chars} "
+                              "(serve --max-prompt-chars)")
+    n = _integer(data, "n", 1, 1, limits.max_images)  # the replica's batch
     width, height = _size(data.get("size"), limits)
     fmt = data.get("response_format", "b64_json")
     if fmt != "b64_json":
@@ -118,8 +128,8 @@ def parse_request(body: bytes, limits: Limits, content_length: int | None = None
     c = _number(data, "c", 2.0, 0.0, 10.0)
     guidance = _number(data, "guidance", None, 0.0, 30.0)
     negative = data.get("negative_prompt")
-    if negative is not None and (not isinstance(negative, str) or len(negative) > MAX_PROMPT_CHARS):
-        raise BadRequest(400, f"\"negative_prompt\" must be a string of at most {MAX_PROMPT_CHARS} characters")
+    if negative is not None and (not isinstance(negative, str) or len(negative) > limits.max_prompt_chars):
+        raise BadRequest(400, f"\"negative_prompt\" must be a string of at most {limits.max_prompt_chars} characters")
     attention = data.get("return_attention", False)
     if not isinstance(attention, bool):
         raise BadRequest(400, "\"return_attention\" must be true or false")
@@ -128,7 +138,19 @@ def parse_request(body: bytes, limits: Limits, content_length: int | None = None
         have = (f"this service has {', '.join(limits.adapters)}" if limits.adapters
                 else "this service has none (start it with --lora-dir DIR)")
         raise BadRequest(400, f"unknown adapter {json.dumps(lora)}: {have}")
-    return ImageRequest(prompt, n, width, height, steps, sampler, c, seed, guidance, negative or None, attention, lora)
+    output = data.get("output_format", "png")
+    if output != "png":
+        raise BadRequest(400, f"output_format {json.dumps(output)} is not served: use \"png\"")
+    stream = data.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequest(400, "\"stream\" must be true or false")
+    partial = _integer(data, "partial_images", 0, 0, MAX_PARTIAL_IMAGES)
+    if partial and not stream:
+        raise BadRequest(400, "\"partial_images\" needs \"stream\": true (previews arrive as server-sent events)")
+    if stream and n != 1:
+        raise BadRequest(400, "a streamed request renders one image: send \"n\": 1, or drop \"stream\"")
+    return ImageRequest(prompt, n, width, height, steps, sampler, c, seed, guidance, negative or None, attention, lora,
+                        stream, partial)
 
 
 def _integer(data: dict, name: str, default, lo: int, hi: int) -> int:
