@@ -448,7 +448,7 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="one API key a line: every /v1 request then needs 'Authorization: Bearer KEY' (the openai "
                         "client's api_key); default $AMO_ENGINE_API_KEY_FILE, else no keys")
     p.add_argument("--max-concurrent-per-key", type=int, default=8,
-                   help="requests in flight per key (per client address without keys); past it: 429 (default 8)")
+                   help="requests in flight per API key (with --api-key-file); past it: 429 (default 8)")
     p.add_argument("--lora-dir", type=Path, default=None,
                    help="a folder of LoRA adapters (*.safetensors) that requests name in \"lora\" (by file stem); "
                         "requests with different adapters share calls, each row its own. An engine needs export "

@@ -10,9 +10,8 @@ request once on another replica (images are deterministic, so a retry returns th
 answers 503.
 
 Keys: with ``api_key_file`` every ``/v1`` route wants ``Authorization: Bearer KEY`` (401 without;
-keys compared in constant time, never logged; ``/healthz`` and ``/readyz`` stay open). Each key (each
-client address without keys) has at most ``max_concurrent_per_key`` requests in flight: 429 with
-Retry-After past it. ``"stream": true`` answers with server-sent events, OpenAI's
+keys compared in constant time, never logged; ``/healthz`` and ``/readyz`` stay open). Each key has at most ``max_concurrent_per_key`` requests in flight: 429 with
+Retry-After past it (without keys there is no per-client cap; the queue's 503 still applies). ``"stream": true`` answers with server-sent events, OpenAI's
 ``image_generation.partial_image`` previews then ``image_generation.completed``.
 
 Local: ``amo-engine serve``. A cluster: ``serve deploy`` a config whose application imports
@@ -65,7 +64,7 @@ class ServiceConfig:
     max_prompt_chars: int = 2000
     lora_dir: Optional[str] = None  # LoRA adapters requests may name ("lora": file stem)
     api_key_file: Optional[str] = None  # one key a line; None: no keys asked
-    max_concurrent_per_key: int = 8  # requests in flight per key (per client address without keys)
+    max_concurrent_per_key: int = 8  # requests in flight per key (with api_key_file)
 
 
 def _read_keys(path: Optional[str]) -> tuple[str, ...]:
@@ -195,9 +194,9 @@ class Gateway:
         return self._answer(status, {"error": {"message": message, "type": kind, "code": status}}, headers)
 
     def _caller(self, request: Request) -> tuple[Optional[str], Optional[JSONResponse]]:
-        """(who: a key's digest, or the client address without keys; or the 401 answer)."""
+        """(who: a key's digest, None without keys; or the 401 answer)."""
         if not self._keys:
-            return (request.client.host if request.client else "unknown"), None
+            return None, None
         header = request.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
         digest = hashlib.sha256(given.strip().encode()).hexdigest() if scheme.lower() == "bearer" else ""
@@ -214,10 +213,10 @@ class Gateway:
         if refused is not None:
             return refused
         cap = self.cfg.max_concurrent_per_key
-        if self._in_flight[who] >= cap:
-            return self._error(429, f"this {'key' if self._keys else 'client'} has {self._in_flight[who]} requests in "
-                                    f"flight, the limit is {cap} (serve --max-concurrent-per-key): retry after "
-                                    f"{self.cfg.retry_after_s} s", self._retry())
+        if who is not None and self._in_flight[who] >= cap:
+            return self._error(429, f"this key has {self._in_flight[who]} requests in flight, the limit is {cap} "
+                                    f"(serve --max-concurrent-per-key): retry after {self.cfg.retry_after_s} s",
+                               self._retry())
         self._in_flight[who] += 1
         streaming = False
         try:
@@ -228,12 +227,12 @@ class Gateway:
             if not streaming:  # a stream releases its slot when its last event is sent
                 self._release(who)
 
-    def _release(self, who: str) -> None:
+    def _release(self, who: str | None) -> None:
         self._in_flight[who] -= 1
         if self._in_flight[who] <= 0:
             del self._in_flight[who]
 
-    async def _generate(self, request: Request, who: str):
+    async def _generate(self, request: Request, who: str | None):
         start = time.perf_counter()
         try:
             info = await self._describe(timeout=30.0)
@@ -285,7 +284,7 @@ class Gateway:
         self._latency.observe(total_ms)
         return self._answer(200, response_body(int(time.time()), answer.images, timings, answer.batch, answer.notes))
 
-    def _stream(self, req, start: float, who: str) -> StreamingResponse:
+    def _stream(self, req, start: float, who: str | None) -> StreamingResponse:
         """Server-sent events in OpenAI's image streaming format: a partial_image event per preview,
         then completed with the image (or an error event). Not retried if its replica dies."""
         size = f"{req.width}x{req.height}"
@@ -412,7 +411,8 @@ def start(cfg: ServiceConfig, host: str = "127.0.0.1", port: int = 8000, num_cpu
     quiet.install()  # serve.run's "Connecting to existing Serve app" right after serve.start made it
     if not ray.is_initialized():
         metrics = {} if metrics_port is None else {"_metrics_export_port": metrics_port}
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True, **metrics)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,  # its own Ray,
+                 ignore_reinit_error=True, **metrics)  # never another cluster running on this machine
     serve.start(http_options={"host": host, "port": port})
     return serve.run(build(cfg), name=APP_NAME, route_prefix="/")
 
