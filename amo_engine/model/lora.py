@@ -14,6 +14,7 @@ Imports nothing heavy: the command line checks its LoRA flags from here before t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
@@ -89,11 +90,13 @@ class LoraLayout:
     def projections(self) -> tuple[str, ...]:
         return projections_of(self.layers)
 
+    @cached_property
+    def slots(self) -> dict[tuple[int, str], int]:
+        """Each adapted layer's slot, by (block, projection): looked up by every adapted projection of every call."""
+        return {layer: i for i, layer in enumerate(self.layers)}
+
     def slot(self, block: int, projection: str) -> int | None:
-        try:
-            return self.layers.index((block, projection))
-        except ValueError:
-            return None
+        return self.slots.get((block, projection))
 
     def sizes(self) -> dict[str, int]:
         """The IOSpec dims of the factor inputs (inputs.LORA)."""

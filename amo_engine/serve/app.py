@@ -298,13 +298,15 @@ class Gateway:
             status = 200
             try:
                 deadline = start + self.cfg.request_timeout_s
-                async for item in gen:
+                while True:  # each event within what is left of the request's time
+                    try:
+                        item = await asyncio.wait_for(gen.__anext__(), deadline - time.perf_counter())
+                    except StopAsyncIteration:
+                        return
                     if item[0] == "partial":
                         yield event("image_generation.partial_image", {
                             "type": "image_generation.partial_image", "b64_json": item[2],
                             "created_at": int(time.time()), "partial_image_index": item[1], **common})
-                        if time.perf_counter() > deadline:
-                            raise asyncio.TimeoutError
                         continue
                     answer = item[1]
                     if isinstance(answer, RenderError):
@@ -320,6 +322,7 @@ class Gateway:
                         "created_at": int(time.time()), "seed": answer.images[0]["seed"], **common,
                         "usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0,
                                   "input_tokens_details": {"image_tokens": 0, "text_tokens": 0}}})
+                    return
             except asyncio.TimeoutError:
                 gen.cancel()
                 status = 504
