@@ -239,3 +239,19 @@ def test_service_timeout_answers_504_and_stops_the_work(service):
     info = serve.get_deployment_handle("renderer", app_name="amo-engine").describe.remote().result()
     assert info["cancelled_calls"] >= 1, info  # the timed-out call stopped between steps
     print(f"next request after the timeout answered in {time.perf_counter() - start:.2f} s")
+
+
+def test_cluster_serve_config_is_ray_serve_schema():
+    """The config LocalCluster deploys is valid in Ray Serve's own schema (serve deploy / serve run)."""
+    from ray.serve.schema import ServeDeploySchema
+
+    from amo_engine.serve.cluster import serve_config
+
+    config = serve_config({"model": "glyph", "replicas": 2}, port=8123, proxy_location="HeadOnly",
+                          max_replicas_per_node=1)
+    parsed = ServeDeploySchema.model_validate(config) if hasattr(ServeDeploySchema, "model_validate") \
+        else ServeDeploySchema.parse_obj(config)
+    app = parsed.applications[0]
+    assert app.import_path == "amo_engine.serve.app:build_app" and app.args == {"model": "glyph", "replicas": 2}
+    assert app.deployments[0].name == "renderer" and app.deployments[0].max_replicas_per_node == 1
+    assert parsed.http_options.port == 8123
