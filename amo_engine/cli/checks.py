@@ -172,6 +172,13 @@ def check_serve_args(args: argparse.Namespace) -> None:
             raise ValueError("--requests, --payloads, --steps and every --concurrency must be >= 1")
         if args.kill_replica_after is not None and not starts:
             raise ValueError("--kill-replica-after kills a replica of a service started here: drop --url")
+        if args.nodes < 1 or (args.nodes > 1 and not starts):
+            raise ValueError("--nodes N (>= 1) starts a cluster here: drop --url")
+        if args.kill_node_after is not None and (args.nodes < 2 or args.kill_replica_after is not None):
+            raise ValueError("--kill-node-after kills a worker node: it needs --nodes 2 (or more) and no "
+                             "--kill-replica-after")
+        if args.nodes > 1 and args.replicas != args.nodes:
+            raise ValueError(f"--nodes {args.nodes} places one replica a node: pass --replicas {args.nodes}")
     for name in ("max_prompt_chars", "max_body_kb", "max_concurrent_per_key"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")

@@ -465,22 +465,55 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _start_cluster(args: argparse.Namespace):
+    """A Ray cluster of ``--nodes`` nodes on this machine with the service deployed (one replica a node)."""
+    import math
+    import socket
+    import tempfile
+
+    from amo_engine.serve.app import app_args
+    from amo_engine.serve.cluster import LocalCluster, serve_config
+
+    with socket.socket() as s:  # a free port for the head's GCS
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cluster = LocalCluster(Path(tempfile.mkdtemp(prefix="amo-cluster-")), port,
+                           cpus_per_node=max(1, math.ceil(args.cpus_per_replica)))
+    try:
+        cluster.start(workers=args.nodes - 1)
+        cluster.deploy(serve_config(app_args(_service_config(args)), args.host, args.port, proxy_location="HeadOnly",
+                                    max_replicas_per_node=1, gateways=args.nodes))
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
 def cmd_loadtest(args: argparse.Namespace) -> int:
 
     from amo_engine.serve import loadtest
 
     started = args.url is None
     url = args.url or f"http://{args.host}:{args.port}"
-    if started:
+    cluster, fault = None, None
+    if started and args.nodes > 1:
+        cluster = _start_cluster(args)
+        if args.kill_node_after is not None:
+            fault = loadtest.node_fault(cluster, args.replicas)
+    elif started:
         from amo_engine.serve import app
 
         app.start(_service_config(args), args.host, args.port, num_cpus=_ray_cpus(args))
     try:
+        kill_after = args.kill_replica_after if args.kill_node_after is None else args.kill_node_after
         lt = loadtest.LoadTest(url.rstrip("/"), tuple(args.concurrency), args.requests, args.payloads, args.steps,
-                               args.sampler, max_seconds=args.max_seconds, kill_replica_after_s=args.kill_replica_after,
+                               args.sampler, max_seconds=args.max_seconds, kill_replica_after_s=kill_after,
                                started_here=started)
         try:
-            result = loadtest.run(lt, args.replicas)
+            result = loadtest.run(lt, args.replicas, fault)
+            if cluster is not None:
+                result["cluster"] = {"nodes": args.nodes, "cpus_per_node": cluster.cpus_per_node,
+                                     "replicas_by_node": {k[:8]: v for k, v in cluster.replicas_by_node().items()}}
         except (RuntimeError, TimeoutError) as err:  # the service is not there, or fails alone
             print(f"amo-engine loadtest: error: {err}", file=sys.stderr)
             return 1
@@ -488,14 +521,26 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 
         result["machine"] = cpu_facts()  # the client's; with a service started here, the server's too
     finally:
-        if started:
+        if cluster is not None:
+            import shutil
+
+            cluster.stop()
+            shutil.rmtree(cluster.root, ignore_errors=True)
+        elif started:
             app.stop()
     text = loadtest.table(result)
     print(text)
     if "kill" in result:
         kill = result["kill"]
         seconds = (lambda v: "not within 120 s" if v is None else f"{v:.1f} s")
-        print(f"replica kill ({kill['concurrency']} clients): pid {kill['killed_pid']} killed; {kill['requests']} "
+        what = (f"node {kill['killed_node']} ({kill['processes_killed']} processes)" if "killed_node" in kill
+                else f"pid {kill['killed_pid']}")
+        if "killed_node" in kill:
+            print(f"node kill: replicas by node before {kill['replicas_by_node_before']}, after "
+                  f"{kill['replicas_by_node_after']}; Ray marked the node dead after {seconds(kill['node_dead_s'])}, "
+                  f"a new node joined after {seconds(kill['node_back_s'])}")
+        print(f"{'node' if 'killed_node' in kill else 'replica'} kill ({kill['concurrency']} clients): {what} killed; "
+              f"{kill['requests']} "
               f"requests, {kill['ok']} ok, {len(kill['errors'])} failed, {kill['retries_after_503']} retried after "
               f"503, {kill['gateway']['retries_after_replica_death']} retried by the gateway, "
               f"{kill['image_mismatches']} image mismatches, {kill['hung']} hung, slowest {kill['max_latency_s']:.2f} s; "

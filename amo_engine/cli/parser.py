@@ -354,6 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument("--sampler", default="amo", choices=SAMPLERS)
     lt.add_argument("--kill-replica-after", type=float, default=None, metavar="S",
                     help="after the levels, a fault run: clients keep sending and one renderer replica is SIGKILLed S seconds in (needs the service started here)")
+    lt.add_argument("--nodes", type=int, default=1,
+                    help="start a Ray cluster of this many nodes on this machine (ray start; 1 CPU each unless "
+                         "--cpus-per-replica asks more), one replica a node, and test through the head's proxy")
+    lt.add_argument("--kill-node-after", type=float, default=None, metavar="S",
+                    help="with --nodes 2 or more: after the levels, clients keep sending and a worker node is killed "
+                         "whole S seconds in, then started again once Ray marks it dead")
     lt.add_argument("--max-seconds", type=float, default=600.0, help="stop sending after this long (default 600)")
     lt.add_argument("--out", type=Path, default=None, help="write the result JSON here (and the table beside it, .md)")
     return parser
@@ -417,6 +423,8 @@ LOADTEST_EPILOG = """examples:
   amo-engine loadtest --model glyph --engine engines/glyph --replicas 2 --concurrency 1,2,4,8 \\
       --kill-replica-after 5 --out bench/results/loadtest-glyph.json
   amo-engine loadtest --url http://127.0.0.1:8000 --concurrency 1,4
+  amo-engine loadtest --model glyph --engine engines/glyph --nodes 2 --replicas 2 --threads 1 \\
+      --kill-node-after 5 --out bench/results/loadtest-glyph-2nodes.json
 """
 
 

@@ -402,6 +402,13 @@ def build_app(args: dict):
     return build(ServiceConfig(runtime=runtime, **rest))
 
 
+def app_args(cfg: ServiceConfig) -> dict:
+    """``build_app``'s arguments for ``cfg`` (a Serve config's ``args``): the runtime's fields flat
+    beside the service's, unset ones left out."""
+    rest = {k: v for k, v in asdict(cfg).items() if k != "runtime" and v is not None}
+    return {**{k: v for k, v in cfg.runtime.items() if v is not None}, **rest}
+
+
 def start(cfg: ServiceConfig, host: str = "127.0.0.1", port: int = 8000, num_cpus: Optional[int] = None,
           metrics_port: Optional[int] = None):
     """Start Ray (local), Serve's HTTP proxy on ``host:port`` and the application; returns when the

@@ -27,13 +27,20 @@ APP_NAME = "amo-engine"  # as serve.app.APP_NAME (not imported: that module impo
 
 
 def serve_config(args: dict, host: str = "127.0.0.1", port: int = 8000, proxy_location: str = "EveryNode",
-                 max_replicas_per_node: int | None = None) -> dict:
+                 max_replicas_per_node: int | None = None, gateways: int | None = None) -> dict:
     """A Ray Serve config (``serve deploy`` / ``serve run`` schema) for ``build_app(args)``: ``args``
     are ServiceConfig fields and the runtime's (``model``, ``engine``, ...). ``max_replicas_per_node``
-    spreads the renderer replicas over the nodes (1: one a node)."""
+    spreads the renderer replicas over the nodes (1: one a node). ``gateways``: one gateway replica
+    on each of that many nodes — a proxy routes to the gateway on its own node, so a node lost takes
+    no other node's requests with its gateway (each gateway counts its own per-key requests)."""
     app = {"name": APP_NAME, "route_prefix": "/", "import_path": "amo_engine.serve.app:build_app", "args": args}
+    deployments = []
     if max_replicas_per_node is not None:
-        app["deployments"] = [{"name": "renderer", "max_replicas_per_node": max_replicas_per_node}]
+        deployments.append({"name": "renderer", "max_replicas_per_node": max_replicas_per_node})
+    if gateways is not None:
+        deployments.append({"name": "gateway", "num_replicas": gateways, "max_replicas_per_node": 1})
+    if deployments:
+        app["deployments"] = deployments
     return {"proxy_location": proxy_location, "http_options": {"host": host, "port": port}, "applications": [app]}
 
 

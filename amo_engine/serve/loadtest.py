@@ -192,10 +192,58 @@ def replica_timeline(killed_at: float, replicas: int, timeout: float = 120.0) ->
     return noticed, None
 
 
-def run_fault(lt: LoadTest, concurrency: int, replicas: int, reference: dict[int, str], deadline: float) -> dict:
-    """``concurrency`` clients send without pause; ``kill_replica_after_s`` in, one replica is killed;
-    they go on until Serve has every replica running again plus two seconds, then stop. Every
-    request sent gets one checked outcome (the client times out after ``timeout_s``: none hangs)."""
+def replica_fault(replicas: int):
+    """The fault ``run_fault`` injects by default: SIGKILL one renderer replica, then Serve's timeline."""
+    def fault() -> dict:
+        killed_at = time.perf_counter()
+        pid = kill_one_replica()
+        noticed, recovery = replica_timeline(killed_at, replicas)
+        return {"killed_pid": pid, "noticed_s": noticed, "recovery_s": recovery}
+    return fault
+
+
+def node_fault(cluster, replicas: int, timeout: float = 180.0):
+    """Kill the cluster's last worker node whole (raylet, agents, replicas: every process of it);
+    once Ray marks the node dead, start a worker node again; wait until Serve runs every replica.
+    Times are from the kill: ``noticed_s`` (Serve counts fewer running replicas), ``node_dead_s``
+    (Ray marks the node dead), ``node_back_s`` (the new node joined), ``recovery_s`` (every replica
+    running again, one of them on the new node)."""
+    from ray import serve
+
+    def running() -> int:
+        return serve.status().applications["amo-engine"].deployments["renderer"].replica_states.get("RUNNING", 0)
+
+    def fault() -> dict:
+        node = cluster.nodes[-1]
+        before = {k[:8]: v for k, v in cluster.replicas_by_node().items()}
+        killed_at = time.perf_counter()
+        processes = cluster.kill(node)
+        since = (lambda: time.perf_counter() - killed_at)
+        times = {"noticed_s": None, "node_dead_s": None, "node_back_s": None, "recovery_s": None}
+        new = None
+        while since() < timeout:
+            if times["noticed_s"] is None and running() < replicas:
+                times["noticed_s"] = since()
+            if times["node_dead_s"] is None and cluster.node_dead(node):
+                times["node_dead_s"] = since()
+                new = cluster.add_worker()
+                times["node_back_s"] = since()
+            if new is not None and running() == replicas and new.node_id in cluster.replicas_by_node():
+                times["recovery_s"] = since()
+                break
+            time.sleep(0.1)
+        after = {k[:8]: v for k, v in cluster.replicas_by_node().items()}
+        return {"killed_node": node.node_id[:8], "processes_killed": processes, "replicas_by_node_before": before,
+                "replicas_by_node_after": after, **times}
+    return fault
+
+
+def run_fault(lt: LoadTest, concurrency: int, replicas: int, reference: dict[int, str], deadline: float,
+              fault=None) -> dict:
+    """``concurrency`` clients send without pause; ``kill_replica_after_s`` in, ``fault`` runs (default:
+    one replica killed) and returns when the service has recovered; the clients go on two more
+    seconds, then stop. Every request sent gets one checked outcome (the client times out after
+    ``timeout_s``: none hangs)."""
     stop, lock, outcomes = threading.Event(), threading.Lock(), []
 
     def client(first: int) -> None:
@@ -210,16 +258,13 @@ def run_fault(lt: LoadTest, concurrency: int, replicas: int, reference: dict[int
     for t in threads:
         t.start()
     time.sleep(lt.kill_replica_after_s)
-    killed_at = time.perf_counter()
-    pid = kill_one_replica()
-    noticed, recovery = replica_timeline(killed_at, replicas)
+    timeline = (fault or replica_fault(replicas))()
     time.sleep(2.0)
     stop.set()
     for t in threads:
         t.join(lt.timeout_s + 10)
     ok = [o for o in outcomes if o.status == 200 and o.error is None]
-    return {"concurrency": concurrency, "killed_pid": pid, "noticed_s": noticed, "recovery_s": recovery,
-            "gateway": stats(lt.url), "requests": len(outcomes),
+    return {"concurrency": concurrency, **timeline, "gateway": stats(lt.url), "requests": len(outcomes),
             "ok": len(ok), "image_mismatches": sum(reference.get(o.index) != o.pixels for o in ok),
             "errors": [{"status": o.status, "error": o.error} for o in outcomes if o.status != 200 or o.error],
             "retries_after_503": sum(o.attempts - 1 for o in outcomes),
@@ -227,7 +272,7 @@ def run_fault(lt: LoadTest, concurrency: int, replicas: int, reference: dict[int
             "hung": sum(t.is_alive() for t in threads)}
 
 
-def run(lt: LoadTest, replicas: int = 1) -> dict:
+def run(lt: LoadTest, replicas: int = 1, fault=None) -> dict:
     """Reference images (each payload alone), each concurrency level, then (if asked) the replica kill."""
     deadline = time.perf_counter() + lt.max_seconds
     info = wait_ready(lt.url, refused_grace=None if lt.started_here else REFUSED_GRACE_S)
@@ -240,7 +285,7 @@ def run(lt: LoadTest, replicas: int = 1) -> dict:
     levels = [run_level(lt, concurrency, reference, deadline) for concurrency in lt.concurrency]
     result = {"service": info, "steps": lt.steps, "sampler": lt.sampler, "payloads": lt.payloads, "levels": levels}
     if lt.kill_replica_after_s is not None:
-        result["kill"] = run_fault(lt, max(lt.concurrency), replicas, reference, deadline)
+        result["kill"] = run_fault(lt, max(lt.concurrency), replicas, reference, deadline, fault)
     return result
 
 
