@@ -174,3 +174,16 @@ def test_ctrl_c_is_one_line_and_status_130(tmp_path):
         proc.kill()
     assert err.strip().splitlines()[-1] == "amo-engine generate: interrupted; nothing written"
     assert "Traceback" not in err and not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--nodes", "2", "--replicas", "1"], "--nodes 2 places one replica a node: pass --replicas 2"),
+    (["--url", "http://127.0.0.1:1", "--nodes", "2", "--replicas", "2"], "starts a cluster here: drop --url"),
+    (["--kill-node-after", "3", "--replicas", "2"], "--kill-node-after kills a worker node: it needs --nodes 2"),
+    (["--soak-minutes", "0"], "--soak-minutes and --soak-rate must be > 0"),
+    (["--soak-minutes", "1", "--kill-replica-after", "2", "--replicas", "2"], "a soak run kills nothing"),
+])
+def test_loadtest_cluster_and_soak_options_refused_in_one_line(argv, message, capsys):
+    assert main(["loadtest", "--model", "tiny-sd3", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err

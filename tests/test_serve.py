@@ -281,3 +281,28 @@ def test_two_node_cluster_survives_losing_a_node(tmp_path):
     assert kill["killed_node"] not in kill["replicas_by_node_after"] and len(kill["replicas_by_node_after"]) == 2
     assert kill["recovery_s"] is not None and kill["node_dead_s"] is not None and kill["hung"] == 0
     assert kill["ok"] == kill["requests"] > 0 and kill["image_mismatches"] == 0, kill["errors"]
+
+
+def test_soak_summary_growth_and_drift():
+    """The soak's arithmetic on made-up samples: growth per 1,000 requests from minute 1 on, the
+    first and last minute's p50/p99, a mismatched image and an error counted."""
+    from amo_engine.serve.loadtest import LoadTest, Outcome
+    from amo_engine.serve.soak import Soak, summarise, table
+
+    soak = Soak(LoadTest("http://x", payloads=2), minutes=3, rate=1)
+    records = [(t, Outcome(t % 2, 200, 1.0 if t < 60 else 2.0, 1, pixels="ab"[t % 2])) for t in range(180)]
+    records[100] = (100, Outcome(0, 200, 1.0, 1, pixels="b"))  # the wrong image
+    records[101] = (101, Outcome(1, 503, 1.0, 4, error="busy"))
+    samples = [{"t_s": 0, "requests_done": 0, "replicas": {7: {"rss_mib": 500.0, "fds": 40}}},
+               {"t_s": 60, "requests_done": 60, "replicas": {7: {"rss_mib": 600.0, "fds": 50}}},
+               {"t_s": 180, "requests_done": 180, "replicas": {7: {"rss_mib": 612.0, "fds": 50}, 8: {"rss_mib": 1.0,
+                                                                                                     "fds": 3}}}]
+    result = summarise(soak, records, samples, {0: "a", 1: "b"})
+    assert result["requests"] == 180 and result["ok"] == 179 and result["image_mismatches"] == 1
+    assert result["errors"] == [{"status": 503, "error": "busy"}]
+    assert result["first_minute"]["p50_s"] == 1.0 and result["last_minute"]["p99_s"] == 2.0
+    assert result["p50_drift"] == 2.0
+    assert result["growth_from_minute_1"]["7"]["rss_mib_per_1000"] == 100.0  # 12 MiB over 120 requests
+    assert result["growth_from_minute_1"]["7"]["fds_per_1000"] == 0.0
+    assert "note" in result["growth_from_minute_1"]["8"]  # started after minute 1
+    assert "| 7 | 600.0 → 612.0 | 100.0 | 50 → 50 | 0.0 |" in table(result)

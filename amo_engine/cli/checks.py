@@ -177,6 +177,10 @@ def check_serve_args(args: argparse.Namespace) -> None:
         if args.kill_node_after is not None and (args.nodes < 2 or args.kill_replica_after is not None):
             raise ValueError("--kill-node-after kills a worker node: it needs --nodes 2 (or more) and no "
                              "--kill-replica-after")
+        if args.soak_minutes is not None and (args.soak_minutes <= 0 or args.soak_rate <= 0 or
+                                              args.kill_node_after is not None or args.kill_replica_after is not None):
+            raise ValueError("--soak-minutes and --soak-rate must be > 0, and a soak run kills nothing: drop "
+                             "--kill-node-after / --kill-replica-after")
         if args.nodes > 1 and args.replicas != args.nodes:
             raise ValueError(f"--nodes {args.nodes} places one replica a node: pass --replicas {args.nodes}")
     for name in ("max_prompt_chars", "max_body_kb", "max_concurrent_per_key"):

@@ -489,6 +489,29 @@ def _start_cluster(args: argparse.Namespace):
     return cluster
 
 
+def _soak(args: argparse.Namespace, lt) -> int:
+    """``loadtest --soak-minutes``: the references, then the steady-rate run; its table and JSON."""
+    from amo_engine.serve import loadtest, soak
+
+    try:
+        reference = loadtest.references(lt)
+    except (RuntimeError, TimeoutError) as err:
+        print(f"amo-engine loadtest: error: {err}", file=sys.stderr)
+        return 1
+    result = soak.run(soak.Soak(lt, args.soak_minutes, args.soak_rate), reference)
+    from amo_engine.timing import cpu_facts
+
+    result["machine"] = cpu_facts()
+    text = soak.table(result)
+    print(text)
+    if args.out is not None:
+        from amo_engine.atomic import write_json
+
+        write_json(args.out, result)
+        args.out.with_suffix(".md").write_text(text + "\n")
+    return 1 if result["errors"] or result["image_mismatches"] else 0
+
+
 def cmd_loadtest(args: argparse.Namespace) -> int:
 
     from amo_engine.serve import loadtest
@@ -509,6 +532,8 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         lt = loadtest.LoadTest(url.rstrip("/"), tuple(args.concurrency), args.requests, args.payloads, args.steps,
                                args.sampler, max_seconds=args.max_seconds, kill_replica_after_s=kill_after,
                                started_here=started)
+        if args.soak_minutes is not None:
+            return _soak(args, lt)
         try:
             result = loadtest.run(lt, args.replicas, fault)
             if cluster is not None:

@@ -360,6 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument("--kill-node-after", type=float, default=None, metavar="S",
                     help="with --nodes 2 or more: after the levels, clients keep sending and a worker node is killed "
                          "whole S seconds in, then started again once Ray marks it dead")
+    lt.add_argument("--soak-minutes", type=float, default=None, metavar="M",
+                    help="instead of the levels: a soak run, --soak-rate requests a second for M minutes, every image "
+                         "checked, each replica's RSS and open files sampled (service on this machine)")
+    lt.add_argument("--soak-rate", type=float, default=1.0, help="requests a second in a soak run (default 1)")
     lt.add_argument("--max-seconds", type=float, default=600.0, help="stop sending after this long (default 600)")
     lt.add_argument("--out", type=Path, default=None, help="write the result JSON here (and the table beside it, .md)")
     return parser
@@ -423,6 +427,8 @@ LOADTEST_EPILOG = """examples:
   amo-engine loadtest --model glyph --engine engines/glyph --replicas 2 --concurrency 1,2,4,8 \\
       --kill-replica-after 5 --out bench/results/loadtest-glyph.json
   amo-engine loadtest --url http://127.0.0.1:8000 --concurrency 1,4
+  amo-engine loadtest --model glyph --engine engines/glyph --replicas 2 --threads 1 --steps 28 \\
+      --soak-minutes 10 --soak-rate 1 --out bench/results/soak-glyph.json
   amo-engine loadtest --model glyph --engine engines/glyph --nodes 2 --replicas 2 --threads 1 \\
       --kill-node-after 5 --out bench/results/loadtest-glyph-2nodes.json
 """

@@ -272,16 +272,24 @@ def run_fault(lt: LoadTest, concurrency: int, replicas: int, reference: dict[int
             "hung": sum(t.is_alive() for t in threads)}
 
 
-def run(lt: LoadTest, replicas: int = 1, fault=None) -> dict:
-    """Reference images (each payload alone), each concurrency level, then (if asked) the replica kill."""
-    deadline = time.perf_counter() + lt.max_seconds
-    info = wait_ready(lt.url, refused_grace=None if lt.started_here else REFUSED_GRACE_S)
+def references(lt: LoadTest) -> dict[int, str]:
+    """Each payload's image alone (one request in flight), once the service is ready: what every
+    later response to it must equal."""
+    wait_ready(lt.url, refused_grace=None if lt.started_here else REFUSED_GRACE_S)
     reference = {}
-    for i in range(lt.payloads):  # alone: one request in flight
+    for i in range(lt.payloads):
         outcome = send(lt, i)
         if outcome.status != 200 or outcome.error:
             raise RuntimeError(f"the reference request {i} failed: {outcome.status} {outcome.error}")
         reference[i] = outcome.pixels
+    return reference
+
+
+def run(lt: LoadTest, replicas: int = 1, fault=None) -> dict:
+    """Reference images (each payload alone), each concurrency level, then (if asked) the replica kill."""
+    deadline = time.perf_counter() + lt.max_seconds
+    info = wait_ready(lt.url, refused_grace=None if lt.started_here else REFUSED_GRACE_S)
+    reference = references(lt)
     levels = [run_level(lt, concurrency, reference, deadline) for concurrency in lt.concurrency]
     result = {"service": info, "steps": lt.steps, "sampler": lt.sampler, "payloads": lt.payloads, "levels": levels}
     if lt.kill_replica_after_s is not None:
