@@ -74,3 +74,22 @@ def test_the_cheap_documented_commands_run_as_written(tmp_path, monkeypatch, cap
 def test_ci_runs_exactly_the_readme_test_command():
     readme_tests = blocks(ROOT / "README.md", "bash")[1].strip()
     assert readme_tests in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_the_documented_cluster_config_is_ray_serve_schema():
+    """docs/serving.md's cluster config parses in Ray Serve's own schema, and every arg it passes is
+    one build_app takes (a runtime field or a ServiceConfig field)."""
+    import dataclasses
+
+    yaml = pytest.importorskip("yaml")
+    schema = pytest.importorskip("ray.serve.schema")
+    from amo_engine.serve.app import RUNTIME_ARGS, ServiceConfig
+
+    (text,) = blocks(ROOT / "docs" / "serving.md", "yaml")
+    config = yaml.safe_load(text)
+    parsed = schema.ServeDeploySchema.model_validate(config)
+    app = parsed.applications[0]
+    assert app.import_path == "amo_engine.serve.app:build_app"
+    service = {f.name for f in dataclasses.fields(ServiceConfig)}
+    assert set(app.args) <= set(RUNTIME_ARGS) | service, set(app.args) - set(RUNTIME_ARGS) - service
+    assert {d.name for d in app.deployments} == {"renderer", "gateway"}

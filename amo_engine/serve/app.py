@@ -389,12 +389,14 @@ def build(cfg: ServiceConfig):
     return Gateway.bind(renderer, config)
 
 
+RUNTIME_ARGS = ("model", "engine", "backend", "device", "dtype", "threads", "cache_dir", "ort_opt_level")  # build_app's
+
+
 def build_app(args: dict):
     """Ray Serve's application builder (``serve run``/``serve deploy``): ``args`` are ServiceConfig
     fields, the runtime's as ``model``, ``engine``, ``backend``, ``device``, ``dtype``, ``threads``."""
-    runtime_keys = ("model", "engine", "backend", "device", "dtype", "threads", "cache_dir", "ort_opt_level")
-    runtime = {k: args[k] for k in runtime_keys if k in args}
-    rest = {k: v for k, v in args.items() if k not in runtime_keys}
+    runtime = {k: args[k] for k in RUNTIME_ARGS if k in args}
+    rest = {k: v for k, v in args.items() if k not in RUNTIME_ARGS}
     types = {f: type(v) for f, v in asdict(ServiceConfig()).items() if v is not None}
     rest = {k: (types[k](v) if k in types and isinstance(v, str) else v) for k, v in rest.items()}
     if "threads" in runtime:
