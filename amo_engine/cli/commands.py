@@ -538,7 +538,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
             result = loadtest.run(lt, args.replicas, fault)
             if cluster is not None:
                 result["cluster"] = {"nodes": args.nodes, "cpus_per_node": cluster.cpus_per_node,
-                                     "replicas_by_node": {k[:8]: v for k, v in cluster.replicas_by_node().items()}}
+                                     "replicas_by_node": cluster.replicas_by_node()}
         except (RuntimeError, TimeoutError) as err:  # the service is not there, or fails alone
             print(f"amo-engine loadtest: error: {err}", file=sys.stderr)
             return 1

@@ -211,13 +211,13 @@ class LocalCluster:
         return path
 
     def replicas_by_node(self, deployment: str = "renderer") -> dict[str, int]:
-        """Running replicas of ``deployment`` per node id (Ray's actor table)."""
+        """Running replicas of ``deployment`` per node (its id's first 8 characters; Ray's actor table)."""
         import ray
 
         counts: dict[str, int] = {}
         for actor in ray._private.state.actors().values():  # GCS's table: no dashboard needed
             if actor["State"] == "ALIVE" and actor["ActorClassName"].endswith(f":{APP_NAME}:{deployment}"):
-                node = actor["Address"]["NodeID"]
+                node = actor["Address"]["NodeID"][:8]
                 counts[node] = counts.get(node, 0) + 1
         return counts
 

@@ -215,7 +215,7 @@ def node_fault(cluster, replicas: int, timeout: float = 180.0):
 
     def fault() -> dict:
         node = cluster.nodes[-1]
-        before = {k[:8]: v for k, v in cluster.replicas_by_node().items()}
+        before = cluster.replicas_by_node()
         killed_at = time.perf_counter()
         processes = cluster.kill(node)
         since = (lambda: time.perf_counter() - killed_at)
@@ -228,11 +228,11 @@ def node_fault(cluster, replicas: int, timeout: float = 180.0):
                 times["node_dead_s"] = since()
                 new = cluster.add_worker()
                 times["node_back_s"] = since()
-            if new is not None and running() == replicas and new.node_id in cluster.replicas_by_node():
+            if new is not None and running() == replicas and new.node_id[:8] in cluster.replicas_by_node():
                 times["recovery_s"] = since()
                 break
             time.sleep(0.1)
-        after = {k[:8]: v for k, v in cluster.replicas_by_node().items()}
+        after = cluster.replicas_by_node()
         return {"killed_node": node.node_id[:8], "processes_killed": processes, "replicas_by_node_before": before,
                 "replicas_by_node_after": after, **times}
     return fault
